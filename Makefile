@@ -1,0 +1,83 @@
+# threadlocal: build, install, demo and tests.
+#
+#   make                 build build/$(LUA)/threadlocal.so
+#   make install         install the module and threadlocal.h under $(PREFIX)
+#   make demo            install what is missing, build, run the demo
+#   make test            install what is missing, build, run every test on
+#                        every Lua version present; ends "N passed, N failed"
+#
+# A packager can override LUA, LUA_INCDIR, PREFIX, LUA_CMODDIR, CC, CFLAGS,
+# LIBFLAG and LDFLAGS.  LUA names the interpreter: lua5.1 ... lua5.4, luajit.
+
+LUA ?= lua5.4
+ifeq ($(LUA),luajit)
+LUA_VERSION ?= 5.1
+LUA_INCDIR ?= /usr/include/luajit-2.1
+LUA_LIB ?= luajit-5.1
+else
+LUA_VERSION ?= $(patsubst lua%,%,$(LUA))
+LUA_INCDIR ?= /usr/include/lua$(LUA_VERSION)
+LUA_LIB ?= lua$(LUA_VERSION)
+endif
+
+PREFIX ?= /usr/local
+LUA_CMODDIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
+INCDIR ?= $(PREFIX)/include
+
+CC ?= cc
+CFLAGS ?= -O2 -g
+WARNFLAGS = -std=c11 -Wall -Wextra -pedantic
+LIBFLAG ?= -shared
+LDFLAGS ?=
+LIBS = -lpthread -ldl
+
+BUILD ?= build/$(LUA)
+MODULE = $(BUILD)/threadlocal.so
+HELPER = $(BUILD)/tlhelper.so
+DEMO_HOST = $(BUILD)/demo_host
+
+ALL_CFLAGS = $(WARNFLAGS) $(CFLAGS) -fPIC -I$(LUA_INCDIR) -Isrc
+
+.PHONY: all helper install uninstall demo test deps-demo deps-test clean
+
+all: $(MODULE)
+
+$(MODULE): src/threadlocal.c src/threadlocal.h
+	@mkdir -p $(BUILD)
+	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ src/threadlocal.c $(LIBS)
+
+$(HELPER): spec/tlhelper.c
+	@mkdir -p $(BUILD)
+	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ spec/tlhelper.c $(LIBS)
+
+helper: $(MODULE) $(HELPER)
+
+# The demo host links the module in, as an embedding host would.
+$(DEMO_HOST): examples/demo_host.c src/threadlocal.c src/threadlocal.h
+	@mkdir -p $(BUILD)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ examples/demo_host.c src/threadlocal.c \
+		-l$(LUA_LIB) -lm $(LIBS)
+
+install: $(MODULE)
+	install -d $(DESTDIR)$(LUA_CMODDIR) $(DESTDIR)$(INCDIR)
+	install -m 0755 $(MODULE) $(DESTDIR)$(LUA_CMODDIR)/threadlocal.so
+	install -m 0644 src/threadlocal.h $(DESTDIR)$(INCDIR)/threadlocal.h
+
+uninstall:
+	rm -f $(DESTDIR)$(LUA_CMODDIR)/threadlocal.so $(DESTDIR)$(INCDIR)/threadlocal.h
+
+deps-demo:
+	@sh tools/deps.sh demo
+
+deps-test:
+	@sh tools/deps.sh test
+
+demo: deps-demo
+	@$(MAKE) --no-print-directory LUA=lua5.4 BUILD=build/lua5.4 build/lua5.4/demo_host
+	build/lua5.4/demo_host examples/demo.lua
+
+test: deps-test
+	@sh tools/test.sh
+
+clean:
+	rm -rf build

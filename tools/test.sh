@@ -1,0 +1,112 @@
+#!/bin/sh
+# Runs every test suite on every Lua version present, prints each result as
+# a TAP line, and ends with one line: "N passed, N failed".
+# Exits non-zero when anything failed.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+
+LUAS=${LUAS:-"lua5.4 lua5.3 lua5.2 lua5.1 luajit"}
+out=build/test
+rm -rf "$out"
+mkdir -p "$out"
+results="$out/results.tap"
+: >"$results"
+
+# result OK|FAIL name [log]: records one check.
+result() {
+  if [ "$1" = OK ]; then
+    echo "ok - $2" | tee -a "$results"
+  else
+    echo "not ok - $2" | tee -a "$results"
+    [ -n "${3:-}" ] && [ -f "$3" ] && sed 's/^/#   /' "$3" | tail -n 40
+  fi
+}
+
+incdir() {
+  case "$1" in
+    luajit) echo /usr/include/luajit-2.1 ;;
+    *) echo "/usr/include/$1" ;;
+  esac
+}
+
+for lua in $LUAS; do
+  if ! command -v "$lua" >/dev/null 2>&1 || [ ! -f "$(incdir "$lua")/lua.h" ]; then
+    echo "# $lua: interpreter or headers missing, skipped"
+    continue
+  fi
+  echo "# $lua"
+  log="$out/$lua-build.log"
+  if make --no-print-directory LUA="$lua" BUILD="build/$lua" CFLAGS="-O2 -g -Werror" \
+      helper >"$log" 2>&1; then
+    result OK "$lua: module and spec helper build warning-free with gcc"
+  else
+    result FAIL "$lua: module and spec helper build warning-free with gcc" "$log"
+    continue
+  fi
+  tap="$out/$lua-busted.tap"
+  TL_LUA="$lua" "$lua" "$(command -v busted)" -o TAP --lpath='spec/?.lua' \
+    --cpath="build/$lua/?.so" spec >"$tap" 2>&1
+  status=$?
+  sed -n "s/^\(not ok\|ok\) [0-9]* - /\1 - $lua: /p" "$tap" | tee -a "$results"
+  grep '^#' "$tap" | tail -n 60
+  if [ $status -ne 0 ] && ! grep -q '^not ok' "$tap"; then
+    result FAIL "$lua: busted exited with status $status" "$tap"
+  fi
+done
+
+echo "# other checks (lua5.4)"
+
+log="$out/clang.log"
+if command -v clang >/dev/null 2>&1 &&
+  make --no-print-directory LUA=lua5.4 BUILD=build/clang CC=clang CFLAGS="-O2 -Werror" \
+    helper build/clang/demo_host >"$log" 2>&1; then
+  result OK "module, spec helper and demo host build warning-free with clang"
+else
+  result FAIL "module, spec helper and demo host build warning-free with clang" "$log"
+fi
+
+# The demo: each thread always prints its own number, and the turns interleave.
+log="$out/demo.log"
+if make --no-print-directory LUA=lua5.4 BUILD=build/lua5.4 build/lua5.4/demo_host >"$log" 2>&1 &&
+  build/lua5.4/demo_host examples/demo.lua >"$out/demo.out" 2>>"$log"; then
+  a=$(grep -c '^Thread A has number 100$' "$out/demo.out")
+  b=$(grep -c '^Thread B has number 200$' "$out/demo.out")
+  lines=$(wc -l <"$out/demo.out")
+  first_b=$(grep -n '^Thread B' "$out/demo.out" | head -n 1 | cut -d: -f1)
+  last_a=$(grep -n '^Thread A' "$out/demo.out" | tail -n 1 | cut -d: -f1)
+  if [ "$a" = 3 ] && [ "$b" = 3 ] && [ "$lines" = 6 ] && [ "${first_b:-9}" -lt "${last_a:-0}" ]; then
+    result OK "demo: threads A and B interleave and each prints its own number"
+  else
+    cat "$out/demo.out" >>"$log"
+    result FAIL "demo: threads A and B interleave and each prints its own number" "$log"
+  fi
+else
+  result FAIL "demo: builds and runs" "$log"
+fi
+
+# LuaRocks' builtin backend installs a module that plain lua5.4 requires.
+log="$out/luarocks.log"
+tree="$out/rocktree"
+src="$out/rocksrc"
+mkdir -p "$src"
+cp -r src rockspec "$src"/
+if command -v luarocks >/dev/null 2>&1 &&
+  (cd "$src" && luarocks --lua-version 5.4 make rockspec/threadlocal-scm-1.rockspec \
+    --tree "$(pwd)/../rocktree") >"$log" 2>&1 &&
+  TL_TREE="$(pwd)/$tree" lua5.4 -e '
+    local tree = os.getenv("TL_TREE")
+    package.path, package.cpath = "", tree .. "/lib/lua/5.4/?.so"
+    local threadlocal = require "threadlocal"
+    local tl = threadlocal.new(function(self, n) self.n = n end, 42)
+    assert(tl.n == 42 and type(threadlocal.id()) == "number")
+    assert(package.searchpath("threadlocal", package.cpath):find(tree, 1, true) == 1)
+  ' >>"$log" 2>&1; then
+  result OK "luarocks make installs a module that lua5.4 requires from the tree"
+else
+  result FAIL "luarocks make installs a module that lua5.4 requires from the tree" "$log"
+fi
+
+passed=$(grep -c '^ok' "$results")
+failed=$(grep -c '^not ok' "$results")
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
