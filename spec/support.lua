@@ -18,6 +18,22 @@ function support.gc_value(on_gc)
   return setmetatable({}, { __gc = on_gc })
 end
 
+-- Runs f(...) on the stack of a throwaway coroutine.  A Lua stack slot that
+-- is dead but not yet overwritten still counts as a reference (LuaJIT even
+-- marks frame slots never written), so a value made on the running stack
+-- can outlive its last real reference by a collection cycle; a finished
+-- coroutine's stack holds nothing.  The lifetime specs count cycles, so
+-- they make their values this way.
+function support.off_stack(f, ...)
+  local co = coroutine.create(f)
+  assert(coroutine.resume(co, ...))
+end
+
+-- target[key] = gc_value(on_gc), made off the running stack.
+function support.store_gc(target, key, on_gc)
+  support.off_stack(function() target[key] = support.gc_value(on_gc) end)
+end
+
 function support.full_gc(cycles)
   for _ = 1, cycles or 1 do collectgarbage("collect") end
 end
