@@ -13,7 +13,7 @@ describe("values of an exited thread", function()
       local collected = 0
       for _ = 1, n do
         helper.on_thread(function()
-          tl.value = support.gc_value(function() collected = collected + 1 end)
+          support.store_gc(tl, "value", function() collected = collected + 1 end)
         end)
       end
       assert.equal(0, collected)
@@ -27,11 +27,11 @@ describe("values of an exited thread", function()
     local tl = threadlocal.new()
     local collected, alive = {}, helper.worker()
     alive:run(function()
-      tl.value = support.gc_value(function() collected.alive = true end)
+      support.store_gc(tl, "value", function() collected.alive = true end)
     end)
     local w = helper.worker()
     w:run(function()
-      tl.value = support.gc_value(function() collected.exited = true end)
+      support.store_gc(tl, "value", function() collected.exited = true end)
     end)
     w:stop()
     support.full_gc(2)
@@ -48,7 +48,7 @@ describe("values of an exited thread", function()
     local w = helper.worker()
     -- The last access to tl is on w, so tl's cache holds w's fields.
     w:run(function()
-      tl.value = support.gc_value(function() collected = true end)
+      support.store_gc(tl, "value", function() collected = true end)
     end)
     w:stop()
     support.full_gc(2)
@@ -60,16 +60,15 @@ describe("a collected Local", function()
   it("frees every thread's values, while those threads live on", function()
     local w1, w2 = helper.worker(), helper.worker()
     local collected = 0
-    local function store()
-      return function(tl)
-        tl.value = support.gc_value(function() collected = collected + 1 end)
-      end
+    local function store(tl)
+      support.store_gc(tl, "value", function() collected = collected + 1 end)
     end
-    local tl = threadlocal.new()
-    store()(tl)
-    w1:run(store(), tl)
-    w2:run(store(), tl)
-    tl = nil -- luacheck: ignore
+    support.off_stack(function()
+      local tl = threadlocal.new()
+      store(tl)
+      w1:run(store, tl)
+      w2:run(store, tl)
+    end)
     support.full_gc(2)
     assert.equal(3, collected)
     w1:stop()
@@ -78,7 +77,7 @@ describe("a collected Local", function()
 
   it("is collected when its values refer back to it (CPython's test_cycle_collection)", function()
     local weak = setmetatable({}, { __mode = "v" })
-    do
+    support.off_stack(function()
       local x = {}
       x.tl = threadlocal.new()
       x.tl.x = x
@@ -87,7 +86,7 @@ describe("a collected Local", function()
       w:run(function(t) t.tl.back = t.tl end, x)
       weak.x, weak.tl = x, x.tl
       w:stop()
-    end
+    end)
     support.full_gc(2)
     assert.is_nil(weak.x)
     assert.is_nil(weak.tl)
@@ -99,7 +98,7 @@ describe("the module", function()
   -- loads threadlocal: threads with their own states load it, store values,
   -- close their states (the last one unloads the library unless it is
   -- pinned), and only then exit, running threadlocal's thread-exit hook.
-  it("stays loaded after the last state that required it is closed", function()
+  it("stays loaded after the last state that required it is closed, and keeps shared values", function()
     local cmd = ("%s spec/unload_main.lua %q 2>&1"):format(support.lua, package.cpath)
     local p = assert(io.popen(cmd))
     local out = p:read("*a")
