@@ -1,13 +1,20 @@
 /*
 ** threadlocal: data private to the calling OS thread, for Lua states and
-** the C hosts that embed them.
+** the C hosts that embed them.  See threadlocal.h for the exported names.
 **
-** A Local (threadlocal.new) is a userdata whose fields resolve through a
-** table that belongs to the calling OS thread.  The tables live in the Lua
-** state that created the Local, keyed by thread id; a thread-exit hook can
-** never touch a lua_State (another thread may be running it), so an exiting
-** thread only records its id with each state it stored values in, and the
-** state drops those values itself, from its own accesses and from its GC.
+** Two kinds of local:
+**
+** - A Local (threadlocal.new) belongs to the state that created it and holds
+**   any Lua value.  Its per-thread tables live in that state, keyed by
+**   thread id.  A thread-exit hook can never touch a lua_State (another
+**   thread may be running it), so an exiting thread only records its id with
+**   each state it stored values in (its "homes"); the state drops those
+**   values itself, from its own accesses and from a GC-cycle finalizer.
+**
+** - A shared local (threadlocal.shared) is process-wide and found by name.
+**   Each thread keeps its fields in C tables reached through thread-local
+**   storage, indexed by the shared local's number; only that thread ever
+**   reads or writes them, so no access takes a lock.
 */
 #define _GNU_SOURCE /* dladdr, RTLD_NODELETE, RTLD_NOLOAD */
 
@@ -15,6 +22,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,6 +72,30 @@ static void tl_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
 #define tl_rawsetp(L, i, p) lua_rawsetp(L, i, p)
 #define tl_setfuncs(L, l, nup) luaL_setfuncs(L, l, nup)
 
+#endif
+
+/*
+** Integers: 5.3 has them; before, a number is an integer if it has an
+** exact integer value, so C hosts see 3 as an integer on every version.
+*/
+#if LUA_VERSION_NUM >= 503
+#define tl_pushint(L, i) lua_pushinteger(L, (lua_Integer)(i))
+static int tl_toint(lua_State *L, int i, int64_t *out) {
+  if (!lua_isinteger(L, i)) return 0;
+  *out = (int64_t)lua_tointeger(L, i);
+  return 1;
+}
+#else
+#define tl_pushint(L, i) lua_pushnumber(L, (lua_Number)(i))
+static int tl_toint(lua_State *L, int i, int64_t *out) {
+  lua_Number n = lua_tonumber(L, i);
+  if (n >= -9223372036854775808.0 && n < 9223372036854775808.0 &&
+      (lua_Number)(int64_t)n == n) {
+    *out = (int64_t)n;
+    return 1;
+  }
+  return 0;
+}
 #endif
 
 /*
@@ -138,12 +170,91 @@ typedef struct tl_home {
   uint64_t *dead;
 } tl_home;
 
-/* What the module knows of one OS thread; only that thread touches it. */
+/* Shared values: plain data, copied in, owned by one thread. */
+enum { TL_TNIL, TL_TBOOL, TL_TINT, TL_TFLOAT, TL_TSTR, TL_TPTR, TL_TTAB };
+
+struct tl_tab;
+
+typedef struct tl_val {
+  unsigned char type;
+  union {
+    int b;
+    int64_t i;
+    double f;
+    struct {
+      char *s; /* NUL-terminated copy */
+      size_t len;
+    } str;
+    struct {
+      void *p;
+      void (*dtor)(void *); /* only on a field set from C */
+    } ptr;
+    struct tl_tab *tab;
+  } u;
+} tl_val;
+
+/* A key to look up: bool, int, float (non-integral) or a borrowed string. */
+typedef struct tl_key {
+  unsigned char type;
+  uint32_t hash;
+  union {
+    int b;
+    int64_t i;
+    double f;
+    struct {
+      const char *s;
+      size_t len;
+    } str;
+  } u;
+} tl_key;
+
+enum { TL_EMPTY, TL_LIVE, TL_DEAD };
+
+typedef struct tl_entry {
+  tl_val key, val; /* key.type is a tl_key type */
+  uint32_t hash;
+  unsigned char state;
+} tl_entry;
+
+struct tl_thread;
+
+/* An open-addressing hash table of shared values. */
+typedef struct tl_tab {
+  tl_entry *e;
+  uint32_t cap;   /* 0 or a power of 2 */
+  uint32_t count; /* live entries */
+  uint32_t used;  /* live + dead entries, < 3/4 cap */
+  uint32_t handle;
+  struct tl_thread *owner; /* NULL for a shared local's defaults */
+} tl_tab;
+
+/*
+** What the module knows of one OS thread; only that thread touches it.
+** Its tables sit in a slab so that a Lua proxy can name one by (index,
+** generation) and find out, without touching freed memory, that it is gone.
+*/
 typedef struct tl_thread {
   uint64_t id;     /* never reused in this process */
   tl_home **homes; /* states this thread stored Local values in */
   size_t nhomes, caphomes;
+  tl_tab **slots;  /* by shared local index: this thread's fields, or NULL */
+  uint32_t nslots;
+  tl_tab **tabs;   /* the slab */
+  uint32_t *gens;  /* generation of each slab entry */
+  uint32_t *freeidx;
+  uint32_t ntabs, nfree, captabs;
 } tl_thread;
+
+/* A shared local: found by name, never freed. */
+struct threadlocal_shared {
+  struct threadlocal_shared *next; /* in its registry bucket */
+  uint32_t idx, hash;
+  _Atomic(tl_tab *) defaults; /* set once, then read-only */
+  size_t len;
+  char name[];
+};
+
+typedef threadlocal_shared tl_desc;
 
 /* The per-state anchor: upvalue 1 of every function of the module. */
 typedef struct tl_state {
@@ -152,7 +263,8 @@ typedef struct tl_state {
 
 enum { TL_ST_BYTHREAD = 1, /* id -> weak set of Locals holding fields for id */
        TL_ST_SENTINEL_MT,  /* metatable of the per-cycle GC sentinel */
-       TL_ST_NUV };
+       TL_ST_SHARED,       /* name -> shared local userdata */
+       TL_ST_NUV = TL_ST_SHARED };
 
 /* A Local.  Its user values: the cached thread's fields table, the map
 ** thread id -> fields table, and the init record {f, args..., n = #args+1}. */
@@ -164,20 +276,334 @@ enum { TL_UV_CACHE = 1, TL_UV_MAP, TL_UV_INIT, TL_LOCAL_NUV = TL_UV_INIT };
 
 #define TL_NOCACHE UINT64_MAX /* matches no thread, not even "no record yet" */
 
+typedef struct tl_shared {
+  tl_desc *d;
+} tl_shared;
+
+/* A proxy of a shared table read by thread `owner`. */
+typedef struct tl_proxy {
+  uint64_t owner;
+  uint32_t index, gen;
+} tl_proxy;
+
 #define TL_STATE_MT "threadlocal.state"
+#define TL_MAXDEPTH 100 /* nesting of shared tables */
 
 static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
 static int tl_once_err;
-static pthread_key_t tl_key; /* its destructor is tl_thread_exit */
+static pthread_key_t tl_exitkey; /* its destructor is tl_thread_exit */
 static atomic_uint_fast64_t tl_nextid = 1;
 static const char tl_statekey = 0; /* registry key of the tl_state */
+
+/* The registry of shared locals, by name. */
+static pthread_mutex_t tl_reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static tl_desc **tl_reg;
+static uint32_t tl_reg_cap, tl_reg_count;
 
 static _Thread_local tl_thread *tl_me;
 static _Thread_local uint64_t tl_myid; /* tl_me->id, or 0: read on every access */
 
 /* ---------------------------------------------------------------------- */
-/* Threads and homes (no Lua here: this runs at thread exit too)           */
+/* Shared tables (plain C: no Lua, no locks)                              */
 /* ---------------------------------------------------------------------- */
+
+static uint32_t tl_hash_bytes(const char *s, size_t len) {
+  uint64_t h = 0xcbf29ce484222325u ^ (uint64_t)len;
+  size_t i;
+  for (i = 0; i < len; i++) {
+    h ^= (unsigned char)s[i];
+    h *= 0x100000001b3u;
+  }
+  return (uint32_t)(h ^ (h >> 32));
+}
+
+static uint32_t tl_hash_int(uint64_t x) {
+  x *= 0x9e3779b97f4a7c15u;
+  return (uint32_t)(x >> 32);
+}
+
+static void tl_key_str(tl_key *k, const char *s, size_t len) {
+  k->type = TL_TSTR;
+  k->u.str.s = s;
+  k->u.str.len = len;
+  k->hash = tl_hash_bytes(s, len);
+}
+
+static void tl_key_int(tl_key *k, int64_t i) {
+  k->type = TL_TINT;
+  k->u.i = i;
+  k->hash = tl_hash_int((uint64_t)i);
+}
+
+/* A float key: one with an integer value is that integer, as in Lua. */
+static void tl_key_float(tl_key *k, double f) {
+  if (f >= -9223372036854775808.0 && f < 9223372036854775808.0 && (double)(int64_t)f == f) {
+    tl_key_int(k, (int64_t)f);
+  } else {
+    uint64_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    k->type = TL_TFLOAT;
+    k->u.f = f;
+    k->hash = tl_hash_int(bits ^ 0x5555u);
+  }
+}
+
+static void tl_key_bool(tl_key *k, int b) {
+  k->type = TL_TBOOL;
+  k->u.b = b != 0;
+  k->hash = b ? 0x9e3779b9u : 0x7f4a7c15u;
+}
+
+static void tl_key_of(tl_key *k, const tl_val *v) { /* v is an entry's key */
+  switch (v->type) {
+    case TL_TSTR: tl_key_str(k, v->u.str.s, v->u.str.len); break;
+    case TL_TINT: tl_key_int(k, v->u.i); break;
+    case TL_TFLOAT: tl_key_float(k, v->u.f); break;
+    default: tl_key_bool(k, v->u.b); break;
+  }
+}
+
+static int tl_key_eq(const tl_entry *e, const tl_key *k) {
+  if (e->hash != k->hash || e->key.type != k->type) return 0;
+  switch (k->type) {
+    case TL_TSTR:
+      return e->key.u.str.len == k->u.str.len &&
+             memcmp(e->key.u.str.s, k->u.str.s, k->u.str.len) == 0;
+    case TL_TINT: return e->key.u.i == k->u.i;
+    case TL_TFLOAT: return e->key.u.f == k->u.f;
+    default: return e->key.u.b == k->u.b;
+  }
+}
+
+static tl_entry *tl_tab_find(const tl_tab *t, const tl_key *k) {
+  uint32_t mask, i;
+  if (t->cap == 0) return NULL;
+  mask = t->cap - 1;
+  for (i = k->hash & mask;; i = (i + 1) & mask) {
+    tl_entry *e = &t->e[i];
+    if (e->state == TL_EMPTY) return NULL;
+    if (e->state == TL_LIVE && tl_key_eq(e, k)) return e;
+  }
+}
+
+static int tl_slab_add(tl_thread *t, tl_tab *tab);
+static void tl_slab_remove(tl_thread *t, tl_tab *tab);
+
+/* A new empty table owned by t (NULL: not in any slab). */
+static tl_tab *tl_tab_new(tl_thread *owner) {
+  tl_tab *tab = (tl_tab *)calloc(1, sizeof *tab);
+  if (tab == NULL) return NULL;
+  tab->owner = owner;
+  if (owner != NULL && tl_slab_add(owner, tab) != 0) {
+    free(tab);
+    return NULL;
+  }
+  return tab;
+}
+
+static void tl_tab_free(tl_tab *tab);
+
+/* Frees what v owns; runs a pointer's destructor. */
+static void tl_val_free(tl_val *v) {
+  switch (v->type) {
+    case TL_TSTR: free(v->u.str.s); break;
+    case TL_TPTR:
+      if (v->u.ptr.dtor != NULL) v->u.ptr.dtor(v->u.ptr.p);
+      break;
+    case TL_TTAB: tl_tab_free(v->u.tab); break;
+  }
+  v->type = TL_TNIL;
+}
+
+static void tl_tab_free(tl_tab *tab) {
+  uint32_t i;
+  if (tab->owner != NULL) tl_slab_remove(tab->owner, tab);
+  for (i = 0; i < tab->cap; i++) {
+    tl_entry *e = &tab->e[i];
+    if (e->state == TL_LIVE) {
+      tl_val_free(&e->key);
+      tl_val_free(&e->val);
+    }
+  }
+  free(tab->e);
+  free(tab);
+}
+
+/* Makes room for one more entry.  Returns 0, or -1 when out of memory. */
+static int tl_tab_reserve(tl_tab *t) {
+  uint32_t cap = 4, i;
+  tl_entry *ne;
+  if ((t->used + 1) * 4 <= t->cap * 3) return 0;
+  while (cap < 2 * (t->count + 1)) cap *= 2;
+  ne = (tl_entry *)calloc(cap, sizeof *ne);
+  if (ne == NULL) return -1;
+  for (i = 0; i < t->cap; i++) {
+    tl_entry *e = &t->e[i];
+    if (e->state == TL_LIVE) {
+      uint32_t j = e->hash & (cap - 1);
+      while (ne[j].state != TL_EMPTY) j = (j + 1) & (cap - 1);
+      ne[j] = *e;
+    }
+  }
+  free(t->e);
+  t->e = ne;
+  t->cap = cap;
+  t->used = t->count;
+  return 0;
+}
+
+/*
+** t[k] = *v, moving v in (nil deletes).  The replaced value is moved to
+** *old for the caller to free once the table is consistent, since a
+** destructor may call back in.  Returns 0, or -1 when out of memory (then
+** nothing changed and v still belongs to the caller).
+*/
+static int tl_tab_put(tl_tab *t, const tl_key *k, tl_val *v, tl_val *old) {
+  tl_entry *e = tl_tab_find(t, k);
+  old->type = TL_TNIL;
+  if (e != NULL) {
+    *old = e->val;
+    if (v->type == TL_TNIL) { /* delete */
+      tl_val_free(&e->key);
+      e->state = TL_DEAD;
+      t->count--;
+    } else
+      e->val = *v;
+    return 0;
+  }
+  if (v->type == TL_TNIL) return 0;
+  if (tl_tab_reserve(t) != 0) return -1;
+  {
+    uint32_t mask = t->cap - 1, i = k->hash & mask;
+    tl_val key;
+    key.type = k->type;
+    switch (k->type) {
+      case TL_TSTR:
+        if ((key.u.str.s = (char *)malloc(k->u.str.len + 1)) == NULL) return -1;
+        memcpy(key.u.str.s, k->u.str.s, k->u.str.len);
+        key.u.str.s[k->u.str.len] = '\0';
+        key.u.str.len = k->u.str.len;
+        break;
+      case TL_TINT: key.u.i = k->u.i; break;
+      case TL_TFLOAT: key.u.f = k->u.f; break;
+      default: key.u.b = k->u.b; break;
+    }
+    while (t->e[i].state == TL_LIVE) i = (i + 1) & mask;
+    e = &t->e[i];
+    if (e->state == TL_EMPTY) t->used++;
+    e->state = TL_LIVE;
+    e->key = key;
+    e->val = *v;
+    e->hash = k->hash;
+    t->count++;
+  }
+  return 0;
+}
+
+static int tl_val_clone(const tl_val *src, tl_val *dst, tl_thread *owner);
+
+/* A deep copy owned by `owner`; NULL when out of memory. */
+static tl_tab *tl_tab_clone(const tl_tab *src, tl_thread *owner) {
+  tl_tab *t = tl_tab_new(owner);
+  uint32_t i;
+  if (t == NULL) return NULL;
+  for (i = 0; i < src->cap; i++) {
+    const tl_entry *e = &src->e[i];
+    tl_key k;
+    tl_val v, old;
+    if (e->state != TL_LIVE) continue;
+    tl_key_of(&k, &e->key);
+    if (tl_val_clone(&e->val, &v, owner) != 0) goto fail;
+    if (tl_tab_put(t, &k, &v, &old) != 0) {
+      tl_val_free(&v);
+      goto fail;
+    }
+  }
+  return t;
+fail:
+  tl_tab_free(t);
+  return NULL;
+}
+
+/* A copy never takes a pointer's destructor: only the original runs it. */
+static int tl_val_clone(const tl_val *src, tl_val *dst, tl_thread *owner) {
+  *dst = *src;
+  switch (src->type) {
+    case TL_TSTR:
+      if ((dst->u.str.s = (char *)malloc(src->u.str.len + 1)) == NULL) return -1;
+      memcpy(dst->u.str.s, src->u.str.s, src->u.str.len + 1);
+      break;
+    case TL_TPTR: dst->u.ptr.dtor = NULL; break;
+    case TL_TTAB:
+      if ((dst->u.tab = tl_tab_clone(src->u.tab, owner)) == NULL) return -1;
+      break;
+  }
+  return 0;
+}
+
+static int tl_tab_equal(const tl_tab *a, const tl_tab *b);
+
+static int tl_val_equal(const tl_val *a, const tl_val *b) {
+  if (a->type != b->type) return 0;
+  switch (a->type) {
+    case TL_TNIL: return 1;
+    case TL_TBOOL: return a->u.b == b->u.b;
+    case TL_TINT: return a->u.i == b->u.i;
+    case TL_TFLOAT: return a->u.f == b->u.f;
+    case TL_TSTR:
+      return a->u.str.len == b->u.str.len && memcmp(a->u.str.s, b->u.str.s, a->u.str.len) == 0;
+    case TL_TPTR: return a->u.ptr.p == b->u.ptr.p;
+    default: return tl_tab_equal(a->u.tab, b->u.tab);
+  }
+}
+
+static int tl_tab_equal(const tl_tab *a, const tl_tab *b) {
+  uint32_t i;
+  if (a->count != b->count) return 0;
+  for (i = 0; i < a->cap; i++) {
+    const tl_entry *e = &a->e[i], *f;
+    tl_key k;
+    if (e->state != TL_LIVE) continue;
+    tl_key_of(&k, &e->key);
+    if ((f = tl_tab_find(b, &k)) == NULL || !tl_val_equal(&e->val, &f->val)) return 0;
+  }
+  return 1;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Threads, homes and slabs (no Lua here: this runs at thread exit too)   */
+/* ---------------------------------------------------------------------- */
+
+static int tl_slab_add(tl_thread *t, tl_tab *tab) {
+  uint32_t i;
+  if (t->nfree > 0)
+    i = t->freeidx[--t->nfree];
+  else {
+    if (t->ntabs == t->captabs) {
+      uint32_t cap = t->captabs ? 2 * t->captabs : 16;
+      tl_tab **tabs = (tl_tab **)realloc(t->tabs, cap * sizeof *tabs);
+      uint32_t *gens, *freeidx;
+      if (tabs == NULL) return -1;
+      t->tabs = tabs;
+      if ((gens = (uint32_t *)realloc(t->gens, cap * sizeof *gens)) == NULL) return -1;
+      t->gens = gens;
+      if ((freeidx = (uint32_t *)realloc(t->freeidx, cap * sizeof *freeidx)) == NULL) return -1;
+      t->freeidx = freeidx;
+      memset(gens + t->captabs, 0, (cap - t->captabs) * sizeof *gens);
+      t->captabs = cap;
+    }
+    i = t->ntabs++;
+  }
+  t->tabs[i] = tab;
+  tab->handle = i;
+  return 0;
+}
+
+static void tl_slab_remove(tl_thread *t, tl_tab *tab) {
+  t->tabs[tab->handle] = NULL;
+  t->gens[tab->handle]++;
+  t->freeidx[t->nfree++] = tab->handle;
+}
 
 static void tl_home_unref(tl_home *h) {
   if (atomic_fetch_sub(&h->refs, 1) == 1) {
@@ -187,37 +613,62 @@ static void tl_home_unref(tl_home *h) {
   }
 }
 
-static void tl_thread_exit(void *p) {
-  tl_thread *t = (tl_thread *)p;
-  size_t i;
-  /* A later destructor that touches a Local gets a fresh record and id. */
-  tl_me = NULL;
-  tl_myid = 0;
-  for (i = 0; i < t->nhomes; i++) {
-    tl_home *h = t->homes[i];
+/*
+** Drops all of t's data, as at its exit: tells every home that t->id is
+** dead, and frees t's shared fields (running destructors) after detaching
+** them, so that a destructor that calls back in finds a consistent thread.
+*/
+static void tl_thread_retire(tl_thread *t) {
+  tl_tab **slots = t->slots;
+  uint32_t n = t->nslots, i;
+  size_t j;
+  for (j = 0; j < t->nhomes; j++) {
+    tl_home *h = t->homes[j];
     pthread_mutex_lock(&h->lock);
     if (!atomic_load(&h->closed)) {
-      size_t n = atomic_load_explicit(&h->ndead, memory_order_relaxed);
-      h->dead[n] = t->id;
-      atomic_store(&h->ndead, n + 1);
+      size_t nd = atomic_load_explicit(&h->ndead, memory_order_relaxed);
+      h->dead[nd] = t->id;
+      atomic_store(&h->ndead, nd + 1);
     }
     pthread_mutex_unlock(&h->lock);
     tl_home_unref(h);
   }
+  t->nhomes = 0;
+  t->slots = NULL;
+  t->nslots = 0;
+  for (i = 0; i < n; i++)
+    if (slots[i] != NULL) tl_tab_free(slots[i]);
+  free(slots);
+}
+
+static void tl_thread_exit(void *p) {
+  tl_thread *t = (tl_thread *)p;
+  /* A later destructor that touches the module gets a fresh record and id. */
+  tl_me = NULL;
+  tl_myid = 0;
+  tl_thread_retire(t);
   free(t->homes);
+  free(t->tabs);
+  free(t->gens);
+  free(t->freeidx);
   free(t);
 }
 
 static void tl_global_init(void) {
   Dl_info info;
-  if (pthread_key_create(&tl_key, tl_thread_exit) != 0) {
+  if (pthread_key_create(&tl_exitkey, tl_thread_exit) != 0) {
     tl_once_err = 1;
     return;
   }
-  /* Lua's lua_close dlcloses C modules; tl_key's destructor must outlive
-  ** every state, so mark this object never to be unloaded. */
+  /* Lua's lua_close dlcloses C modules; tl_exitkey's destructor and the shared
+  ** locals must outlive every state, so this object is never unloaded. */
   if (dladdr(&tl_nextid, &info) && info.dli_fname != NULL)
     (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
+static int tl_init(void) {
+  pthread_once(&tl_once, tl_global_init);
+  return tl_once_err ? -1 : 0;
 }
 
 static tl_thread *tl_thread_get(void) { /* NULL when out of memory */
@@ -226,7 +677,7 @@ static tl_thread *tl_thread_get(void) { /* NULL when out of memory */
     t = (tl_thread *)calloc(1, sizeof *t);
     if (t == NULL) return NULL;
     t->id = atomic_fetch_add(&tl_nextid, 1);
-    if (pthread_setspecific(tl_key, t) != 0) {
+    if (pthread_setspecific(tl_exitkey, t) != 0) {
       free(t);
       return NULL;
     }
@@ -295,11 +746,249 @@ static int tl_home_register(tl_home *h, tl_thread *t) {
 }
 
 /* ---------------------------------------------------------------------- */
+/* Shared locals: the registry by name, and each thread's fields           */
+/* ---------------------------------------------------------------------- */
+
+/* Finds or creates; NULL when out of memory.  Takes the registry lock. */
+static tl_desc *tl_desc_open(const char *name, size_t len) {
+  uint32_t h = tl_hash_bytes(name, len);
+  tl_desc *d;
+  pthread_mutex_lock(&tl_reg_lock);
+  if (tl_reg_cap > 0)
+    for (d = tl_reg[h & (tl_reg_cap - 1)]; d != NULL; d = d->next)
+      if (d->hash == h && d->len == len && memcmp(d->name, name, len) == 0) goto done;
+  if (tl_reg_count == tl_reg_cap) { /* grow the buckets */
+    uint32_t cap = tl_reg_cap ? 2 * tl_reg_cap : 16, i;
+    tl_desc **nb = (tl_desc **)calloc(cap, sizeof *nb);
+    if (nb == NULL) {
+      d = NULL;
+      goto done;
+    }
+    for (i = 0; i < tl_reg_cap; i++)
+      while ((d = tl_reg[i]) != NULL) {
+        tl_reg[i] = d->next;
+        d->next = nb[d->hash & (cap - 1)];
+        nb[d->hash & (cap - 1)] = d;
+      }
+    free(tl_reg);
+    tl_reg = nb;
+    tl_reg_cap = cap;
+  }
+  if ((d = (tl_desc *)malloc(sizeof *d + len + 1)) != NULL) {
+    d->idx = tl_reg_count++;
+    d->hash = h;
+    atomic_init(&d->defaults, NULL);
+    d->len = len;
+    memcpy(d->name, name, len);
+    d->name[len] = '\0';
+    d->next = tl_reg[h & (tl_reg_cap - 1)];
+    tl_reg[h & (tl_reg_cap - 1)] = d;
+  }
+done:
+  pthread_mutex_unlock(&tl_reg_lock);
+  return d;
+}
+
+/*
+** The calling thread's fields of d.  If it has none yet: with create, or
+** when d has defaults, they are made (a copy of the defaults); otherwise
+** NULL.  *err is set when out of memory.
+*/
+static tl_tab *tl_fields_slow(tl_thread *t, tl_desc *d, int create, int *err) {
+  tl_tab *defaults = atomic_load_explicit(&d->defaults, memory_order_acquire);
+  tl_tab *tab;
+  *err = 0;
+  if (!create && defaults == NULL) return NULL;
+  if (d->idx >= t->nslots) {
+    uint32_t n = t->nslots ? t->nslots : 4;
+    tl_tab **ns;
+    while (n <= d->idx) n *= 2;
+    if ((ns = (tl_tab **)realloc(t->slots, n * sizeof *ns)) == NULL) goto fail;
+    memset(ns + t->nslots, 0, (n - t->nslots) * sizeof *ns);
+    t->slots = ns;
+    t->nslots = n;
+  }
+  tab = defaults ? tl_tab_clone(defaults, t) : tl_tab_new(t);
+  if (tab == NULL) goto fail;
+  t->slots[d->idx] = tab;
+  return tab;
+fail:
+  *err = 1;
+  return NULL;
+}
+
+static tl_tab *tl_fields_of(tl_thread *t, tl_desc *d, int create, int *err) {
+  if (d->idx < t->nslots && t->slots[d->idx] != NULL) {
+    *err = 0;
+    return t->slots[d->idx];
+  }
+  return tl_fields_slow(t, d, create, err);
+}
+
+/* Deletes the calling thread's fields of d (destructors run). */
+static void tl_fields_clear(tl_thread *t, const tl_desc *d) {
+  if (d->idx < t->nslots && t->slots[d->idx] != NULL) {
+    tl_tab *tab = t->slots[d->idx];
+    t->slots[d->idx] = NULL;
+    tl_tab_free(tab);
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+/* C API                                                                  */
+/* ---------------------------------------------------------------------- */
+
+THREADLOCAL_API int threadlocal_shared_open(const char *name, size_t len,
+                                            threadlocal_shared **out) {
+  tl_desc *d;
+  if (name == NULL || out == NULL) return THREADLOCAL_ERRARG;
+  if (tl_init() != 0 || (d = tl_desc_open(name, len)) == NULL) return THREADLOCAL_ERRMEM;
+  *out = d;
+  return THREADLOCAL_OK;
+}
+
+/* Sets key to v (moved in) for the calling thread. */
+static int tl_capi_set(threadlocal_shared *sh, const char *key, tl_val *v) {
+  tl_thread *t;
+  tl_tab *tab;
+  tl_key k;
+  tl_val old;
+  int err;
+  if (sh == NULL || key == NULL) return THREADLOCAL_ERRARG;
+  if (tl_init() != 0 || (t = tl_thread_get()) == NULL) return THREADLOCAL_ERRMEM;
+  tab = tl_fields_of(t, sh, v->type != TL_TNIL, &err);
+  if (err) return THREADLOCAL_ERRMEM;
+  if (tab == NULL) return THREADLOCAL_OK; /* deleting from nothing */
+  tl_key_str(&k, key, strlen(key));
+  if (tl_tab_put(tab, &k, v, &old) != 0) return THREADLOCAL_ERRMEM;
+  tl_val_free(&old);
+  return THREADLOCAL_OK;
+}
+
+THREADLOCAL_API int threadlocal_set_nil(threadlocal_shared *sh, const char *key) {
+  tl_val v;
+  v.type = TL_TNIL;
+  return tl_capi_set(sh, key, &v);
+}
+
+THREADLOCAL_API int threadlocal_delete(threadlocal_shared *sh, const char *key) {
+  return threadlocal_set_nil(sh, key);
+}
+
+THREADLOCAL_API int threadlocal_set_boolean(threadlocal_shared *sh, const char *key,
+                                            int value) {
+  tl_val v;
+  v.type = TL_TBOOL;
+  v.u.b = value != 0;
+  return tl_capi_set(sh, key, &v);
+}
+
+THREADLOCAL_API int threadlocal_set_integer(threadlocal_shared *sh, const char *key,
+                                            int64_t value) {
+  tl_val v;
+  v.type = TL_TINT;
+  v.u.i = value;
+  return tl_capi_set(sh, key, &v);
+}
+
+THREADLOCAL_API int threadlocal_set_float(threadlocal_shared *sh, const char *key,
+                                          double value) {
+  tl_val v;
+  v.type = TL_TFLOAT;
+  v.u.f = value;
+  return tl_capi_set(sh, key, &v);
+}
+
+THREADLOCAL_API int threadlocal_set_string(threadlocal_shared *sh, const char *key,
+                                           const char *s, size_t len) {
+  tl_val v;
+  int rc;
+  if (s == NULL && len > 0) return THREADLOCAL_ERRARG;
+  v.type = TL_TSTR;
+  if ((v.u.str.s = (char *)malloc(len + 1)) == NULL) return THREADLOCAL_ERRMEM;
+  if (len > 0) memcpy(v.u.str.s, s, len);
+  v.u.str.s[len] = '\0';
+  v.u.str.len = len;
+  if ((rc = tl_capi_set(sh, key, &v)) != THREADLOCAL_OK) free(v.u.str.s);
+  return rc;
+}
+
+THREADLOCAL_API int threadlocal_set_pointer(threadlocal_shared *sh, const char *key,
+                                            void *p, void (*destructor)(void *)) {
+  tl_val v;
+  v.type = TL_TPTR;
+  v.u.ptr.p = p;
+  v.u.ptr.dtor = destructor;
+  return tl_capi_set(sh, key, &v); /* on failure the destructor is not run */
+}
+
+THREADLOCAL_API int threadlocal_get(threadlocal_shared *sh, const char *key,
+                                    threadlocal_value *out) {
+  tl_thread *t;
+  tl_tab *tab;
+  tl_entry *e = NULL;
+  tl_key k;
+  int err;
+  if (sh == NULL || key == NULL || out == NULL) return THREADLOCAL_ERRARG;
+  if (tl_init() != 0 || (t = tl_thread_get()) == NULL) return THREADLOCAL_ERRMEM;
+  tab = tl_fields_of(t, sh, 0, &err);
+  if (err) return THREADLOCAL_ERRMEM;
+  if (tab != NULL) {
+    tl_key_str(&k, key, strlen(key));
+    e = tl_tab_find(tab, &k);
+  }
+  memset(out, 0, sizeof *out);
+  out->type = THREADLOCAL_NIL;
+  if (e == NULL) return THREADLOCAL_OK;
+  switch (e->val.type) {
+    case TL_TBOOL: out->type = THREADLOCAL_BOOLEAN; out->u.boolean = e->val.u.b; break;
+    case TL_TINT: out->type = THREADLOCAL_INTEGER; out->u.integer = e->val.u.i; break;
+    case TL_TFLOAT: out->type = THREADLOCAL_FLOAT; out->u.number = e->val.u.f; break;
+    case TL_TSTR:
+      out->type = THREADLOCAL_STRING;
+      out->u.string.ptr = e->val.u.str.s;
+      out->u.string.len = e->val.u.str.len;
+      break;
+    case TL_TPTR: out->type = THREADLOCAL_POINTER; out->u.pointer = e->val.u.ptr.p; break;
+    case TL_TTAB: out->type = THREADLOCAL_TABLE; break;
+  }
+  return THREADLOCAL_OK;
+}
+
+THREADLOCAL_API int threadlocal_clear(threadlocal_shared *sh) {
+  if (sh == NULL) return THREADLOCAL_ERRARG;
+  if (tl_me != NULL) tl_fields_clear(tl_me, sh);
+  return THREADLOCAL_OK;
+}
+
+THREADLOCAL_API int threadlocal_release(void) {
+  tl_thread *t = tl_me;
+  if (t != NULL) {
+    tl_thread_retire(t);
+    t->id = atomic_fetch_add(&tl_nextid, 1);
+    tl_myid = t->id;
+  }
+  return THREADLOCAL_OK;
+}
+
+THREADLOCAL_API uint64_t threadlocal_id(void) {
+  tl_thread *t;
+  if (tl_init() != 0 || (t = tl_thread_get()) == NULL) return 0;
+  return t->id;
+}
+
+/* ---------------------------------------------------------------------- */
 /* Lua helpers                                                            */
 /* ---------------------------------------------------------------------- */
 
 static int tl_memerror(lua_State *L) {
   lua_pushliteral(L, "not enough memory");
+  return lua_error(L);
+}
+
+/* Errors of our own carry no position prefix: they start "threadlocal:". */
+static int tl_error(lua_State *L, const char *msg) {
+  lua_pushstring(L, msg);
   return lua_error(L);
 }
 
@@ -334,12 +1023,6 @@ static void tl_delid(lua_State *L, int t, uint64_t id) {
   lua_pop(L, 1);
 }
 
-/* Errors of our own carry no position prefix: they start "threadlocal:". */
-static int tl_error(lua_State *L, const char *msg) {
-  lua_pushstring(L, msg);
-  return lua_error(L);
-}
-
 static void tl_copytable(lua_State *L, int src) { /* pushes a shallow copy */
   lua_newtable(L);
   lua_pushnil(L);
@@ -350,11 +1033,446 @@ static void tl_copytable(lua_State *L, int src) { /* pushes a shallow copy */
   }
 }
 
-/* ---------------------------------------------------------------------- */
-/* Purging the fields of exited threads                                   */
-/* ---------------------------------------------------------------------- */
+static int tl_next(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 2);
+  if (lua_next(L, 1)) return 2;
+  lua_pushnil(L);
+  return 1;
+}
 
 #define tl_state_at(L) ((tl_state *)lua_touserdata(L, lua_upvalueindex(1)))
+#define TL_PROXY_MT lua_upvalueindex(2)
+
+/* ---------------------------------------------------------------------- */
+/* Shared values in Lua: keys, conversion, proxies                        */
+/* ---------------------------------------------------------------------- */
+
+/* The shared key for stack slot i; 0 if the value cannot be one. */
+static int tl_tokey(lua_State *L, int i, tl_key *k) {
+  switch (lua_type(L, i)) {
+    case LUA_TSTRING: {
+      size_t len;
+      const char *s = lua_tolstring(L, i, &len);
+      tl_key_str(k, s, len);
+      return 1;
+    }
+    case LUA_TNUMBER: {
+      int64_t n;
+      if (tl_toint(L, i, &n))
+        tl_key_int(k, n);
+      else {
+        lua_Number f = lua_tonumber(L, i);
+        if (f != f) return 0;
+        tl_key_float(k, (double)f);
+      }
+      return 1;
+    }
+    case LUA_TBOOLEAN: tl_key_bool(k, lua_toboolean(L, i)); return 1;
+    default: return 0;
+  }
+}
+
+static void tl_checkkey(lua_State *L, int i, tl_key *k) {
+  if (tl_tokey(L, i, k)) return;
+  if (lua_type(L, i) == LUA_TNUMBER)
+    tl_error(L, "threadlocal: cannot use NaN as a field name");
+  lua_pushfstring(L, "threadlocal: shared field names are strings, numbers or booleans, not %s",
+                  luaL_typename(L, i));
+  lua_error(L);
+}
+
+static void tl_pushkey(lua_State *L, const tl_val *k) {
+  switch (k->type) {
+    case TL_TSTR: lua_pushlstring(L, k->u.str.s, k->u.str.len); break;
+    case TL_TINT: tl_pushint(L, k->u.i); break;
+    case TL_TFLOAT: lua_pushnumber(L, (lua_Number)k->u.f); break;
+    default: lua_pushboolean(L, k->u.b); break;
+  }
+}
+
+/* Pushes a proxy of tab (owned by the calling thread); mt is its metatable. */
+static void tl_pushproxy(lua_State *L, tl_tab *tab, int mt) {
+  tl_proxy *p;
+  mt = tl_absindex(L, mt);
+  p = (tl_proxy *)tl_newud(L, sizeof *p, 0);
+  p->owner = tab->owner->id;
+  p->index = tab->handle;
+  p->gen = tab->owner->gens[tab->handle];
+  lua_pushvalue(L, mt);
+  lua_setmetatable(L, -2);
+}
+
+static void tl_pushval(lua_State *L, const tl_val *v, int mt) {
+  switch (v->type) {
+    case TL_TNIL: lua_pushnil(L); break;
+    case TL_TBOOL: lua_pushboolean(L, v->u.b); break;
+    case TL_TINT: tl_pushint(L, v->u.i); break;
+    case TL_TFLOAT: lua_pushnumber(L, (lua_Number)v->u.f); break;
+    case TL_TSTR: lua_pushlstring(L, v->u.str.s, v->u.str.len); break;
+    case TL_TPTR: lua_pushlightuserdata(L, v->u.ptr.p); break;
+    default: tl_pushproxy(L, v->u.tab, mt); break;
+  }
+}
+
+/* Pushes a deep copy of tab as plain Lua tables. */
+static void tl_pushcopy(lua_State *L, const tl_tab *tab) {
+  uint32_t i;
+  luaL_checkstack(L, 3, "threadlocal: tables nested too deep");
+  lua_createtable(L, 0, (int)tab->count);
+  for (i = 0; i < tab->cap; i++) {
+    const tl_entry *e = &tab->e[i];
+    if (e->state != TL_LIVE) continue;
+    tl_pushkey(L, &e->key);
+    if (e->val.type == TL_TTAB)
+      tl_pushcopy(L, e->val.u.tab);
+    else
+      tl_pushval(L, &e->val, 0);
+    lua_rawset(L, -3);
+  }
+}
+
+/* The table a proxy at stack slot i stands for; raises if it is gone. */
+static tl_tab *tl_proxy_tab(lua_State *L, int i) {
+  tl_proxy *p = (tl_proxy *)lua_touserdata(L, i);
+  tl_thread *t = tl_me;
+  if (t == NULL || p->owner != t->id)
+    tl_error(L, "threadlocal: table proxy used on another thread than the one that read it");
+  if (p->index >= t->ntabs || t->gens[p->index] != p->gen)
+    tl_error(L, "threadlocal: table proxy is stale: its table was replaced, deleted or cleared");
+  return t->tabs[p->index];
+}
+
+/*
+** Lua value -> shared value, never raising, so that a failure can free
+** what was built and leave everything as it was.  Nested tables are copied
+** raw (metatables are not followed); a proxy's table is copied.
+*/
+typedef struct tl_conv {
+  lua_State *L;
+  tl_thread *owner; /* of the tables made; NULL for defaults */
+  int mt;           /* proxy metatable, absolute index */
+  int depth, ntables;
+  int keys[TL_MAXDEPTH + 1];       /* stack slots of the keys on the path */
+  const void *tables[TL_MAXDEPTH]; /* the tables on the path, for cycles */
+  int nomem;
+  char msg[256];
+} tl_conv;
+
+enum { TL_CONV_OK, TL_CONV_FAIL };
+
+/* Sets c->msg to "threadlocal: <what>[ in field '<path>']". */
+static int tl_conv_fail(tl_conv *c, const char *what) {
+  size_t n = (size_t)snprintf(c->msg, sizeof c->msg, "threadlocal: %s", what);
+  int i;
+  if (c->depth > 0 && n < sizeof c->msg)
+    n += (size_t)snprintf(c->msg + n, sizeof c->msg - n, " in field '");
+  for (i = 0; i < c->depth && n < sizeof c->msg; i++) {
+    int k = c->keys[i];
+    if (lua_type(c->L, k) == LUA_TSTRING) {
+      const char *s = lua_tostring(c->L, k);
+      n += (size_t)snprintf(c->msg + n, sizeof c->msg - n, i ? ".%.40s" : "%.40s", s);
+    } else if (lua_type(c->L, k) == LUA_TNUMBER)
+      n += (size_t)snprintf(c->msg + n, sizeof c->msg - n, "[%.14g]", (double)lua_tonumber(c->L, k));
+    else
+      n += (size_t)snprintf(c->msg + n, sizeof c->msg - n, "[%s]", lua_toboolean(c->L, k) ? "true" : "false");
+  }
+  if (c->depth > 0 && n < sizeof c->msg) snprintf(c->msg + n, sizeof c->msg - n, "'");
+  return TL_CONV_FAIL;
+}
+
+static int tl_conv_nomem(tl_conv *c) {
+  c->nomem = 1;
+  return TL_CONV_FAIL;
+}
+
+static int tl_conv_value(tl_conv *c, int i, tl_val *out);
+
+static int tl_conv_table(tl_conv *c, int i, tl_tab **out) {
+  lua_State *L = c->L;
+  const void *self = lua_topointer(L, i);
+  tl_tab *tab;
+  int d;
+  for (d = 0; d < c->ntables; d++)
+    if (c->tables[d] == self) return tl_conv_fail(c, "cannot store a table that contains itself");
+  if (c->ntables >= TL_MAXDEPTH || !lua_checkstack(L, 4))
+    return tl_conv_fail(c, "cannot store tables nested this deep");
+  if ((tab = tl_tab_new(c->owner)) == NULL) return tl_conv_nomem(c);
+  c->tables[c->ntables++] = self;
+  lua_pushnil(L);
+  while (lua_next(L, i)) {
+    tl_key k;
+    tl_val v, old;
+    int rc;
+    if (!tl_tokey(L, -2, &k)) {
+      char what[64];
+      int kt = lua_type(L, -2);
+      if (kt == LUA_TNUMBER)
+        snprintf(what, sizeof what, "cannot use NaN as a key");
+      else
+        snprintf(what, sizeof what, "cannot use a %s as a key", lua_typename(L, kt));
+      rc = tl_conv_fail(c, what);
+    } else {
+      c->keys[c->depth++] = lua_gettop(L) - 1;
+      rc = tl_conv_value(c, lua_gettop(L), &v);
+      c->depth--;
+      if (rc == TL_CONV_OK && tl_tab_put(tab, &k, &v, &old) != 0) {
+        tl_val_free(&v);
+        rc = tl_conv_nomem(c);
+      }
+    }
+    if (rc != TL_CONV_OK) {
+      lua_pop(L, 2);
+      tl_tab_free(tab);
+      return rc;
+    }
+    lua_pop(L, 1);
+  }
+  c->ntables--;
+  *out = tab;
+  return TL_CONV_OK;
+}
+
+static int tl_conv_value(tl_conv *c, int i, tl_val *out) {
+  lua_State *L = c->L;
+  char what[64];
+  out->type = TL_TNIL;
+  switch (lua_type(L, i)) {
+    case LUA_TNIL: return TL_CONV_OK;
+    case LUA_TBOOLEAN:
+      out->type = TL_TBOOL;
+      out->u.b = lua_toboolean(L, i);
+      return TL_CONV_OK;
+    case LUA_TNUMBER:
+      if (tl_toint(L, i, &out->u.i))
+        out->type = TL_TINT;
+      else {
+        out->type = TL_TFLOAT;
+        out->u.f = (double)lua_tonumber(L, i);
+      }
+      return TL_CONV_OK;
+    case LUA_TSTRING: {
+      size_t len;
+      const char *s = lua_tolstring(L, i, &len);
+      if ((out->u.str.s = (char *)malloc(len + 1)) == NULL) return tl_conv_nomem(c);
+      memcpy(out->u.str.s, s, len + 1);
+      out->u.str.len = len;
+      out->type = TL_TSTR;
+      return TL_CONV_OK;
+    }
+    case LUA_TLIGHTUSERDATA:
+      out->type = TL_TPTR;
+      out->u.ptr.p = lua_touserdata(L, i);
+      out->u.ptr.dtor = NULL;
+      return TL_CONV_OK;
+    case LUA_TTABLE:
+      if (tl_conv_table(c, i, &out->u.tab) != TL_CONV_OK) return TL_CONV_FAIL;
+      out->type = TL_TTAB;
+      return TL_CONV_OK;
+    case LUA_TUSERDATA:
+      if (c->mt != 0 && lua_getmetatable(L, i)) {
+        int isproxy = lua_rawequal(L, -1, c->mt);
+        lua_pop(L, 1);
+        if (isproxy) {
+          tl_proxy *p = (tl_proxy *)lua_touserdata(L, i);
+          tl_thread *t = tl_me;
+          if (t == NULL || p->owner != t->id || p->index >= t->ntabs || t->gens[p->index] != p->gen)
+            return tl_conv_fail(c, "cannot store a table proxy that is not valid on this thread");
+          if ((out->u.tab = tl_tab_clone(t->tabs[p->index], c->owner)) == NULL)
+            return tl_conv_nomem(c);
+          out->type = TL_TTAB;
+          return TL_CONV_OK;
+        }
+      }
+      /* FALLTHROUGH */
+    default: {
+      int t = lua_type(L, i);
+      snprintf(what, sizeof what, "cannot store a %s",
+               t == LUA_TTHREAD ? "coroutine" : lua_typename(L, t));
+      return tl_conv_fail(c, what);
+    }
+  }
+}
+
+/* Converts stack slot i into *out, or raises (having freed everything). */
+static void tl_tovalue(lua_State *L, int i, int key, tl_thread *owner, int mt, tl_val *out) {
+  tl_conv c;
+  c.L = L;
+  c.owner = owner;
+  c.mt = mt ? tl_absindex(L, mt) : 0;
+  c.depth = key ? 1 : 0;
+  c.ntables = 0;
+  c.keys[0] = key;
+  c.nomem = 0;
+  if (tl_conv_value(&c, tl_absindex(L, i), out) == TL_CONV_OK) return;
+  if (c.nomem) tl_memerror(L);
+  tl_error(L, c.msg);
+}
+
+/* Stores the value at slot 3 under the key at slot 2 of tab. */
+static void tl_tab_assign(lua_State *L, tl_tab *tab, tl_thread *t) {
+  tl_key k;
+  tl_val v, old;
+  tl_checkkey(L, 2, &k);
+  tl_tovalue(L, 3, 2, t, TL_PROXY_MT, &v);
+  if (tl_tab_put(tab, &k, &v, &old) != 0) {
+    tl_val_free(&v);
+    tl_memerror(L);
+  }
+  tl_val_free(&old);
+}
+
+/* Pushes tab[key at slot 2]. */
+static int tl_tab_index(lua_State *L, const tl_tab *tab) {
+  tl_key k;
+  tl_entry *e;
+  if (tab != NULL && tl_tokey(L, 2, &k) && (e = tl_tab_find(tab, &k)) != NULL)
+    tl_pushval(L, &e->val, TL_PROXY_MT);
+  else
+    lua_pushnil(L);
+  return 1;
+}
+
+static lua_Integer tl_tab_len(const tl_tab *tab) { /* a border, as # finds one */
+  tl_key k;
+  int64_t i = 0, j = 1;
+  if (tab == NULL) return 0;
+  for (;;) { /* find i present, j absent */
+    tl_key_int(&k, j);
+    if (tl_tab_find(tab, &k) == NULL) break;
+    i = j;
+    if (j > INT64_MAX / 2) return (lua_Integer)j;
+    j *= 2;
+  }
+  while (j - i > 1) {
+    int64_t m = i + (j - i) / 2;
+    tl_key_int(&k, m);
+    if (tl_tab_find(tab, &k) == NULL) j = m; else i = m;
+  }
+  return (lua_Integer)i;
+}
+
+/* Upvalues: a proxy of the table, the next slot to look at. */
+static int tl_iter(lua_State *L) {
+  tl_tab *tab = tl_proxy_tab(L, lua_upvalueindex(1));
+  uint32_t i = (uint32_t)lua_tointeger(L, lua_upvalueindex(2));
+  for (; i < tab->cap; i++) {
+    tl_entry *e = &tab->e[i];
+    if (e->state != TL_LIVE) continue;
+    lua_pushinteger(L, (lua_Integer)i + 1);
+    lua_replace(L, lua_upvalueindex(2));
+    tl_pushkey(L, &e->key);
+    lua_getmetatable(L, lua_upvalueindex(1));
+    tl_pushval(L, &e->val, -1);
+    lua_remove(L, -2);
+    return 2;
+  }
+  lua_pushinteger(L, (lua_Integer)tab->cap);
+  lua_replace(L, lua_upvalueindex(2));
+  lua_pushnil(L);
+  return 1;
+}
+
+static int tl_iter_empty(lua_State *L) {
+  lua_pushnil(L);
+  return 1;
+}
+
+/* Returns pairs' three values for tab (owned by the calling thread). */
+static int tl_tab_pairs(lua_State *L, tl_tab *tab) {
+  if (tab == NULL) {
+    lua_pushcfunction(L, tl_iter_empty);
+    return 1;
+  }
+  tl_pushproxy(L, tab, TL_PROXY_MT);
+  lua_pushinteger(L, 0);
+  lua_pushcclosure(L, tl_iter, 2);
+  return 1;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Shared locals and proxies in Lua                                       */
+/* ---------------------------------------------------------------------- */
+
+/* The calling thread's fields of the shared local at slot 1. */
+static tl_tab *tl_shared_fields(lua_State *L, int create) {
+  tl_desc *d = ((tl_shared *)lua_touserdata(L, 1))->d;
+  tl_thread *t = tl_me;
+  tl_tab *tab;
+  int err;
+  if (t != NULL && d->idx < t->nslots && (tab = t->slots[d->idx]) != NULL) return tab;
+  tab = tl_fields_slow(tl_self(L), d, create, &err);
+  if (err) tl_memerror(L);
+  return tab;
+}
+
+/* Called only as metamethods, so argument 1 is a shared local. */
+static int tl_shared_index(lua_State *L) {
+  return tl_tab_index(L, tl_shared_fields(L, 0));
+}
+
+static int tl_shared_newindex(lua_State *L) {
+  tl_tab *tab;
+  if (lua_isnil(L, 3)) { /* deleting needs no fields table */
+    tl_key k;
+    tl_val v, old;
+    tl_checkkey(L, 2, &k);
+    if ((tab = tl_shared_fields(L, 0)) == NULL) return 0;
+    v.type = TL_TNIL;
+    tl_tab_put(tab, &k, &v, &old); /* never fails */
+    tl_val_free(&old);
+    return 0;
+  }
+  tab = tl_shared_fields(L, 1);
+  tl_tab_assign(L, tab, tab->owner);
+  return 0;
+}
+
+static int tl_shared_pairs(lua_State *L) {
+  return tl_tab_pairs(L, tl_shared_fields(L, 0));
+}
+
+static int tl_shared_len(lua_State *L) {
+  lua_pushinteger(L, tl_tab_len(tl_shared_fields(L, 0)));
+  return 1;
+}
+
+static int tl_shared_tostring(lua_State *L) {
+  tl_desc *d = ((tl_shared *)lua_touserdata(L, 1))->d;
+  lua_pushliteral(L, THREADLOCAL_SHARED_MT " '");
+  lua_pushlstring(L, d->name, d->len);
+  lua_pushfstring(L, "': %p", lua_touserdata(L, 1));
+  lua_concat(L, 3);
+  return 1;
+}
+
+static int tl_proxy_index(lua_State *L) {
+  return tl_tab_index(L, tl_proxy_tab(L, 1));
+}
+
+static int tl_proxy_newindex(lua_State *L) {
+  tl_tab *tab = tl_proxy_tab(L, 1);
+  tl_tab_assign(L, tab, tab->owner);
+  return 0;
+}
+
+static int tl_proxy_pairs(lua_State *L) {
+  return tl_tab_pairs(L, tl_proxy_tab(L, 1));
+}
+
+static int tl_proxy_len(lua_State *L) {
+  lua_pushinteger(L, tl_tab_len(tl_proxy_tab(L, 1)));
+  return 1;
+}
+
+static int tl_proxy_tostring(lua_State *L) {
+  lua_pushfstring(L, THREADLOCAL_TABLE_MT ": %p", lua_touserdata(L, 1));
+  return 1;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Purging the Local fields of exited threads                             */
+/* ---------------------------------------------------------------------- */
 
 static void tl_uncache(lua_State *L, int ud, tl_local *lo) {
   lo->cid = TL_NOCACHE;
@@ -392,11 +1510,12 @@ static void tl_purge(lua_State *L) {
     return;
   tl_getuv(L, lua_upvalueindex(1), TL_ST_BYTHREAD);
   do {
+    size_t nd;
     pthread_mutex_lock(&h->lock);
-    n = atomic_load_explicit(&h->ndead, memory_order_relaxed);
-    if (n > 32) n = 32;
-    for (i = 0; i < n; i++) ids[i] = h->dead[atomic_load(&h->ndead) - 1 - i];
-    atomic_store(&h->ndead, atomic_load(&h->ndead) - n);
+    nd = atomic_load_explicit(&h->ndead, memory_order_relaxed);
+    n = nd < 32 ? nd : 32;
+    for (i = 0; i < n; i++) ids[i] = h->dead[nd - 1 - i];
+    atomic_store(&h->ndead, nd - n);
     h->nslots -= n;
     pthread_mutex_unlock(&h->lock);
     for (i = 0; i < n; i++) tl_purge_id(L, lua_gettop(L), ids[i]);
@@ -550,14 +1669,6 @@ static int tl_local_newindex(lua_State *L) {
   return 0;
 }
 
-static int tl_next(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  lua_settop(L, 2);
-  if (lua_next(L, 1)) return 2;
-  lua_pushnil(L);
-  return 1;
-}
-
 static int tl_local_pairs(lua_State *L) {
   tl_local_fields(L, 1);
   lua_pushcfunction(L, tl_next);
@@ -581,8 +1692,24 @@ static int tl_local_tostring(lua_State *L) {
 /* Module functions                                                       */
 /* ---------------------------------------------------------------------- */
 
-static tl_local *tl_checklocal(lua_State *L, int i) {
-  return (tl_local *)luaL_checkudata(L, i, THREADLOCAL_LOCAL_MT);
+enum { TL_KLOCAL = 1, TL_KSHARED = 2, TL_KPROXY = 4 };
+
+/* Which of the kinds in `kinds` the value at slot 1 is; raises otherwise. */
+static int tl_checkkind(lua_State *L, int kinds, const char *expected) {
+  if (lua_type(L, 1) == LUA_TUSERDATA && lua_getmetatable(L, 1)) {
+    int k = 0;
+    luaL_getmetatable(L, THREADLOCAL_LOCAL_MT);
+    if (lua_rawequal(L, -1, -2)) k = TL_KLOCAL;
+    lua_pop(L, 1);
+    luaL_getmetatable(L, THREADLOCAL_SHARED_MT);
+    if (lua_rawequal(L, -1, -2)) k = TL_KSHARED;
+    lua_pop(L, 1);
+    if (lua_rawequal(L, -1, TL_PROXY_MT)) k = TL_KPROXY;
+    lua_pop(L, 1);
+    if (k & kinds) return k;
+  }
+  return luaL_argerror(L, 1, lua_pushfstring(L, "%s expected, got %s", expected,
+                                             luaL_typename(L, 1)));
 }
 
 static int tl_new(lua_State *L) {
@@ -617,20 +1744,80 @@ static int tl_call(lua_State *L) { /* threadlocal(...) */
   return tl_new(L);
 }
 
+static int tl_shared_new(lua_State *L) {
+  size_t len;
+  const char *name = luaL_checklstring(L, 1, &len);
+  tl_tab *defaults = NULL, *expected = NULL;
+  tl_desc *d;
+  tl_shared *sh;
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  if (!lua_isnil(L, 2)) {
+    tl_val v;
+    tl_tovalue(L, 2, 0, NULL, TL_PROXY_MT, &v);
+    defaults = v.u.tab;
+  }
+  if ((d = tl_desc_open(name, len)) == NULL) {
+    if (defaults) tl_tab_free(defaults);
+    return tl_memerror(L);
+  }
+  if (defaults != NULL &&
+      !atomic_compare_exchange_strong(&d->defaults, &expected, defaults)) {
+    int same = tl_tab_equal(expected, defaults);
+    tl_tab_free(defaults);
+    if (!same) {
+      lua_pushliteral(L, "threadlocal: shared local '");
+      lua_pushlstring(L, name, len);
+      lua_pushliteral(L, "' already has other defaults");
+      lua_concat(L, 3);
+      return lua_error(L);
+    }
+  }
+  tl_getuv(L, lua_upvalueindex(1), TL_ST_SHARED); /* one userdata per name */
+  lua_pushvalue(L, 1);
+  lua_rawget(L, -2);
+  if (!lua_isnil(L, -1)) return 1;
+  lua_pop(L, 1);
+  sh = (tl_shared *)tl_newud(L, sizeof *sh, 0);
+  sh->d = d;
+  luaL_getmetatable(L, THREADLOCAL_SHARED_MT);
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, -4);
+  return 1;
+}
+
 static int tl_clear(lua_State *L) {
-  tl_local *lo = tl_checklocal(L, 1);
-  uint64_t id = tl_myid;
-  if (id == 0) return 0; /* this thread never stored anything */
-  tl_getuv(L, 1, TL_UV_MAP);
-  tl_delid(L, -1, id);
-  if (lo->cid == id) tl_uncache(L, 1, lo);
+  if (tl_checkkind(L, TL_KLOCAL | TL_KSHARED, "threadlocal.local or threadlocal.shared") ==
+      TL_KSHARED) {
+    if (tl_me != NULL) tl_fields_clear(tl_me, ((tl_shared *)lua_touserdata(L, 1))->d);
+  } else {
+    tl_local *lo = (tl_local *)lua_touserdata(L, 1);
+    uint64_t id = tl_myid;
+    if (id == 0) return 0; /* this thread never stored anything */
+    tl_getuv(L, 1, TL_UV_MAP);
+    tl_delid(L, -1, id);
+    if (lo->cid == id) tl_uncache(L, 1, lo);
+  }
   return 0;
 }
 
 static int tl_fields(lua_State *L) {
-  tl_checklocal(L, 1);
-  tl_local_fields(L, 1);
-  tl_copytable(L, lua_gettop(L));
+  const tl_tab *tab;
+  switch (tl_checkkind(L, TL_KLOCAL | TL_KSHARED | TL_KPROXY,
+                       "threadlocal.local, threadlocal.shared or threadlocal.table")) {
+    case TL_KLOCAL:
+      tl_local_fields(L, 1);
+      tl_copytable(L, lua_gettop(L));
+      return 1;
+    case TL_KSHARED: tab = tl_shared_fields(L, 0); break;
+    default: tab = tl_proxy_tab(L, 1); break;
+  }
+  if (tab == NULL)
+    lua_newtable(L);
+  else
+    tl_pushcopy(L, tab);
   return 1;
 }
 
@@ -657,7 +1844,7 @@ static int tl_threads_step(lua_State *L) {
 
 static int tl_threads(lua_State *L) {
   int n = 0;
-  tl_checklocal(L, 1);
+  tl_checkkind(L, TL_KLOCAL, THREADLOCAL_LOCAL_MT);
   lua_settop(L, 1);
   tl_purge(L);
   tl_getuv(L, 1, TL_UV_MAP);
@@ -688,9 +1875,28 @@ static const luaL_Reg tl_local_meta[] = {
   {NULL, NULL}
 };
 
+static const luaL_Reg tl_shared_meta[] = {
+  {"__index", tl_shared_index},
+  {"__newindex", tl_shared_newindex},
+  {"__pairs", tl_shared_pairs},
+  {"__len", tl_shared_len},
+  {"__tostring", tl_shared_tostring},
+  {NULL, NULL}
+};
+
+static const luaL_Reg tl_proxy_meta[] = {
+  {"__index", tl_proxy_index},
+  {"__newindex", tl_proxy_newindex},
+  {"__pairs", tl_proxy_pairs},
+  {"__len", tl_proxy_len},
+  {"__tostring", tl_proxy_tostring},
+  {NULL, NULL}
+};
+
 static const luaL_Reg tl_funcs[] = {
   {"new", tl_new},
   {"local", tl_new},
+  {"shared", tl_shared_new},
   {"clear", tl_clear},
   {"fields", tl_fields},
   {"threads", tl_threads},
@@ -704,7 +1910,7 @@ static void tl_state_push(lua_State *L) {
   tl_rawgetp(L, LUA_REGISTRYINDEX, &tl_statekey);
   if (!lua_isnil(L, -1)) return;
   lua_pop(L, 1);
-  st = (tl_state *)tl_newud(L, sizeof *st, TL_ST_NUV - 1);
+  st = (tl_state *)tl_newud(L, sizeof *st, TL_ST_NUV);
   st->home = NULL;
   luaL_newmetatable(L, TL_STATE_MT);
   lua_pushcfunction(L, tl_state_gc);
@@ -713,6 +1919,8 @@ static void tl_state_push(lua_State *L) {
   if ((st->home = tl_home_new()) == NULL) tl_memerror(L);
   lua_newtable(L);
   tl_setuv(L, -2, TL_ST_BYTHREAD);
+  lua_newtable(L);
+  tl_setuv(L, -2, TL_ST_SHARED);
   lua_createtable(L, 0, 1);
   lua_pushvalue(L, -2);
   lua_pushcclosure(L, tl_sentinel_gc, 1);
@@ -727,32 +1935,45 @@ static int tl_open_sentinel(lua_State *L) { /* upvalue 1: the tl_state */
   return 0;
 }
 
-THREADLOCAL_API int luaopen_threadlocal(lua_State *L) {
-  pthread_once(&tl_once, tl_global_init);
-  if (tl_once_err) return tl_error(L, "threadlocal: cannot create the thread key");
-  tl_state_push(L);
+/* Fills the metatable at the top with funcs, closed over the two upvalues
+** below it (the tl_state and the proxy metatable), and hides it. */
+static void tl_setmeta(lua_State *L, const luaL_Reg *funcs, const char *name) {
+  lua_pushvalue(L, -3);
+  lua_pushvalue(L, -3);
+  tl_setfuncs(L, funcs, 2);
+  lua_pushstring(L, name);
+  lua_setfield(L, -2, "__metatable");
+}
 
+THREADLOCAL_API int luaopen_threadlocal(lua_State *L) {
+  if (tl_init() != 0) return tl_error(L, "threadlocal: cannot create the thread key");
+  tl_state_push(L);
   lua_pushvalue(L, -1);
   lua_pushcclosure(L, tl_open_sentinel, 1);
   lua_call(L, 0, 0);
+  luaL_newmetatable(L, THREADLOCAL_TABLE_MT); /* upvalues: state, proxy mt */
 
+  lua_pushvalue(L, -1);
+  tl_setmeta(L, tl_proxy_meta, THREADLOCAL_TABLE_MT);
+  lua_pop(L, 1);
   luaL_newmetatable(L, THREADLOCAL_LOCAL_MT);
-  lua_pushvalue(L, -2);
-  tl_setfuncs(L, tl_local_meta, 1);
-  lua_pushliteral(L, THREADLOCAL_LOCAL_MT);
-  lua_setfield(L, -2, "__metatable");
+  tl_setmeta(L, tl_local_meta, THREADLOCAL_LOCAL_MT);
+  lua_pop(L, 1);
+  luaL_newmetatable(L, THREADLOCAL_SHARED_MT);
+  tl_setmeta(L, tl_shared_meta, THREADLOCAL_SHARED_MT);
   lua_pop(L, 1);
 
   lua_createtable(L, 0, (int)(sizeof tl_funcs / sizeof *tl_funcs) + 1);
-  lua_pushvalue(L, -2);
-  tl_setfuncs(L, tl_funcs, 1);
+  lua_pushvalue(L, -3);
+  lua_pushvalue(L, -3);
+  tl_setfuncs(L, tl_funcs, 2);
   lua_pushliteral(L, THREADLOCAL_VERSION);
   lua_setfield(L, -2, "version");
   lua_createtable(L, 0, 1);
-  lua_pushvalue(L, -3);
-  lua_pushcclosure(L, tl_call, 1);
+  lua_pushvalue(L, -4);
+  lua_pushvalue(L, -4);
+  lua_pushcclosure(L, tl_call, 2);
   lua_setfield(L, -2, "__call");
   lua_setmetatable(L, -2);
-  lua_remove(L, -2);
   return 1;
 }

@@ -1,37 +1,139 @@
 /*
-** threadlocal.h: the names threadlocal exports, in one place.
+** threadlocal.h: everything threadlocal exports, in one place.
 **
-** threadlocal gives Lua states and the C hosts that embed them data private to
-** the calling OS thread.  A host that links the module in (rather than letting
-** `require` find threadlocal.so) makes it available to a state with
+** threadlocal gives Lua states and the C hosts that embed them data private
+** to the calling OS thread.  This header is the reference for C users; see
+** README.md for the Lua API and the value rules.
 **
-**     luaL_requiref(L, "threadlocal", luaopen_threadlocal, 0);
-**     lua_pop(L, 1);
+** Opening the module
+**   A host that links the module in makes it available to a state with
+**       luaL_requiref(L, "threadlocal", luaopen_threadlocal, 0);
+**       lua_pop(L, 1);
+**   or lets `require "threadlocal"` find threadlocal.so on package.cpath.
+**   The first open pins the shared object that contains the module: it stays
+**   mapped until the process ends, even after lua_close of every state.
 **
-** See README.md for the Lua API and the rules it follows.
+** Shared locals from C
+**   A shared local is process-wide and found by name; every state and the C
+**   API see the same one.  Each OS thread has its own fields in it.  Every
+**   function below acts on the fields of the calling thread only, takes no
+**   global lock (except threadlocal_shared_open, which may), and may be
+**   called before any Lua state exists.
+**
+**   Keys are NUL-terminated strings; Lua sees them as string keys.  Values
+**   are copied in: nil, booleans, 64-bit integers, doubles, strings with a
+**   length (binary-safe), and pointers.  Lua reads a pointer as a light
+**   userdata.  A pointer may carry a destructor, which runs exactly once, on
+**   the owning thread: when the field is overwritten or deleted (from C or
+**   Lua), when the thread's fields are cleared or released, or while the
+**   thread exits.  A copy of the pointer (a Lua read, a table copy) never
+**   carries the destructor.
+**
+**   Functions return THREADLOCAL_OK, THREADLOCAL_ERRMEM (out of memory:
+**   nothing changed; a destructor passed in was not called) or
+**   THREADLOCAL_ERRARG (a NULL or otherwise bad argument: nothing changed).
+**
+**   Example:
+**       threadlocal_shared *ctx;
+**       if (threadlocal_shared_open("ctx", 3, &ctx) != THREADLOCAL_OK) ...
+**       threadlocal_set_integer(ctx, "worker", 3);
+**       threadlocal_set_pointer(ctx, "conn", conn, close_conn);
+**   and in Lua on the same thread:
+**       local ctx = threadlocal.shared("ctx")
+**       print(ctx.worker)          --> 3
 */
 #ifndef THREADLOCAL_H
 #define THREADLOCAL_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 #include "lua.h"
 
 #define THREADLOCAL_VERSION_MAJOR 0
-#define THREADLOCAL_VERSION_MINOR 1
+#define THREADLOCAL_VERSION_MINOR 2
 #define THREADLOCAL_VERSION_PATCH 0
-#define THREADLOCAL_VERSION "0.1.0"
+#define THREADLOCAL_VERSION "0.2.0"
 
-/* Metatable names (also the type names in error messages). */
-#define THREADLOCAL_LOCAL_MT "threadlocal.local"
+/* Metatable names, which are also the type names in error messages. */
+#define THREADLOCAL_LOCAL_MT "threadlocal.local"   /* threadlocal.new */
+#define THREADLOCAL_SHARED_MT "threadlocal.shared" /* threadlocal.shared */
+#define THREADLOCAL_TABLE_MT "threadlocal.table"   /* proxy of a shared table */
 
 #ifndef THREADLOCAL_API
 #define THREADLOCAL_API extern
 #endif
 
-/*
-** Opens the module: pushes the module table.  Safe to call from any number of
-** states on any number of threads.  The first call pins the shared object
-** that contains it, so that it stays mapped until the process ends.
-*/
+/* Return codes. */
+#define THREADLOCAL_OK 0
+#define THREADLOCAL_ERRMEM 1
+#define THREADLOCAL_ERRARG 2
+
+typedef struct threadlocal_shared threadlocal_shared;
+
+typedef enum threadlocal_type {
+  THREADLOCAL_NIL,
+  THREADLOCAL_BOOLEAN,
+  THREADLOCAL_INTEGER,
+  THREADLOCAL_FLOAT,
+  THREADLOCAL_STRING,
+  THREADLOCAL_POINTER,
+  THREADLOCAL_TABLE /* set from Lua; C sees only the type */
+} threadlocal_type;
+
+typedef struct threadlocal_value {
+  threadlocal_type type;
+  union {
+    int boolean;
+    int64_t integer;
+    double number;
+    struct {
+      const char *ptr; /* NUL-terminated too; valid until the field changes */
+      size_t len;
+    } string;
+    void *pointer;
+  } u;
+} threadlocal_value;
+
+/* Opens the module in a state: pushes the module table. */
 THREADLOCAL_API int luaopen_threadlocal(lua_State *L);
+
+/* Finds or creates the shared local called name[0..len) (binary-safe). */
+THREADLOCAL_API int threadlocal_shared_open(const char *name, size_t len,
+                                            threadlocal_shared **out);
+
+/* Sets a field of the calling thread.  set_nil deletes, like delete. */
+THREADLOCAL_API int threadlocal_set_nil(threadlocal_shared *sh, const char *key);
+THREADLOCAL_API int threadlocal_set_boolean(threadlocal_shared *sh, const char *key,
+                                            int value);
+THREADLOCAL_API int threadlocal_set_integer(threadlocal_shared *sh, const char *key,
+                                            int64_t value);
+THREADLOCAL_API int threadlocal_set_float(threadlocal_shared *sh, const char *key,
+                                          double value);
+THREADLOCAL_API int threadlocal_set_string(threadlocal_shared *sh, const char *key,
+                                           const char *s, size_t len);
+THREADLOCAL_API int threadlocal_set_pointer(threadlocal_shared *sh, const char *key,
+                                            void *p, void (*destructor)(void *));
+
+/* Reads a field of the calling thread; an absent field reads as NIL. */
+THREADLOCAL_API int threadlocal_get(threadlocal_shared *sh, const char *key,
+                                    threadlocal_value *out);
+
+THREADLOCAL_API int threadlocal_delete(threadlocal_shared *sh, const char *key);
+
+/* Deletes every field of the calling thread in one shared local; the next
+** access starts again from the local's defaults. */
+THREADLOCAL_API int threadlocal_clear(threadlocal_shared *sh);
+
+/*
+** Releases all the calling thread's data now, as if it had exited: its
+** shared fields are freed (destructors run) and its Local values become
+** garbage of their states.  The thread gets a new id on its next use.  For
+** hosts that reuse threads across unrelated jobs.
+*/
+THREADLOCAL_API int threadlocal_release(void);
+
+/* The calling thread's id (>= 1, never reused); 0 when out of memory. */
+THREADLOCAL_API uint64_t threadlocal_id(void);
 
 #endif
