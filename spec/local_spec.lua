@@ -252,20 +252,28 @@ describe("bad input", function()
       "threadlocal: init arguments given without an init function")
   end)
 
-  it("refuses what is not a Local in the module functions", function()
+  it("refuses what is not a local in the module functions", function()
     local tl = threadlocal.new()
     tl.keep = 1
-    for _, name in ipairs { "clear", "fields", "threads" } do
+    local expected = {
+      clear = "threadlocal%.local or threadlocal%.shared",
+      fields = "threadlocal%.local, threadlocal%.shared or threadlocal%.table",
+      threads = "threadlocal%.local",
+    }
+    for name, what in pairs(expected) do
       for _, bad in ipairs { {}, 1, "x", io.stdout } do
         local ok, err = pcall(threadlocal[name], bad)
         assert.is_false(ok)
-        assert.truthy(err:match("bad argument #1 to '[^']*' %(threadlocal%.local expected, got "), err)
+        assert.truthy(err:match("bad argument #1 to '[^']*' %(" .. what .. " expected, got "), err)
       end
       local ok, err = pcall(threadlocal[name])
       assert.is_false(ok)
-      assert.truthy(err:match("bad argument #1 to '[^']*' %(threadlocal%.local expected, got no value%)"), err)
+      assert.truthy(err:match("bad argument #1 to '[^']*' %(" .. what .. " expected, got no value%)"), err)
     end
     check_unchanged(tl)
+    local ok, err = pcall(threadlocal.threads, threadlocal.shared("not a Local"))
+    assert.is_false(ok)
+    assert.truthy(err:match("%(threadlocal%.local expected, got "), err)
   end)
 
   it("hides its metatable, so its metamethods cannot be called on other values", function()

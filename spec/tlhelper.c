@@ -13,6 +13,9 @@
 **                                or false, message
 **   helper.spawn_linger(b, code, ...)  the same, but after closing its state
 **                                the thread waits on barrier b, then exits
+**   helper.exec(code, ...)       run a chunk in a fresh state on the calling
+**                                thread (closed after); returns scalar results
+**   helper.lightuserdata(n)      a light userdata with address n
 **   helper.barrier(name, n)      create a process-wide barrier for n parties
 **   helper.wait(name)            wait on it, from any state and thread
 **
@@ -21,6 +24,7 @@
 ** package.path and package.cpath.  Nothing here sleeps.
 */
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -392,6 +396,18 @@ static int hp_worker_exec(lua_State *L) {
   return hp_chunk_return(L, &w->chunk);
 }
 
+static int hp_exec(lua_State *L) {
+  hp_chunk c;
+  hp_chunk_init(L, &c, 1);
+  hp_chunk_run(&c);
+  return hp_chunk_return(L, &c);
+}
+
+static int hp_lightuserdata(lua_State *L) {
+  lua_pushlightuserdata(L, (void *)(uintptr_t)luaL_checkinteger(L, 1));
+  return 1;
+}
+
 static int hp_worker_stop(lua_State *L) {
   hp_worker *w = (hp_worker *)luaL_checkudata(L, 1, HP_WORKER_MT);
   if (w->running) {
@@ -499,6 +515,8 @@ static const luaL_Reg hp_funcs[] = {
   {"worker", hp_worker_new},
   {"spawn", hp_spawn_new},
   {"spawn_linger", hp_spawn_linger},
+  {"exec", hp_exec},
+  {"lightuserdata", hp_lightuserdata},
   {"barrier", hp_barrier_new},
   {"wait", hp_wait},
   {NULL, NULL}

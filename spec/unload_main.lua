@@ -26,4 +26,12 @@ end
 local h = helper.spawn([[return require("threadlocal").id()]])
 local ok, id = h:join()
 assert(ok and type(id) == "number", tostring(id))
+-- Shared values outlive the last state that loaded the module: a worker
+-- thread sets one in a state, closes it (nothing holds threadlocal now),
+-- and reads it back from a new state.
+local w = helper.worker()
+w:exec([[require("threadlocal").shared("kept").v = { s = "still here" }]])
+local v = w:exec([[return require("threadlocal").shared("kept").v.s]])
+assert(v == "still here", tostring(v))
+w:stop()
 io.write("unload: ok\n")

@@ -1,0 +1,330 @@
+-- Shared locals in one state on one thread: SPEC sections 3 and 4.
+local threadlocal = require "threadlocal"
+local helper = require "tlhelper"
+local support = require "support"
+
+local function fresh(defaults)
+  return threadlocal.shared(support.unique("shared"), defaults)
+end
+
+-- Runs f and checks that it raises exactly msg and leaves sh's fields as before.
+local function refused(sh, msg, f)
+  local before = threadlocal.fields(sh)
+  local ok, err = pcall(f)
+  assert.is_false(ok)
+  assert.equal(msg, err)
+  assert.same(before, threadlocal.fields(sh))
+end
+
+describe("threadlocal.shared", function()
+  it("gives the same shared local for the same name", function()
+    local a = threadlocal.shared("same name")
+    assert.equal(a, threadlocal.shared("same name"))
+    a.x = 1
+    assert.equal(1, threadlocal.shared("same name").x)
+  end)
+
+  it("keeps different names apart, names being binary-safe", function()
+    local a, b = threadlocal.shared("bin\0a"), threadlocal.shared("bin\0b")
+    a.x, b.x = 1, 2
+    assert.equal(1, a.x)
+    assert.equal(2, b.x)
+  end)
+
+  it("prints as threadlocal.shared with its name", function()
+    local sh = threadlocal.shared("printed")
+    assert.truthy(tostring(sh):match("^threadlocal%.shared 'printed': 0?x?%x+$"), tostring(sh))
+    assert.equal("threadlocal.shared", getmetatable(sh))
+  end)
+
+  it("refuses a name that is not a string and defaults that are not a table", function()
+    for _, bad in ipairs { {}, true, io.stdout } do
+      local ok, err = pcall(threadlocal.shared, bad)
+      assert.is_false(ok)
+      assert.truthy(err:match("bad argument #1 to '[^']*' %(string expected, got "), err)
+    end
+    local ok, err = pcall(threadlocal.shared, "x", 5)
+    assert.is_false(ok)
+    assert.truthy(err:match("bad argument #2 to '[^']*' %(table expected, got number%)"), err)
+  end)
+end)
+
+describe("a shared local's values", function()
+  it("keep nil, booleans, integers, floats, strings and light userdata", function()
+    local sh = fresh()
+    local light = helper.lightuserdata(0x1234)
+    sh.t, sh.f, sh.i, sh.x, sh.s, sh.l = true, false, 42, 2.5, "str", light
+    assert.equal(true, sh.t)
+    assert.equal(false, sh.f)
+    assert.equal(42, sh.i)
+    assert.equal(2.5, sh.x)
+    assert.equal("str", sh.s)
+    assert.equal(light, sh.l)
+    sh.i = nil
+    assert.is_nil(sh.i)
+    assert.is_nil(sh.never)
+  end)
+
+  if math.type then
+    it("keep integers and floats distinct (Lua 5.3+)", function()
+      local sh = fresh()
+      sh.i, sh.f, sh.big = 1, 1.0, math.maxinteger
+      assert.equal("integer", math.type(sh.i))
+      assert.equal("float", math.type(sh.f))
+      assert.equal(math.maxinteger, sh.big)
+      sh.nan = 0 / 0
+      assert.is_true(sh.nan ~= sh.nan)
+    end)
+  else
+    it("keep every number (Lua 5.1/5.2 have only floats)", function()
+      local sh = fresh()
+      sh.i, sh.f, sh.big = 1, 1.5, 2 ^ 53
+      assert.equal(1, sh.i)
+      assert.equal(1.5, sh.f)
+      assert.equal(2 ^ 53, sh.big)
+      sh.nan = 0 / 0
+      assert.is_true(sh.nan ~= sh.nan)
+    end)
+  end
+
+  it("keep binary strings of any length", function()
+    local sh = fresh()
+    local bin = "a\0b\255\0"
+    local long = ("0123456789"):rep(100000)
+    sh.bin, sh.long, sh.empty = bin, long, ""
+    assert.equal(bin, sh.bin)
+    assert.equal(long, sh.long)
+    assert.equal("", sh.empty)
+  end)
+
+  it("take string, number and boolean keys, with 2.0 the same key as 2", function()
+    local sh = fresh()
+    sh[1], sh[2.0], sh[2.5], sh[true], sh["1"] = "one", "two", "half", "yes", "string one"
+    assert.equal("one", sh[1.0])
+    assert.equal("two", sh[2])
+    assert.equal("half", sh[2.5])
+    assert.equal("yes", sh[true])
+    assert.is_nil(sh[false])
+    assert.equal("string one", sh["1"])
+    assert.is_nil(sh[{}])
+    assert.is_nil(sh[0 / 0])
+  end)
+
+  it("copy tables in: changing the original afterwards changes nothing", function()
+    local sh = fresh()
+    local t = { a = 1, list = { 1, 2, 3 }, [true] = "b", [1.5] = "f" }
+    sh.t = t
+    t.a, t.list[1] = 99, 99
+    assert.equal(1, sh.t.a)
+    assert.equal(1, sh.t.list[1])
+    assert.equal("b", sh.t[true])
+    assert.equal("f", sh.t[1.5])
+    local shared_twice = { 1 }
+    sh.dag = { x = shared_twice, y = shared_twice }
+    assert.equal(1, sh.dag.x[1])
+    assert.equal(1, sh.dag.y[1])
+  end)
+
+  it("copy a table raw, without its metatable", function()
+    local sh = fresh()
+    sh.t = setmetatable({ a = 1 }, { __index = function() return "meta" end })
+    assert.equal(1, sh.t.a)
+    assert.is_nil(sh.t.b)
+  end)
+end)
+
+describe("a table proxy", function()
+  it("reads, writes and nests, and writes persist", function()
+    local sh = fresh()
+    sh.req = { headers = { host = "a" } }
+    local p = sh.req
+    assert.equal("threadlocal.table", getmetatable(p))
+    assert.truthy(tostring(p):match("^threadlocal%.table: 0?x?%x+$"))
+    sh.req.headers.host = "x"
+    assert.equal("x", sh.req.headers.host)
+    p.headers.extra = { n = 1 }
+    assert.equal(1, sh.req.headers.extra.n)
+    assert.same({ req = { headers = { host = "x", extra = { n = 1 } } } }, threadlocal.fields(sh))
+  end)
+
+  it("has a length", function()
+    local sh = fresh()
+    sh.list = { "a", "b", "c" }
+    assert.equal(3, #sh.list)
+    sh.list[4] = "d"
+    assert.equal(4, #sh.list)
+    sh[1], sh[2] = true, true
+    assert.equal(2, #sh)
+  end)
+
+  if support.has_pairs then
+    it("iterates with pairs, nested tables as proxies", function()
+      local sh = fresh()
+      sh.a, sh.b = 1, { c = 2 }
+      local seen = {}
+      for k, v in pairs(sh) do seen[k] = v end
+      assert.equal(1, seen.a)
+      assert.equal(2, seen.b.c)
+      local inner = {}
+      for k, v in pairs(sh.b) do inner[k] = v end
+      assert.same({ c = 2 }, inner)
+      for k in pairs(sh) do sh[k] = nil end -- clearing while iterating is allowed
+      assert.same({}, threadlocal.fields(sh))
+    end)
+  else
+    it("cannot be iterated with pairs on Lua 5.1 and LuaJIT (no __pairs): use fields", function()
+      local sh = fresh()
+      sh.b = { c = 2 }
+      assert.has_error(function() for _ in pairs(sh) do end end)
+      assert.same({ c = 2 }, threadlocal.fields(sh.b))
+    end)
+  end
+
+  it("copies the table when stored elsewhere", function()
+    local sh = fresh()
+    sh.a = { x = 1 }
+    sh.b = sh.a
+    sh.b.x = 2
+    assert.equal(1, sh.a.x)
+    sh.a.self = sh.a
+    assert.same({ x = 1, self = { x = 1 } }, threadlocal.fields(sh.a))
+  end)
+
+  it("is stale, with a clear error, after its table was replaced, deleted or cleared", function()
+    local sh = fresh()
+    local cases = {
+      function() sh.t = { y = 1 } end,
+      function() sh.t = nil end,
+      function() threadlocal.clear(sh) end,
+      function() sh.outer = nil end,
+    }
+    for _, change in ipairs(cases) do
+      sh.t = { x = 1 }
+      sh.outer = { inner = { x = 1 } }
+      local p = (change == cases[4]) and sh.outer.inner or sh.t
+      change()
+      local msg = "threadlocal: table proxy is stale: its table was replaced, deleted or cleared"
+      assert.has_error(function() return p.x end, msg)
+      assert.has_error(function() p.x = 2 end, msg)
+      assert.has_error(function() return #p end, msg)
+      assert.has_error(function() threadlocal.fields(p) end, msg)
+    end
+  end)
+end)
+
+describe("refusals", function()
+  it("refuse functions, full userdata and coroutines, naming field and type", function()
+    local sh = fresh()
+    sh.keep = { 1 }
+    refused(sh, "threadlocal: cannot store a function in field 'f'", function() sh.f = print end)
+    refused(sh, "threadlocal: cannot store a userdata in field 'u'", function() sh.u = io.stdout end)
+    refused(sh, "threadlocal: cannot store a coroutine in field 'c'",
+      function() sh.c = coroutine.create(function() end) end)
+    refused(sh, "threadlocal: cannot store a function in field 'req.handlers[2]'",
+      function() sh.req = { handlers = { "ok", print } } end)
+    refused(sh, "threadlocal: cannot store a userdata in field '[2]'",
+      function() sh.keep[2] = sh end)
+    refused(sh, "threadlocal: cannot store a function in field 'keep'", function() sh.keep = print end)
+  end)
+
+  it("refuse cyclic tables", function()
+    local sh = fresh()
+    local a = { b = {} }
+    a.b.a = a
+    refused(sh, "threadlocal: cannot store a table that contains itself in field 'a.b.a'",
+      function() sh.a = a end)
+  end)
+
+  it("refuse tables nested too deep", function()
+    local sh = fresh()
+    local deep = {}
+    for _ = 1, 200 do deep = { deep } end
+    local ok, err = pcall(function() sh.deep = deep end)
+    assert.is_false(ok)
+    assert.truthy(err:match("^threadlocal: cannot store tables nested this deep in field 'deep%[1%]"), err)
+    assert.is_nil(sh.deep)
+  end)
+
+  it("refuse keys that cannot be stored, at any depth", function()
+    local sh = fresh()
+    sh.keep = 1
+    refused(sh, "threadlocal: shared field names are strings, numbers or booleans, not table",
+      function() sh[{}] = 1 end)
+    refused(sh, "threadlocal: cannot use NaN as a field name", function() sh[0 / 0] = 1 end)
+    refused(sh, "threadlocal: shared field names are strings, numbers or booleans, not nil",
+      function() sh[nil] = 1 end)
+    refused(sh, "threadlocal: cannot use a table as a key in field 't'",
+      function() sh.t = { [{}] = 1 } end)
+    refused(sh, "threadlocal: cannot use a function as a key in field 't.u'",
+      function() sh.t = { u = { [print] = 1 } } end)
+  end)
+end)
+
+describe("defaults", function()
+  it("give every thread its own copy", function()
+    local sh = fresh { db = "primary", opts = { retries = 3 } }
+    assert.equal("primary", sh.db)
+    sh.opts.retries = 5
+    sh.db = "replica"
+    local w = helper.worker()
+    assert.same({ db = "primary", opts = { retries = 3 } }, w:run(function() return threadlocal.fields(sh) end))
+    w:stop()
+    assert.equal("replica", sh.db)
+    assert.equal(5, sh.opts.retries)
+  end)
+
+  it("come back after clear", function()
+    local sh = fresh { n = 1 }
+    sh.n, sh.extra = 2, true
+    threadlocal.clear(sh)
+    assert.same({ n = 1 }, threadlocal.fields(sh))
+  end)
+
+  it("may be given again if equal, never changed", function()
+    local name = support.unique("defaults")
+    local sh = threadlocal.shared(name, { a = { 1, 2 }, b = "x" })
+    assert.equal(sh, threadlocal.shared(name, { b = "x", a = { 1, 2 } }))
+    assert.equal(sh, threadlocal.shared(name))
+    local ok, err = pcall(threadlocal.shared, name, { a = { 1, 2 }, b = "y" })
+    assert.is_false(ok)
+    assert.equal("threadlocal: shared local '" .. name .. "' already has other defaults", err)
+    assert.equal("x", sh.b)
+  end)
+
+  it("may be set by a later call when the first gave none", function()
+    local name = support.unique("late")
+    local sh = threadlocal.shared(name)
+    local got = helper.on_thread(function()
+      threadlocal.shared(name, { v = 1 })
+      return sh.v
+    end)
+    assert.equal(1, got)
+  end)
+
+  it("refuse what a shared local cannot store", function()
+    local ok, err = pcall(threadlocal.shared, support.unique("bad"), { f = print })
+    assert.is_false(ok)
+    assert.equal("threadlocal: cannot store a function in field 'f'", err)
+  end)
+end)
+
+describe("fields and clear on a shared local", function()
+  it("copy nested tables as plain tables", function()
+    local sh = fresh()
+    sh.a, sh.t = 1, { u = { 2 } }
+    local f = threadlocal.fields(sh)
+    assert.same({ a = 1, t = { u = { 2 } } }, f)
+    assert.equal("table", type(f.t))
+    assert.is_nil(getmetatable(f.t))
+    f.t.u[1] = 3
+    assert.equal(2, sh.t.u[1])
+  end)
+
+  it("clear deletes the calling thread's fields", function()
+    local sh = fresh()
+    sh.a = 1
+    threadlocal.clear(sh)
+    assert.is_nil(sh.a)
+    assert.same({}, threadlocal.fields(sh))
+  end)
+end)
