@@ -2,7 +2,7 @@
 #
 #   make                 build build/$(LUA)/threadlocal.so
 #   make install         install the module and threadlocal.h under $(PREFIX)
-#   make demo            install what is missing, build, run the demo
+#   make demo            install what is missing, build, run the demos
 #   make test            install what is missing, build, run every test on
 #                        every Lua version present; ends "N passed, N failed"
 #
@@ -34,11 +34,13 @@ LIBS = -lpthread -ldl
 BUILD ?= build/$(LUA)
 MODULE = $(BUILD)/threadlocal.so
 HELPER = $(BUILD)/tlhelper.so
+CAPI_TEST = $(BUILD)/capi_test
 DEMO_HOST = $(BUILD)/demo_host
+POOL_HOST = $(BUILD)/pool_host
 
 ALL_CFLAGS = $(WARNFLAGS) $(CFLAGS) -fPIC -I$(LUA_INCDIR) -Isrc
 
-.PHONY: all helper install uninstall demo test deps-demo deps-test clean
+.PHONY: all helper examples install uninstall demo test deps-demo deps-test clean
 
 all: $(MODULE)
 
@@ -50,13 +52,26 @@ $(HELPER): spec/tlhelper.c
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ spec/tlhelper.c $(LIBS)
 
-helper: $(MODULE) $(HELPER)
+# What the tests need: the module, the spec helper, the C API test.
+helper: $(MODULE) $(HELPER) $(CAPI_TEST)
+
+$(CAPI_TEST): spec/capi_test.c src/threadlocal.c src/threadlocal.h
+	@mkdir -p $(BUILD)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ spec/capi_test.c src/threadlocal.c \
+		-l$(LUA_LIB) -lm $(LIBS)
 
 # The demo host links the module in, as an embedding host would.
 $(DEMO_HOST): examples/demo_host.c src/threadlocal.c src/threadlocal.h
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ examples/demo_host.c src/threadlocal.c \
 		-l$(LUA_LIB) -lm $(LIBS)
+
+$(POOL_HOST): examples/pool_host.c src/threadlocal.c src/threadlocal.h
+	@mkdir -p $(BUILD)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ examples/pool_host.c src/threadlocal.c \
+		-l$(LUA_LIB) -lm $(LIBS)
+
+examples: $(DEMO_HOST) $(POOL_HOST)
 
 install: $(MODULE)
 	install -d $(DESTDIR)$(LUA_CMODDIR) $(DESTDIR)$(INCDIR)
@@ -73,8 +88,9 @@ deps-test:
 	@sh tools/deps.sh test
 
 demo: deps-demo
-	@$(MAKE) --no-print-directory LUA=lua5.4 BUILD=build/lua5.4 build/lua5.4/demo_host
+	@$(MAKE) --no-print-directory LUA=lua5.4 BUILD=build/lua5.4 examples
 	build/lua5.4/demo_host examples/demo.lua
+	build/lua5.4/pool_host examples
 
 test: deps-test
 	@sh tools/test.sh

@@ -38,10 +38,18 @@ for lua in $LUAS; do
   log="$out/$lua-build.log"
   if make --no-print-directory LUA="$lua" BUILD="build/$lua" CFLAGS="-O2 -g -Werror" \
       helper >"$log" 2>&1; then
-    result OK "$lua: module and spec helper build warning-free with gcc"
+    result OK "$lua: module, spec helper and C API test build warning-free with gcc"
   else
-    result FAIL "$lua: module and spec helper build warning-free with gcc" "$log"
+    result FAIL "$lua: module, spec helper and C API test build warning-free with gcc" "$log"
     continue
+  fi
+  capi="$out/$lua-capi.tap"
+  "build/$lua/capi_test" >"$capi" 2>&1
+  status=$?
+  sed -n "s/^\(not ok\|ok\) - /\1 - $lua: /p" "$capi" | tee -a "$results"
+  grep '^#' "$capi"
+  if [ $status -ne 0 ] && ! grep -q '^not ok' "$capi"; then
+    result FAIL "$lua: capi_test exited with status $status" "$capi"
   fi
   tap="$out/$lua-busted.tap"
   TL_LUA="$lua" "$lua" "$(command -v busted)" -o TAP --lpath='spec/?.lua' \
@@ -59,15 +67,15 @@ echo "# other checks (lua5.4)"
 log="$out/clang.log"
 if command -v clang >/dev/null 2>&1 &&
   make --no-print-directory LUA=lua5.4 BUILD=build/clang CC=clang CFLAGS="-O2 -Werror" \
-    helper build/clang/demo_host >"$log" 2>&1; then
-  result OK "module, spec helper and demo host build warning-free with clang"
+    helper examples >"$log" 2>&1; then
+  result OK "module, spec helper, C API test and example hosts build warning-free with clang"
 else
-  result FAIL "module, spec helper and demo host build warning-free with clang" "$log"
+  result FAIL "module, spec helper, C API test and example hosts build warning-free with clang" "$log"
 fi
 
 # The demo: each thread always prints its own number, and the turns interleave.
 log="$out/demo.log"
-if make --no-print-directory LUA=lua5.4 BUILD=build/lua5.4 build/lua5.4/demo_host >"$log" 2>&1 &&
+if make --no-print-directory LUA=lua5.4 BUILD=build/lua5.4 examples >"$log" 2>&1 &&
   build/lua5.4/demo_host examples/demo.lua >"$out/demo.out" 2>>"$log"; then
   a=$(grep -c '^Thread A has number 100$' "$out/demo.out")
   b=$(grep -c '^Thread B has number 200$' "$out/demo.out")
@@ -82,6 +90,14 @@ if make --no-print-directory LUA=lua5.4 BUILD=build/lua5.4 build/lua5.4/demo_hos
   fi
 else
   result FAIL "demo: builds and runs" "$log"
+fi
+
+# The pool host: per-worker context from C, and the Peewee case.
+log="$out/pool.log"
+if build/lua5.4/pool_host examples >"$log" 2>&1 && grep -q '^ok: only worker [0-9] switched' "$log"; then
+  result OK "pool host: per-worker context from C; one worker switched database, no wrong writes"
+else
+  result FAIL "pool host: per-worker context from C; one worker switched database, no wrong writes" "$log"
 fi
 
 # LuaRocks' builtin backend installs a module that plain lua5.4 requires.
