@@ -80,6 +80,8 @@ static void tl_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
 */
 #if LUA_VERSION_NUM >= 503
 #define tl_pushint(L, i) lua_pushinteger(L, (lua_Integer)(i))
+#define tl_rawget64(L, t, k) ((void)lua_rawgeti(L, t, (lua_Integer)(k)))
+#define tl_rawset64(L, t, k) lua_rawseti(L, t, (lua_Integer)(k))
 static int tl_toint(lua_State *L, int i, int64_t *out) {
   if (!lua_isinteger(L, i)) return 0;
   *out = (int64_t)lua_tointeger(L, i);
@@ -87,8 +89,19 @@ static int tl_toint(lua_State *L, int i, int64_t *out) {
 }
 #else
 #define tl_pushint(L, i) lua_pushnumber(L, (lua_Number)(i))
+static void tl_rawget64(lua_State *L, int t, uint64_t k) { /* t absolute */
+  lua_pushnumber(L, (lua_Number)k);
+  lua_rawget(L, t);
+}
+static void tl_rawset64(lua_State *L, int t, uint64_t k) { /* pops the value */
+  lua_pushnumber(L, (lua_Number)k);
+  lua_insert(L, -2);
+  lua_rawset(L, t);
+}
 static int tl_toint(lua_State *L, int i, int64_t *out) {
-  lua_Number n = lua_tonumber(L, i);
+  lua_Number n;
+  if (lua_type(L, i) != LUA_TNUMBER) return 0;
+  n = lua_tonumber(L, i);
   if (n >= -9223372036854775808.0 && n < 9223372036854775808.0 &&
       (lua_Number)(int64_t)n == n) {
     *out = (int64_t)n;
@@ -145,8 +158,21 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 
 #if defined(__GNUC__)
 #define tl_unlikely(x) __builtin_expect(!!(x), 0)
+#define TL_HOT inline __attribute__((always_inline)) /* on every shared access */
 #else
 #define tl_unlikely(x) (x)
+#define TL_HOT inline
+#endif
+
+/*
+** Every access reads the thread-local id.  The initial-exec model makes
+** that one load instead of a call to __tls_get_addr; glibc keeps static TLS
+** room for dlopen()ed modules (we use 16 bytes).  -DTL_TLS_DYNAMIC opts out.
+*/
+#if defined(__GNUC__) && !defined(TL_TLS_DYNAMIC)
+#define TL_TLS_MODEL __attribute__((tls_model("initial-exec")))
+#else
+#define TL_TLS_MODEL
 #endif
 
 /* ---------------------------------------------------------------------- */
@@ -218,12 +244,21 @@ typedef struct tl_entry {
 
 struct tl_thread;
 
-/* An open-addressing hash table of shared values. */
+/*
+** An open-addressing hash table of shared values.  Lua's short strings are
+** interned, so the address of a key string seen from Lua is a cheap first
+** guess at its entry: kaddr/kslot remember a few, and a hit is confirmed by
+** comparing the key (a reused address with another content just misses).
+*/
+#define TL_KCACHE 4
+
 typedef struct tl_tab {
   tl_entry *e;
+  const char *kaddr[TL_KCACHE];
+  uint32_t kslot[TL_KCACHE];
   uint32_t cap;   /* 0 or a power of 2 */
   uint32_t count; /* live entries */
-  uint32_t used;  /* live + dead entries, < 3/4 cap */
+  uint32_t used;  /* live + dead entries, <= cap / 2: short probes */
   uint32_t handle;
   struct tl_thread *owner; /* NULL for a shared local's defaults */
 } tl_tab;
@@ -264,15 +299,22 @@ typedef struct tl_state {
 enum { TL_ST_BYTHREAD = 1, /* id -> weak set of Locals holding fields for id */
        TL_ST_SENTINEL_MT,  /* metatable of the per-cycle GC sentinel */
        TL_ST_SHARED,       /* name -> shared local userdata */
-       TL_ST_NUV = TL_ST_SHARED };
+       TL_ST_PROXIES,      /* weak: slab index + 1 -> a proxy */
+       TL_ST_NUV = TL_ST_PROXIES };
 
-/* A Local.  Its user values: the cached thread's fields table, the map
-** thread id -> fields table, and the init record {f, args..., n = #args+1}. */
+/*
+** A Local.  Its user values: the map thread id -> fields table, the init
+** record {f, args..., n = #args+1}, and its own __index and __newindex
+** closures.  Each of those keeps one thread's fields table as its upvalue
+** TL_UP_FIELDS, so that a hit costs a rawget on a fixed table, as the floor.
+*/
 typedef struct tl_local {
-  uint64_t cid; /* id of the thread whose fields TL_UV_CACHE holds */
+  uint64_t get_id, set_id; /* whose fields __index / __newindex hold */
 } tl_local;
 
-enum { TL_UV_CACHE = 1, TL_UV_MAP, TL_UV_INIT, TL_LOCAL_NUV = TL_UV_INIT };
+enum { TL_UV_MAP = 1, TL_UV_INIT, TL_UV_GET, TL_UV_SET, TL_LOCAL_NUV = TL_UV_SET };
+
+#define TL_UP_FIELDS lua_upvalueindex(3)
 
 #define TL_NOCACHE UINT64_MAX /* matches no thread, not even "no record yet" */
 
@@ -300,20 +342,25 @@ static pthread_mutex_t tl_reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static tl_desc **tl_reg;
 static uint32_t tl_reg_cap, tl_reg_count;
 
-static _Thread_local tl_thread *tl_me;
-static _Thread_local uint64_t tl_myid; /* tl_me->id, or 0: read on every access */
+static _Thread_local tl_thread *tl_me TL_TLS_MODEL;
+static _Thread_local uint64_t tl_myid TL_TLS_MODEL; /* tl_me->id, or 0 */
 
 /* ---------------------------------------------------------------------- */
 /* Shared tables (plain C: no Lua, no locks)                              */
 /* ---------------------------------------------------------------------- */
 
+/* Eight bytes at a time: keys are hashed on every shared access. */
 static uint32_t tl_hash_bytes(const char *s, size_t len) {
-  uint64_t h = 0xcbf29ce484222325u ^ (uint64_t)len;
-  size_t i;
-  for (i = 0; i < len; i++) {
-    h ^= (unsigned char)s[i];
-    h *= 0x100000001b3u;
+  uint64_t h = 0x9e3779b97f4a7c15u ^ (uint64_t)len, w;
+  while (len >= 8) {
+    memcpy(&w, s, 8);
+    h = (h ^ w) * 0xff51afd7ed558ccdu;
+    h ^= h >> 32;
+    s += 8;
+    len -= 8;
   }
+  for (w = 0; len > 0; len--) w = (w << 8) | (unsigned char)s[len - 1];
+  h = (h ^ w) * 0xc4ceb9fe1a85ec53u;
   return (uint32_t)(h ^ (h >> 32));
 }
 
@@ -363,12 +410,29 @@ static void tl_key_of(tl_key *k, const tl_val *v) { /* v is an entry's key */
   }
 }
 
+/* a[0..len) == b[0..len); inline for the short keys of every access. */
+static TL_HOT int tl_memeq(const char *a, const char *b, size_t len) {
+  uint64_t x, y;
+  if (len > 16) return memcmp(a, b, len) == 0;
+  if (len >= 8) {
+    memcpy(&x, a, 8);
+    memcpy(&y, b, 8);
+    if (x != y) return 0;
+    memcpy(&x, a + len - 8, 8);
+    memcpy(&y, b + len - 8, 8);
+    return x == y;
+  }
+  for (; len > 0; len--)
+    if (a[len - 1] != b[len - 1]) return 0;
+  return 1;
+}
+
 static int tl_key_eq(const tl_entry *e, const tl_key *k) {
   if (e->hash != k->hash || e->key.type != k->type) return 0;
   switch (k->type) {
     case TL_TSTR:
       return e->key.u.str.len == k->u.str.len &&
-             memcmp(e->key.u.str.s, k->u.str.s, k->u.str.len) == 0;
+             tl_memeq(e->key.u.str.s, k->u.str.s, k->u.str.len);
     case TL_TINT: return e->key.u.i == k->u.i;
     case TL_TFLOAT: return e->key.u.f == k->u.f;
     default: return e->key.u.b == k->u.b;
@@ -382,8 +446,27 @@ static tl_entry *tl_tab_find(const tl_tab *t, const tl_key *k) {
   for (i = k->hash & mask;; i = (i + 1) & mask) {
     tl_entry *e = &t->e[i];
     if (e->state == TL_EMPTY) return NULL;
-    if (e->state == TL_LIVE && tl_key_eq(e, k)) return e;
+    if (e->hash == k->hash && e->state == TL_LIVE && tl_key_eq(e, k)) return e;
   }
+}
+
+/* Finds the key s[0..len), a string from Lua, through the address cache. */
+static TL_HOT tl_entry *tl_tab_findstr(tl_tab *t, const char *s, size_t len) {
+  uint32_t c = (uint32_t)((uintptr_t)s >> 4) & (TL_KCACHE - 1);
+  tl_entry *e;
+  tl_key k;
+  if (t->kaddr[c] == s) {
+    e = &t->e[t->kslot[c]];
+    if (e->state == TL_LIVE && e->key.type == TL_TSTR && e->key.u.str.len == len &&
+        tl_memeq(e->key.u.str.s, s, len))
+      return e;
+  }
+  tl_key_str(&k, s, len);
+  if ((e = tl_tab_find(t, &k)) != NULL) {
+    t->kaddr[c] = s;
+    t->kslot[c] = (uint32_t)(e - t->e);
+  }
+  return e;
 }
 
 static int tl_slab_add(tl_thread *t, tl_tab *tab);
@@ -433,8 +516,8 @@ static void tl_tab_free(tl_tab *tab) {
 static int tl_tab_reserve(tl_tab *t) {
   uint32_t cap = 4, i;
   tl_entry *ne;
-  if ((t->used + 1) * 4 <= t->cap * 3) return 0;
-  while (cap < 2 * (t->count + 1)) cap *= 2;
+  if ((t->used + 1) * 2 <= t->cap) return 0;
+  while (cap < 4 * (t->count + 1)) cap *= 2;
   ne = (tl_entry *)calloc(cap, sizeof *ne);
   if (ne == NULL) return -1;
   for (i = 0; i < t->cap; i++) {
@@ -449,6 +532,7 @@ static int tl_tab_reserve(tl_tab *t) {
   t->e = ne;
   t->cap = cap;
   t->used = t->count;
+  memset(t->kaddr, 0, sizeof t->kaddr);
   return 0;
 }
 
@@ -1042,7 +1126,10 @@ static int tl_next(lua_State *L) {
 }
 
 #define tl_state_at(L) ((tl_state *)lua_touserdata(L, lua_upvalueindex(1)))
+/* Upvalues of the module's functions and of the shared and proxy
+** metamethods: the tl_state, the proxy metatable, the proxy cache. */
 #define TL_PROXY_MT lua_upvalueindex(2)
+#define TL_PROXY_CACHE lua_upvalueindex(3)
 
 /* ---------------------------------------------------------------------- */
 /* Shared values in Lua: keys, conversion, proxies                        */
@@ -1091,19 +1178,42 @@ static void tl_pushkey(lua_State *L, const tl_val *k) {
   }
 }
 
-/* Pushes a proxy of tab (owned by the calling thread); mt is its metatable. */
-static void tl_pushproxy(lua_State *L, tl_tab *tab, int mt) {
-  tl_proxy *p;
-  mt = tl_absindex(L, mt);
-  p = (tl_proxy *)tl_newud(L, sizeof *p, 0);
+/* Pushes a new proxy of tab, and remembers it in the cache (0: none). */
+static void tl_newproxy(lua_State *L, tl_tab *tab, int mt, int cache) {
+  tl_proxy *p = (tl_proxy *)tl_newud(L, sizeof *p, 0);
   p->owner = tab->owner->id;
   p->index = tab->handle;
   p->gen = tab->owner->gens[tab->handle];
   lua_pushvalue(L, mt);
   lua_setmetatable(L, -2);
+  if (cache != 0) {
+    lua_pushvalue(L, -1);
+    tl_rawset64(L, cache, tab->handle + 1u);
+  }
 }
 
-static void tl_pushval(lua_State *L, const tl_val *v, int mt) {
+/*
+** Pushes a proxy of tab (owned by the calling thread); mt is the proxy
+** metatable.  With a cache (0: none), a table read again in a loop gets
+** the same proxy back instead of a new userdata each time.  The cache is
+** keyed by slab index (dense: its array part), and a proxy found there is
+** checked, since another thread's or an older table may have had the slot.
+** mt and cache are absolute or pseudo-indices.
+*/
+static TL_HOT void tl_pushproxy(lua_State *L, tl_tab *tab, int mt, int cache) {
+  uint32_t gen = tab->owner->gens[tab->handle];
+  if (cache != 0) {
+    const tl_proxy *p;
+    tl_rawget64(L, cache, tab->handle + 1u);
+    p = (const tl_proxy *)lua_touserdata(L, -1);
+    if (p != NULL && p->owner == tab->owner->id && p->index == tab->handle && p->gen == gen)
+      return;
+    lua_pop(L, 1);
+  }
+  tl_newproxy(L, tab, mt, cache);
+}
+
+static TL_HOT void tl_pushval(lua_State *L, const tl_val *v, int mt, int cache) {
   switch (v->type) {
     case TL_TNIL: lua_pushnil(L); break;
     case TL_TBOOL: lua_pushboolean(L, v->u.b); break;
@@ -1111,7 +1221,7 @@ static void tl_pushval(lua_State *L, const tl_val *v, int mt) {
     case TL_TFLOAT: lua_pushnumber(L, (lua_Number)v->u.f); break;
     case TL_TSTR: lua_pushlstring(L, v->u.str.s, v->u.str.len); break;
     case TL_TPTR: lua_pushlightuserdata(L, v->u.ptr.p); break;
-    default: tl_pushproxy(L, v->u.tab, mt); break;
+    default: tl_pushproxy(L, v->u.tab, mt, cache); break;
   }
 }
 
@@ -1127,20 +1237,26 @@ static void tl_pushcopy(lua_State *L, const tl_tab *tab) {
     if (e->val.type == TL_TTAB)
       tl_pushcopy(L, e->val.u.tab);
     else
-      tl_pushval(L, &e->val, 0);
+      tl_pushval(L, &e->val, 0, 0);
     lua_rawset(L, -3);
   }
 }
 
-/* The table a proxy at stack slot i stands for; raises if it is gone. */
-static tl_tab *tl_proxy_tab(lua_State *L, int i) {
-  tl_proxy *p = (tl_proxy *)lua_touserdata(L, i);
+static tl_tab *tl_proxy_fail(lua_State *L, const tl_proxy *p) {
   tl_thread *t = tl_me;
   if (t == NULL || p->owner != t->id)
     tl_error(L, "threadlocal: table proxy used on another thread than the one that read it");
-  if (p->index >= t->ntabs || t->gens[p->index] != p->gen)
-    tl_error(L, "threadlocal: table proxy is stale: its table was replaced, deleted or cleared");
-  return t->tabs[p->index];
+  tl_error(L, "threadlocal: table proxy is stale: its table was replaced, deleted or cleared");
+  return NULL;
+}
+
+/* The table a proxy at stack slot i stands for; raises if it is gone. */
+static TL_HOT tl_tab *tl_proxy_tab(lua_State *L, int i) {
+  const tl_proxy *p = (const tl_proxy *)lua_touserdata(L, i);
+  tl_thread *t = tl_me;
+  if (t != NULL && p->owner == t->id && p->index < t->ntabs && t->gens[p->index] == p->gen)
+    return t->tabs[p->index];
+  return tl_proxy_fail(L, p);
 }
 
 /*
@@ -1310,24 +1426,74 @@ static void tl_tovalue(lua_State *L, int i, int key, tl_thread *owner, int mt, t
 }
 
 /* Stores the value at slot 3 under the key at slot 2 of tab. */
-static void tl_tab_assign(lua_State *L, tl_tab *tab, tl_thread *t) {
+static void tl_tab_assign_any(lua_State *L, tl_tab *tab) {
   tl_key k;
   tl_val v, old;
   tl_checkkey(L, 2, &k);
-  tl_tovalue(L, 3, 2, t, TL_PROXY_MT, &v);
+  switch (lua_type(L, 3)) { /* scalars need none of tl_tovalue's machinery */
+    case LUA_TNIL: v.type = TL_TNIL; break;
+    case LUA_TBOOLEAN:
+      v.type = TL_TBOOL;
+      v.u.b = lua_toboolean(L, 3);
+      break;
+    case LUA_TNUMBER:
+      if (tl_toint(L, 3, &v.u.i))
+        v.type = TL_TINT;
+      else {
+        v.type = TL_TFLOAT;
+        v.u.f = (double)lua_tonumber(L, 3);
+      }
+      break;
+    default: tl_tovalue(L, 3, 2, tab->owner, TL_PROXY_MT, &v); break;
+  }
   if (tl_tab_put(tab, &k, &v, &old) != 0) {
     tl_val_free(&v);
     tl_memerror(L);
   }
-  tl_val_free(&old);
+  if (old.type >= TL_TSTR) tl_val_free(&old);
+}
+
+/* The same; first tries the common case: a number or boolean over an
+** existing scalar field with a string key. */
+static TL_HOT void tl_tab_assign(lua_State *L, tl_tab *tab) {
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    size_t len;
+    const char *s = lua_tolstring(L, 2, &len);
+    tl_entry *e = tl_tab_findstr(tab, s, len);
+    if (e != NULL && e->val.type < TL_TSTR) {
+      if (tl_toint(L, 3, &e->val.u.i)) {
+        e->val.type = TL_TINT;
+        return;
+      }
+      switch (lua_type(L, 3)) {
+        case LUA_TNUMBER:
+          e->val.type = TL_TFLOAT;
+          e->val.u.f = (double)lua_tonumber(L, 3);
+          return;
+        case LUA_TBOOLEAN:
+          e->val.type = TL_TBOOL;
+          e->val.u.b = lua_toboolean(L, 3);
+          return;
+      }
+    }
+  }
+  tl_tab_assign_any(L, tab);
 }
 
 /* Pushes tab[key at slot 2]. */
-static int tl_tab_index(lua_State *L, const tl_tab *tab) {
+static TL_HOT int tl_tab_index(lua_State *L, tl_tab *tab) {
   tl_key k;
-  tl_entry *e;
-  if (tab != NULL && tl_tokey(L, 2, &k) && (e = tl_tab_find(tab, &k)) != NULL)
-    tl_pushval(L, &e->val, TL_PROXY_MT);
+  tl_entry *e = NULL;
+  if (tab != NULL) {
+    if (lua_type(L, 2) == LUA_TSTRING) {
+      size_t len;
+      const char *s = lua_tolstring(L, 2, &len);
+      e = tl_tab_findstr(tab, s, len);
+    } else if (tl_tokey(L, 2, &k))
+      e = tl_tab_find(tab, &k);
+  }
+  if (e != NULL)
+    tl_pushval(L, &e->val, TL_PROXY_MT, TL_PROXY_CACHE);
   else
     lua_pushnil(L);
   return 1;
@@ -1363,7 +1529,7 @@ static int tl_iter(lua_State *L) {
     lua_replace(L, lua_upvalueindex(2));
     tl_pushkey(L, &e->key);
     lua_getmetatable(L, lua_upvalueindex(1));
-    tl_pushval(L, &e->val, -1);
+    tl_pushval(L, &e->val, lua_gettop(L), 0);
     lua_remove(L, -2);
     return 2;
   }
@@ -1384,7 +1550,7 @@ static int tl_tab_pairs(lua_State *L, tl_tab *tab) {
     lua_pushcfunction(L, tl_iter_empty);
     return 1;
   }
-  tl_pushproxy(L, tab, TL_PROXY_MT);
+  tl_pushproxy(L, tab, TL_PROXY_MT, 0);
   lua_pushinteger(L, 0);
   lua_pushcclosure(L, tl_iter, 2);
   return 1;
@@ -1394,16 +1560,22 @@ static int tl_tab_pairs(lua_State *L, tl_tab *tab) {
 /* Shared locals and proxies in Lua                                       */
 /* ---------------------------------------------------------------------- */
 
-/* The calling thread's fields of the shared local at slot 1. */
-static tl_tab *tl_shared_fields(lua_State *L, int create) {
+/* The calling thread's fields of the shared local at slot 1, when it has
+** none yet: made (from the defaults) with create, or when there are defaults. */
+static tl_tab *tl_shared_start(lua_State *L, int create) {
   tl_desc *d = ((tl_shared *)lua_touserdata(L, 1))->d;
-  tl_thread *t = tl_me;
-  tl_tab *tab;
   int err;
-  if (t != NULL && d->idx < t->nslots && (tab = t->slots[d->idx]) != NULL) return tab;
-  tab = tl_fields_slow(tl_self(L), d, create, &err);
+  tl_tab *tab = tl_fields_slow(tl_self(L), d, create, &err);
   if (err) tl_memerror(L);
   return tab;
+}
+
+static TL_HOT tl_tab *tl_shared_fields(lua_State *L, int create) {
+  const tl_desc *d = ((tl_shared *)lua_touserdata(L, 1))->d;
+  tl_thread *t = tl_me;
+  tl_tab *tab;
+  if (t != NULL && d->idx < t->nslots && (tab = t->slots[d->idx]) != NULL) return tab;
+  return tl_shared_start(L, create);
 }
 
 /* Called only as metamethods, so argument 1 is a shared local. */
@@ -1412,19 +1584,14 @@ static int tl_shared_index(lua_State *L) {
 }
 
 static int tl_shared_newindex(lua_State *L) {
-  tl_tab *tab;
-  if (lua_isnil(L, 3)) { /* deleting needs no fields table */
+  tl_tab *tab = tl_shared_fields(L, 0);
+  if (tab == NULL) { /* this thread's first write: deleting needs no fields */
     tl_key k;
-    tl_val v, old;
     tl_checkkey(L, 2, &k);
-    if ((tab = tl_shared_fields(L, 0)) == NULL) return 0;
-    v.type = TL_TNIL;
-    tl_tab_put(tab, &k, &v, &old); /* never fails */
-    tl_val_free(&old);
-    return 0;
+    if (lua_isnil(L, 3)) return 0;
+    tab = tl_shared_fields(L, 1);
   }
-  tab = tl_shared_fields(L, 1);
-  tl_tab_assign(L, tab, tab->owner);
+  tl_tab_assign(L, tab);
   return 0;
 }
 
@@ -1451,8 +1618,7 @@ static int tl_proxy_index(lua_State *L) {
 }
 
 static int tl_proxy_newindex(lua_State *L) {
-  tl_tab *tab = tl_proxy_tab(L, 1);
-  tl_tab_assign(L, tab, tab->owner);
+  tl_tab_assign(L, tl_proxy_tab(L, 1));
   return 0;
 }
 
@@ -1474,10 +1640,17 @@ static int tl_proxy_tostring(lua_State *L) {
 /* Purging the Local fields of exited threads                             */
 /* ---------------------------------------------------------------------- */
 
+/* Drops the fields both closures hold, so that they keep nothing alive. */
 static void tl_uncache(lua_State *L, int ud, tl_local *lo) {
-  lo->cid = TL_NOCACHE;
-  lua_pushnil(L);
-  tl_setuv(L, ud, TL_UV_CACHE);
+  int uv;
+  ud = tl_absindex(L, ud);
+  lo->get_id = lo->set_id = TL_NOCACHE;
+  for (uv = TL_UV_GET; uv <= TL_UV_SET; uv++) {
+    tl_getuv(L, ud, uv);
+    lua_pushnil(L);
+    lua_setupvalue(L, -2, 3);
+    lua_pop(L, 1);
+  }
 }
 
 /* Drop every Local's fields of the exited thread `id`.  Allocates nothing,
@@ -1491,7 +1664,7 @@ static void tl_purge_id(lua_State *L, int bythread, uint64_t id) {
       tl_getuv(L, -2, TL_UV_MAP);
       tl_delid(L, -1, id);
       lua_pop(L, 2);
-      if (lo->cid == id) tl_uncache(L, lua_gettop(L), lo);
+      if (lo->get_id == id || lo->set_id == id) tl_uncache(L, lua_gettop(L), lo);
     }
     lua_pop(L, 1);
     lua_pushnil(L);
@@ -1577,8 +1750,9 @@ static void tl_enroll(lua_State *L, int ud, tl_thread *t) {
   lua_pop(L, 2);
 }
 
-/* Give the calling thread its fields table, and run init for it. */
-static void tl_local_start(lua_State *L, int ud, tl_local *lo, tl_thread *t) {
+/* Gives the calling thread t its fields table and runs init for it.
+** Leaves the stack as it was. */
+static void tl_local_start(lua_State *L, int ud, tl_thread *t) {
   int map, top = lua_gettop(L);
   tl_enroll(L, ud, t);
   tl_getuv(L, ud, TL_UV_MAP);
@@ -1586,17 +1760,11 @@ static void tl_local_start(lua_State *L, int ud, tl_local *lo, tl_thread *t) {
   lua_newtable(L);
   tl_getid(L, map, t->id); /* a finalizer that ran during newtable may have */
   if (!lua_isnil(L, -1)) { /* started this thread already */
-    lua_pushvalue(L, -1);
-    tl_setuv(L, ud, TL_UV_CACHE);
-    lo->cid = t->id;
     lua_settop(L, top);
     return;
   }
   lua_pop(L, 1);
-  lua_pushvalue(L, -1);
   tl_setid(L, map, t->id);
-  tl_setuv(L, ud, TL_UV_CACHE);
-  lo->cid = t->id;
   tl_getuv(L, ud, TL_UV_INIT);
   if (lua_istable(L, -1)) {
     int i, n;
@@ -1610,44 +1778,48 @@ static void tl_local_start(lua_State *L, int ud, tl_local *lo, tl_thread *t) {
     if (lua_pcall(L, n, 0, 0) != 0) {
       /* The thread keeps no fields; the next access runs init again. */
       tl_delid(L, map, t->id);
-      if (lo->cid == t->id) tl_uncache(L, ud, lo);
+      tl_uncache(L, ud, (tl_local *)lua_touserdata(L, ud));
       lua_error(L);
     }
   }
   lua_settop(L, top);
 }
 
-/* Make TL_UV_CACHE the calling thread's fields table.  Upvalue 1 is the
-** tl_state.  Leaves the stack as it was. */
-static void tl_local_fetch(lua_State *L, int ud, tl_local *lo) {
+/* Pushes the calling thread's fields table of the Local at ud, starting
+** the thread (init) if it has none.  Upvalue 1 is the tl_state. */
+static void tl_local_push(lua_State *L, int ud) {
   tl_thread *t = tl_self(L);
+  ud = tl_absindex(L, ud);
   tl_purge(L);
   tl_getuv(L, ud, TL_UV_MAP);
   tl_getid(L, -1, t->id);
-  if (lua_isnil(L, -1))
-    tl_local_start(L, ud, lo, t);
-  else {
-    lua_pushvalue(L, -1);
-    tl_setuv(L, ud, TL_UV_CACHE);
-    lo->cid = t->id;
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    tl_local_start(L, ud, t);
+    tl_getid(L, -1, t->id);
+    if (lua_isnil(L, -1)) { /* init cleared its own fields */
+      lua_pop(L, 1);
+      lua_newtable(L);
+      lua_pushvalue(L, -1);
+      tl_setid(L, -3, t->id);
+    }
   }
-  lua_pop(L, 2);
+  lua_remove(L, -2);
 }
 
-/* Pushes the calling thread's fields table of the Local at `ud`. */
-static void tl_local_fields(lua_State *L, int ud) {
-  tl_local *lo = (tl_local *)lua_touserdata(L, ud);
-  if (lo->cid != tl_myid) tl_local_fetch(L, ud, lo);
-  tl_getuv(L, ud, TL_UV_CACHE);
+/* The slow path of the closures: the calling thread is not the one whose
+** fields they hold, so make TL_UP_FIELDS that thread's fields. */
+static void tl_local_refresh(lua_State *L, uint64_t *cid) {
+  tl_local_push(L, 1);
+  lua_replace(L, TL_UP_FIELDS);
+  *cid = tl_myid;
 }
 
 /* The hot path: called only as metamethods, so argument 1 is a Local. */
 static int tl_local_index(lua_State *L) {
   tl_local *lo = (tl_local *)lua_touserdata(L, 1);
-  if (tl_unlikely(lo->cid != tl_myid)) tl_local_fetch(L, 1, lo);
-  tl_getuv(L, 1, TL_UV_CACHE);
-  lua_replace(L, 1);
-  lua_rawget(L, 1);
+  if (tl_unlikely(lo->get_id != tl_myid)) tl_local_refresh(L, &lo->get_id);
+  lua_rawget(L, TL_UP_FIELDS);
   return 1;
 }
 
@@ -1662,15 +1834,24 @@ static int tl_local_newindex(lua_State *L) {
       break;
     }
   }
-  if (tl_unlikely(lo->cid != tl_myid)) tl_local_fetch(L, 1, lo);
-  tl_getuv(L, 1, TL_UV_CACHE);
-  lua_replace(L, 1);
-  lua_rawset(L, 1);
+  if (tl_unlikely(lo->set_id != tl_myid)) tl_local_refresh(L, &lo->set_id);
+  lua_rawset(L, TL_UP_FIELDS);
   return 0;
 }
 
+static int tl_islocal(lua_State *L, int i) {
+  int is = 0;
+  if (lua_type(L, i) == LUA_TUSERDATA && lua_getmetatable(L, i)) {
+    lua_pushliteral(L, "__index");
+    lua_rawget(L, -2);
+    is = lua_tocfunction(L, -1) == tl_local_index;
+    lua_pop(L, 2);
+  }
+  return is;
+}
+
 static int tl_local_pairs(lua_State *L) {
-  tl_local_fields(L, 1);
+  tl_local_push(L, 1);
   lua_pushcfunction(L, tl_next);
   lua_insert(L, -2);
   lua_pushnil(L);
@@ -1678,7 +1859,7 @@ static int tl_local_pairs(lua_State *L) {
 }
 
 static int tl_local_len(lua_State *L) {
-  tl_local_fields(L, 1);
+  tl_local_push(L, 1);
   lua_pushinteger(L, (lua_Integer)tl_rawlen(L, -1));
   return 1;
 }
@@ -1696,11 +1877,10 @@ enum { TL_KLOCAL = 1, TL_KSHARED = 2, TL_KPROXY = 4 };
 
 /* Which of the kinds in `kinds` the value at slot 1 is; raises otherwise. */
 static int tl_checkkind(lua_State *L, int kinds, const char *expected) {
-  if (lua_type(L, 1) == LUA_TUSERDATA && lua_getmetatable(L, 1)) {
+  if (tl_islocal(L, 1)) {
+    if (kinds & TL_KLOCAL) return TL_KLOCAL;
+  } else if (lua_type(L, 1) == LUA_TUSERDATA && lua_getmetatable(L, 1)) {
     int k = 0;
-    luaL_getmetatable(L, THREADLOCAL_LOCAL_MT);
-    if (lua_rawequal(L, -1, -2)) k = TL_KLOCAL;
-    lua_pop(L, 1);
     luaL_getmetatable(L, THREADLOCAL_SHARED_MT);
     if (lua_rawequal(L, -1, -2)) k = TL_KSHARED;
     lua_pop(L, 1);
@@ -1712,19 +1892,42 @@ static int tl_checkkind(lua_State *L, int kinds, const char *expected) {
                                              luaL_typename(L, 1)));
 }
 
+/* Sets mt[name] to a new closure f over (state, proxy mt, no fields yet),
+** and keeps it in user value uv of the Local at ud. */
+static void tl_local_closure(lua_State *L, int ud, lua_CFunction f, const char *name, int uv) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_pushnil(L);
+  lua_pushcclosure(L, f, 3);
+  lua_pushvalue(L, -1);
+  tl_setuv(L, ud, uv);
+  lua_setfield(L, -2, name);
+}
+
 static int tl_new(lua_State *L) {
-  int n = lua_gettop(L), i;
+  int n = lua_gettop(L), i, ud = n + 1;
   tl_local *lo;
   if (!lua_isnoneornil(L, 1))
     luaL_checktype(L, 1, LUA_TFUNCTION);
   else if (n > 1)
     return tl_error(L, "threadlocal: init arguments given without an init function");
   lo = (tl_local *)tl_newud(L, sizeof *lo, TL_LOCAL_NUV);
-  lo->cid = TL_NOCACHE;
+  lo->get_id = lo->set_id = TL_NOCACHE;
+  /* Its own metatable: the shared metamethods, and its own closures. */
+  lua_createtable(L, 0, 8);
   luaL_getmetatable(L, THREADLOCAL_LOCAL_MT);
-  lua_setmetatable(L, -2);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, -5);
+  }
+  lua_pop(L, 1);
+  tl_local_closure(L, ud, tl_local_index, "__index", TL_UV_GET);
+  tl_local_closure(L, ud, tl_local_newindex, "__newindex", TL_UV_SET);
+  lua_setmetatable(L, ud);
   lua_newtable(L);
-  tl_setuv(L, -2, TL_UV_MAP);
+  tl_setuv(L, ud, TL_UV_MAP);
   if (n > 0 && !lua_isnil(L, 1)) {
     lua_createtable(L, n, 1);
     for (i = 1; i <= n; i++) {
@@ -1733,9 +1936,10 @@ static int tl_new(lua_State *L) {
     }
     lua_pushinteger(L, n);
     lua_setfield(L, -2, "n");
-    tl_setuv(L, -2, TL_UV_INIT);
+    tl_setuv(L, ud, TL_UV_INIT);
   }
-  tl_local_fetch(L, n + 1, lo); /* init runs in the creating thread now */
+  tl_local_push(L, ud); /* init runs in the creating thread now */
+  lua_settop(L, ud);
   return 1;
 }
 
@@ -1798,7 +2002,7 @@ static int tl_clear(lua_State *L) {
     if (id == 0) return 0; /* this thread never stored anything */
     tl_getuv(L, 1, TL_UV_MAP);
     tl_delid(L, -1, id);
-    if (lo->cid == id) tl_uncache(L, 1, lo);
+    if (lo->get_id == id || lo->set_id == id) tl_uncache(L, 1, lo);
   }
   return 0;
 }
@@ -1808,7 +2012,7 @@ static int tl_fields(lua_State *L) {
   switch (tl_checkkind(L, TL_KLOCAL | TL_KSHARED | TL_KPROXY,
                        "threadlocal.local, threadlocal.shared or threadlocal.table")) {
     case TL_KLOCAL:
-      tl_local_fields(L, 1);
+      tl_local_push(L, 1);
       tl_copytable(L, lua_gettop(L));
       return 1;
     case TL_KSHARED: tab = tl_shared_fields(L, 0); break;
@@ -1866,9 +2070,8 @@ static int tl_id(lua_State *L) {
   return 1;
 }
 
+/* Shared by every Local; each also gets its own __index and __newindex. */
 static const luaL_Reg tl_local_meta[] = {
-  {"__index", tl_local_index},
-  {"__newindex", tl_local_newindex},
   {"__pairs", tl_local_pairs},
   {"__len", tl_local_len},
   {"__tostring", tl_local_tostring},
@@ -1921,6 +2124,12 @@ static void tl_state_push(lua_State *L) {
   tl_setuv(L, -2, TL_ST_BYTHREAD);
   lua_newtable(L);
   tl_setuv(L, -2, TL_ST_SHARED);
+  lua_createtable(L, 0, 0);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "v");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  tl_setuv(L, -2, TL_ST_PROXIES);
   lua_createtable(L, 0, 1);
   lua_pushvalue(L, -2);
   lua_pushcclosure(L, tl_sentinel_gc, 1);
@@ -1935,14 +2144,22 @@ static int tl_open_sentinel(lua_State *L) { /* upvalue 1: the tl_state */
   return 0;
 }
 
-/* Fills the metatable at the top with funcs, closed over the two upvalues
-** below it (the tl_state and the proxy metatable), and hides it. */
-static void tl_setmeta(lua_State *L, const luaL_Reg *funcs, const char *name) {
-  lua_pushvalue(L, -3);
-  lua_pushvalue(L, -3);
-  tl_setfuncs(L, funcs, 2);
+/* Sets funcs into the table at the top, closed over the three values below
+** it: the tl_state, the proxy metatable and the proxy cache. */
+static void tl_setfuncs3(lua_State *L, const luaL_Reg *funcs) {
+  lua_pushvalue(L, -4);
+  lua_pushvalue(L, -4);
+  lua_pushvalue(L, -4);
+  tl_setfuncs(L, funcs, 3);
+}
+
+/* Fills and hides the metatable `name`, with the three values on the stack. */
+static void tl_newmeta(lua_State *L, const char *name, const luaL_Reg *funcs) {
+  luaL_newmetatable(L, name);
+  tl_setfuncs3(L, funcs);
   lua_pushstring(L, name);
   lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
 }
 
 THREADLOCAL_API int luaopen_threadlocal(lua_State *L) {
@@ -1951,28 +2168,22 @@ THREADLOCAL_API int luaopen_threadlocal(lua_State *L) {
   lua_pushvalue(L, -1);
   lua_pushcclosure(L, tl_open_sentinel, 1);
   lua_call(L, 0, 0);
-  luaL_newmetatable(L, THREADLOCAL_TABLE_MT); /* upvalues: state, proxy mt */
+  luaL_newmetatable(L, THREADLOCAL_TABLE_MT);
+  tl_getuv(L, -2, TL_ST_PROXIES); /* the three upvalues: state, proxy mt, cache */
 
-  lua_pushvalue(L, -1);
-  tl_setmeta(L, tl_proxy_meta, THREADLOCAL_TABLE_MT);
-  lua_pop(L, 1);
-  luaL_newmetatable(L, THREADLOCAL_LOCAL_MT);
-  tl_setmeta(L, tl_local_meta, THREADLOCAL_LOCAL_MT);
-  lua_pop(L, 1);
-  luaL_newmetatable(L, THREADLOCAL_SHARED_MT);
-  tl_setmeta(L, tl_shared_meta, THREADLOCAL_SHARED_MT);
-  lua_pop(L, 1);
+  tl_newmeta(L, THREADLOCAL_TABLE_MT, tl_proxy_meta);
+  tl_newmeta(L, THREADLOCAL_LOCAL_MT, tl_local_meta);
+  tl_newmeta(L, THREADLOCAL_SHARED_MT, tl_shared_meta);
 
   lua_createtable(L, 0, (int)(sizeof tl_funcs / sizeof *tl_funcs) + 1);
-  lua_pushvalue(L, -3);
-  lua_pushvalue(L, -3);
-  tl_setfuncs(L, tl_funcs, 2);
+  tl_setfuncs3(L, tl_funcs);
   lua_pushliteral(L, THREADLOCAL_VERSION);
   lua_setfield(L, -2, "version");
   lua_createtable(L, 0, 1);
-  lua_pushvalue(L, -4);
-  lua_pushvalue(L, -4);
-  lua_pushcclosure(L, tl_call, 2);
+  lua_pushvalue(L, -5);
+  lua_pushvalue(L, -5);
+  lua_pushvalue(L, -5);
+  lua_pushcclosure(L, tl_call, 3);
   lua_setfield(L, -2, "__call");
   lua_setmetatable(L, -2);
   return 1;
