@@ -5,6 +5,7 @@
 #   make demo            install what is missing, build, run the demos
 #   make test            install what is missing, build, run every test on
 #                        every Lua version present; ends "N passed, N failed"
+#   make bench           the access costs of SPEC section 6 (LUA=luajit works)
 #
 # A packager can override LUA, LUA_INCDIR, PREFIX, LUA_CMODDIR, CC, CFLAGS,
 # LIBFLAG and LDFLAGS.  LUA names the interpreter: lua5.1 ... lua5.4, luajit.
@@ -40,7 +41,7 @@ POOL_HOST = $(BUILD)/pool_host
 
 ALL_CFLAGS = $(WARNFLAGS) $(CFLAGS) -fPIC -I$(LUA_INCDIR) -Isrc
 
-.PHONY: all helper examples install uninstall demo test deps-demo deps-test clean
+.PHONY: all helper examples bench deps-bench install uninstall demo test deps-demo deps-test clean
 
 all: $(MODULE)
 
@@ -73,6 +74,21 @@ $(POOL_HOST): examples/pool_host.c src/threadlocal.c src/threadlocal.h
 
 examples: $(DEMO_HOST) $(POOL_HOST)
 
+$(BUILD)/floor.so: bench/floor.c
+	@mkdir -p $(BUILD)
+	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ bench/floor.c
+
+$(BUILD)/tlbench.so: bench/tlbench.c src/threadlocal.c src/threadlocal.h
+	@mkdir -p $(BUILD)
+	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ bench/tlbench.c src/threadlocal.c $(LIBS)
+
+BENCH_CSV ?= build/bench-$(LUA).csv
+
+# Prints the table of bench/bench.lua and writes it as CSV to $(BENCH_CSV).
+bench: deps-bench $(MODULE) $(HELPER) $(BUILD)/floor.so $(BUILD)/tlbench.so
+	TL_LUA=$(LUA) $(LUA) -e "package.cpath = '$(BUILD)/?.so;' .. package.cpath" \
+		bench/bench.lua $(BENCH_CSV)
+
 install: $(MODULE)
 	install -d $(DESTDIR)$(LUA_CMODDIR) $(DESTDIR)$(INCDIR)
 	install -m 0755 $(MODULE) $(DESTDIR)$(LUA_CMODDIR)/threadlocal.so
@@ -86,6 +102,9 @@ deps-demo:
 
 deps-test:
 	@sh tools/deps.sh test
+
+deps-bench:
+	@sh tools/deps.sh bench
 
 demo: deps-demo
 	@$(MAKE) --no-print-directory LUA=lua5.4 BUILD=build/lua5.4 examples

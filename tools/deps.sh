@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs from Debian's packages what `make demo` or `make test` needs and
-# this machine lacks.  Usage: sh tools/deps.sh demo|test
+# this machine lacks.  Usage: sh tools/deps.sh demo|test|bench
 set -u
 what=${1:-test}
 missing=""
@@ -15,6 +15,10 @@ need_file() { # file package
 need_cmd cc gcc
 need_cmd lua5.4 lua5.4
 need_file /usr/include/lua5.4/lua.h liblua5.4-dev
+if [ "$what" = bench ]; then
+  need_cmd valgrind valgrind
+  need_cmd python3 python3
+fi
 if [ "$what" = test ]; then
   need_cmd clang clang
   need_cmd lua5.3 lua5.3

@@ -1,0 +1,444 @@
+-- make bench: the access costs of SPEC section 6, measured in one run.
+--
+--   LUA bench/bench.lua [CSV]              the whole table; CSV file optional
+--   LUA bench/bench.lua --count ROW N      run ROW's loop N times and exit
+--                                          (for callgrind instruction counts)
+--
+-- Every timed row runs interleaved with its baseline (the floor: a userdata
+-- whose C __index/__newindex rawget/rawset one fixed table), REPS times;
+-- it reports the median ns per operation and the median of the per-run
+-- ratios.  Every row uses the same loop shape, on an upvalue `o`:
+--   get: for i = 1, n do local v = o.k end
+--   set: for i = 1, n do o.k = i end
+local threadlocal = require "threadlocal"
+local floor = require "floor"
+local helper = require "tlhelper"
+local tb = require "tlbench"
+
+local clock = tb.clock
+local REPS, N = 9, 1000000
+
+local function median(t)
+  local s = {}
+  for i, v in ipairs(t) do s[i] = v end
+  table.sort(s)
+  local m = #s
+  if m % 2 == 1 then return s[(m + 1) / 2] end
+  return (s[m / 2] + s[m / 2 + 1]) / 2
+end
+
+local function full_gc()
+  collectgarbage("collect")
+  collectgarbage("collect")
+end
+
+-- Timed loops, one shape each.  Each returns ns for n iterations.
+local loops = {}
+function loops.get(o)
+  return function(n)
+    local t0 = clock()
+    for _ = 1, n do local v = o.k end -- luacheck: ignore
+    return clock() - t0
+  end
+end
+function loops.set(o)
+  return function(n)
+    local t0 = clock()
+    for i = 1, n do o.k = i end
+    return clock() - t0
+  end
+end
+function loops.setstr(o)
+  return function(n)
+    local t0 = clock()
+    for _ = 1, n do o.k = "short" end
+    return clock() - t0
+  end
+end
+function loops.nested(o)
+  return function(n)
+    local t0 = clock()
+    for _ = 1, n do local v = o.t.k end -- luacheck: ignore
+    return clock() - t0
+  end
+end
+-- One get on each of many objects: for first accesses.
+function loops.each(objs)
+  return function()
+    local t0 = clock()
+    for j = 1, #objs do local v = objs[j].k end -- luacheck: ignore
+    return clock() - t0
+  end
+end
+
+-- Objects the rows act on.
+local function floor_with(k)
+  local f = floor.new()
+  f.k = k
+  return f
+end
+
+local function shared_with(k)
+  local sh = threadlocal.shared("bench." .. tostring(k) .. "." .. tostring(clock()))
+  sh.k = k
+  return sh
+end
+
+local function nested_floor()
+  local f = floor.new()
+  f.t = floor_with(1)
+  return f
+end
+
+local rows_by_name = {}
+local function row(t)
+  rows_by_name[t.name] = t
+  return t
+end
+
+local steady = {
+  row { name = "plain table get", kind = "get", make = function() return { k = 1 } end },
+  row { name = "plain table set", kind = "set", make = function() return { k = 1 } end },
+  row { name = "empty C metamethod get", kind = "get", make = floor.empty },
+  row { name = "empty C metamethod set", kind = "set", make = floor.empty },
+  row { name = "floor get", kind = "get", make = function() return floor_with(1) end },
+  row { name = "floor set", kind = "set", make = function() return floor_with(1) end },
+  row { name = "Local get", kind = "get", target = 1.3,
+        make = function() local tl = threadlocal.new(); tl.k = 1; return tl end },
+  row { name = "Local set", kind = "set", target = 1.3,
+        make = function() local tl = threadlocal.new(); tl.k = 1; return tl end },
+  row { name = "shared get (integer)", kind = "get", target = 1.6, make = function() return shared_with(1) end },
+  row { name = "shared set (integer)", kind = "set", target = 1.6, make = function() return shared_with(1) end },
+  row { name = "shared get (short string)", kind = "get", make = function() return shared_with("short") end },
+  row { name = "shared set (short string)", kind = "setstr", make = function() return shared_with("short") end },
+  row { name = "shared nested read sh.t.k", kind = "nested", target = 3.0,
+        make = function() local sh = shared_with(1); sh.t = { k = 1 }; return sh end,
+        floor_kind = "get" },
+  row { name = "floor nested read (context)", kind = "nested", make = nested_floor, floor_kind = "get" },
+}
+
+-- --count ROW N: for callgrind.
+if arg[1] == "--count" then
+  local r = assert(rows_by_name[arg[2]], "no row " .. tostring(arg[2]))
+  local f = loops[r.kind](r.make())
+  f(tonumber(arg[3]))
+  os.exit(0)
+end
+
+local results = {}
+local function report(section, name, ns, base, ratio, target, extra)
+  local status = ""
+  if target then status = ratio <= target and "met" or "MISSED" end
+  results[#results + 1] = { section = section, name = name, ns = ns, base = base, ratio = ratio,
+                            target = target, status = status, extra = extra or "" }
+  io.write(("%-44s %9s %9s %8s %8s  %s %s\n"):format(name,
+    ns and ("%.1f"):format(ns) or "", base and ("%.1f"):format(base) or "",
+    ratio and ("%.2fx"):format(ratio) or "", target and ("<= %.1fx"):format(target) or "",
+    status, extra or ""))
+  io.flush()
+end
+
+local function header(title)
+  io.write(("\n%s\n%-44s %9s %9s %8s %8s\n"):format(title, "row", "ns/op", "floor", "ratio", "target"))
+end
+
+-- Interleaves each row with the floor of the same kind, REPS times.
+local function time_rows(rows, title, section)
+  header(title)
+  local samples = {}
+  for _, r in ipairs(rows) do samples[r] = { ns = {}, base = {}, ratio = {} } end
+  for _ = 1, REPS do
+    for _, r in ipairs(rows) do
+      local o = r.make()
+      local f = loops[r.kind](o)
+      local b = loops[r.floor_kind or (r.kind == "setstr" and "set" or r.kind)](floor_with(1))
+      f(math.floor(N / 20)) -- warm
+      full_gc()
+      local tb_ = b(N)
+      local tr = f(N)
+      local s = samples[r]
+      s.ns[#s.ns + 1], s.base[#s.base + 1], s.ratio[#s.ratio + 1] = tr / N, tb_ / N, tr / tb_
+    end
+  end
+  for _, r in ipairs(rows) do
+    local s = samples[r]
+    report(section, r.name, median(s.ns), median(s.base), median(s.ratio), r.target)
+  end
+end
+
+-- Rows about threads: the state moves to a worker, and first accesses.
+local function thread_rows()
+  header("Locals and threads (one state, handed between OS threads)")
+  local M, ROUNDS = 1000, 40
+  local w = helper.worker()
+
+  -- Steady state after the move: the same loops, run on the worker.
+  for _, kind in ipairs { "get", "set" } do
+    local ns, base, ratio = {}, {}, {}
+    for _ = 1, REPS do
+      local tl = threadlocal.new()
+      tl.k = 1
+      local f, b = loops[kind](tl), loops[kind](floor_with(1))
+      w:run(f, math.floor(N / 20))
+      full_gc()
+      local tb_, tr = w:run(b, N), w:run(f, N)
+      ns[#ns + 1], base[#base + 1], ratio[#ratio + 1] = tr / N, tb_ / N, tr / tb_
+    end
+    report("threads", "Local " .. kind .. " after the state moved", median(ns), median(base), median(ratio))
+  end
+
+  -- First access after a move: M Locals, each read once on the main thread,
+  -- then once on the worker: every worker read finds the other thread cached.
+  do
+    local ns, base, ratio = {}, {}, {}
+    for _ = 1, REPS do
+      local locals, floors = {}, {}
+      for j = 1, M do
+        locals[j] = threadlocal.new()
+        locals[j].k = j
+        floors[j] = floor_with(j)
+      end
+      w:run(function() for j = 1, M do locals[j].k = j end end)
+      local on_main, on_worker, each_floor = loops.each(locals), loops.each(locals), loops.each(floors)
+      full_gc()
+      local tr, tb_ = 0, 0
+      for _ = 1, ROUNDS do
+        on_main()
+        tr = tr + w:run(on_worker)
+        tb_ = tb_ + w:run(each_floor)
+      end
+      local n = M * ROUNDS
+      ns[#ns + 1], base[#base + 1], ratio[#ratio + 1] = tr / n, tb_ / n, tr / tb_
+    end
+    report("threads", "Local get, first access after the move", median(ns), median(base), median(ratio), 3.0)
+  end
+
+  -- First access on a new thread: the thread has no fields yet.
+  for _, with_init in ipairs { false, true } do
+    local ns, base, ratio = {}, {}, {}
+    for _ = 1, REPS do
+      local locals, floors = {}, {}
+      local init = with_init and function(self) self.k = 1 end or nil
+      for j = 1, M do
+        locals[j] = threadlocal.new(init)
+        floors[j] = floor_with(j)
+      end
+      local fresh = helper.worker()
+      full_gc()
+      local tr = fresh:run(loops.each(locals))
+      local tb_ = fresh:run(loops.each(floors))
+      fresh:stop()
+      ns[#ns + 1], base[#base + 1], ratio[#ratio + 1] = tr / M, tb_ / M, tr / tb_
+    end
+    report("threads", "Local first access on a new thread" .. (with_init and " (init)" or ""),
+      median(ns), median(base), median(ratio))
+  end
+  w:stop()
+end
+
+local function capi_rows()
+  header("C API from a C loop (absolute)")
+  for _, op in ipairs { "get", "set" } do
+    local ns = {}
+    for _ = 1, REPS do ns[#ns + 1] = tb.capi(op, N) / N end
+    report("capi", "C API " .. op .. " (threadlocal_" .. (op == "get" and "get" or "set_integer") .. ")",
+      median(ns))
+  end
+end
+
+local function python_rows()
+  header("Python's C threading.local (absolute; another runtime, not a ratio)")
+  local script = [[
+import threading, time
+o = threading.local()
+o.k = 1
+def get(n):
+    t = time.perf_counter_ns()
+    for i in range(n):
+        v = o.k
+    return time.perf_counter_ns() - t
+def set(n):
+    t = time.perf_counter_ns()
+    for i in range(n):
+        o.k = i
+    return time.perf_counter_ns() - t
+n = %d
+for f in (get, set):
+    f(n // 20)
+    s = sorted(f(n) / n for _ in range(%d))
+    print(f.__name__, s[len(s) // 2])
+]]
+  local p = io.popen(("python3 -c '%s' 2>/dev/null"):format(script:format(N, REPS)))
+  local out = p and p:read("*a") or ""
+  if p then p:close() end
+  local any = false
+  for op, ns in out:gmatch("(%a+) ([%d%.]+)") do
+    any = true
+    report("python", "threading.local " .. op, tonumber(ns))
+  end
+  if not any then io.write("python3 not found: rows skipped\n") end
+end
+
+local function scaling_rows()
+  header("Scaling: K states on K threads, each hammering one shared local and its own Local")
+  local code = [[
+    local threadlocal = require "threadlocal"
+    local sh = threadlocal.shared("bench.scale")
+    local tl = threadlocal.new()
+    sh.n, tl.n = 0, 0
+    return function(n)
+      for i = 1, n do
+        sh.n = i
+        local a = sh.n
+        tl.n = i
+        local b = tl.n
+      end
+    end
+  ]]
+  local n, base = math.floor(N / 2), nil
+  for _, k in ipairs { 1, 2, 4, 8 } do
+    local walls = {}
+    for _ = 1, 5 do walls[#walls + 1] = tb.scale(k, n, code) end
+    local ops = k * n * 4 / (median(walls) / 1e9)
+    base = base or ops
+    local ratio = ops / base
+    local target = k == 2 and 1.8 or nil
+    local status = target and (ratio >= target and "met" or "MISSED") or ""
+    results[#results + 1] = { section = "scaling", name = "K = " .. k, ns = median(walls) / (k * n * 4),
+                              ratio = ratio, target = target and -target or nil, status = status,
+                              extra = ("%.1f Mops/s"):format(ops / 1e6) }
+    io.write(("%-44s %9.1f %9s %7.2fx %8s  %s %.1f Mops/s aggregate\n"):format("K = " .. k,
+      median(walls) / (k * n * 4), "", ratio, target and (">= %.1fx"):format(target) or "", status, ops / 1e6))
+  end
+end
+
+local function churn_rows()
+  header("Churn: threads that each touch a Local and a shared local, then exit")
+  local tl = threadlocal.new()
+  local sh = threadlocal.shared("bench.churn")
+  local function touch(i)
+    tl.x = i
+    sh.x = i
+    return tl.x + sh.x
+  end
+  for i = 1, 2000 do helper.on_thread(touch, i) end -- warm the allocator
+  full_gc()
+  tb.trim()
+  local rss0 = tb.rss()
+  local COUNT = 100000
+  local t0 = clock()
+  for i = 1, COUNT do helper.on_thread(touch, i) end
+  local secs = (clock() - t0) / 1e9
+  full_gc()
+  tb.trim()
+  local grown = tb.rss() - rss0
+  local status = grown <= 1024 and "met" or "MISSED"
+  results[#results + 1] = { section = "churn", name = "100000 threads", ns = secs * 1e9 / COUNT,
+                            status = status, extra = ("%.0f threads/s; RSS %+d KiB"):format(COUNT / secs, grown) }
+  io.write(("%-44s %9.1f %9s %8s %8s  %s %.0f threads/s, RSS %+d KiB after collection (%d -> %d KiB)\n")
+    :format("100000 threads, ns per thread", secs * 1e9 / COUNT, "", "", "<= 1 MiB", status,
+      COUNT / secs, grown, rss0, rss0 + grown))
+end
+
+local function memory_rows()
+  header("Memory")
+  local w = helper.worker()
+  local keys = {}
+  for j = 1, 10000 do keys[j] = "field" .. j end
+  local warm = threadlocal.new()
+  w:run(function() warm.k = 1 end) -- the worker's first Local of this state is behind us
+  for _, f in ipairs { 1, 100, 10000 } do
+    local tl = threadlocal.new()
+    full_gc()
+    local m0 = collectgarbage("count")
+    w:run(function() for j = 1, f do tl[keys[j]] = j end end)
+    full_gc()
+    local bytes = (collectgarbage("count") - m0) * 1024
+    report("memory", ("Local: bytes per (thread, local), %d fields"):format(f), nil, nil, nil, nil,
+      ("%.0f bytes (%.1f per field)"):format(bytes, bytes / f))
+  end
+  for _, f in ipairs { 1, 100, 10000 } do
+    local sh = threadlocal.shared("bench.memory." .. f)
+    full_gc()
+    local h0 = tb.heap()
+    for j = 1, f do sh[keys[j]] = j end
+    local bytes = tb.heap() - h0
+    report("memory", ("shared: bytes per (thread, local), %d fields"):format(f), nil, nil, nil, nil,
+      ("%.0f bytes (%.1f per field)"):format(bytes, bytes / f))
+  end
+  do
+    local locals = {}
+    for j = 1, 1000 do locals[j] = threadlocal.new() end
+    local fresh = helper.worker()
+    fresh:run(function() warm.k = 1 end)
+    full_gc()
+    local m0 = collectgarbage("count")
+    fresh:run(function() for j = 1, 1000 do locals[j].k = j end end)
+    full_gc()
+    local bytes = (collectgarbage("count") - m0) * 1024
+    report("memory", "Local: bytes per thread with 1000 Locals (1 field)", nil, nil, nil, nil,
+      ("%.0f bytes (%.1f per Local)"):format(bytes, bytes / 1000))
+    fresh:stop()
+  end
+  w:stop()
+end
+
+local function callgrind_rows()
+  header("Instructions per operation (callgrind; stable on a noisy machine)")
+  local lua = os.getenv("TL_LUA") or "lua5.4"
+  local setpath = ("package.cpath = %q"):format(package.cpath)
+  local function count(rowname, n)
+    local cmd = ("valgrind --tool=callgrind --callgrind-out-file=/dev/null %s -e %q bench/bench.lua --count %q %d 2>&1")
+      :format(lua, setpath, rowname, n)
+    local p = io.popen(cmd)
+    local out = p:read("*a")
+    p:close()
+    local refs = out:match("refs:%s+([%d,]+)")
+    return refs and tonumber((refs:gsub(",", ""))) or nil
+  end
+  if not count("floor get", 0) then
+    io.write("valgrind not found: rows skipped\n")
+    return
+  end
+  local n = 200000
+  local floors = {}
+  for _, name in ipairs { "floor get", "floor set", "Local get", "Local set", "shared get (integer)",
+                          "shared set (integer)", "shared nested read sh.t.k" } do
+    local a, b = count(name, 0), count(name, n)
+    local per = (b - a) / n
+    local kind = rows_by_name[name].kind
+    local base = floors[kind] or floors.get
+    if name:match("^floor") then floors[kind] = per end
+    local ratio = base and per / base or nil
+    report("callgrind", name, nil, nil, ratio, nil, ("%.1f instructions/op"):format(per))
+  end
+end
+
+io.write(("threadlocal %s bench on %s, %d runs of %d operations per row, medians\n")
+  :format(threadlocal.version, _VERSION .. (jit and (" / " .. jit.version) or ""), REPS, N))
+time_rows(steady, "Steady-state access (one state, one thread)", "access")
+thread_rows()
+capi_rows()
+python_rows()
+scaling_rows()
+churn_rows()
+memory_rows()
+callgrind_rows()
+
+local missed = 0
+for _, r in ipairs(results) do if r.status == "MISSED" then missed = missed + 1 end end
+io.write(("\n%d targets missed\n"):format(missed))
+
+local csv = arg[1]
+if csv then
+  local f = assert(io.open(csv, "w"))
+  f:write("section,row,ns_per_op,floor_ns_per_op,ratio,target,status,note\n")
+  local function fmt(v) return v and ("%.3f"):format(v) or "" end
+  for _, r in ipairs(results) do
+    f:write(("%s,%q,%s,%s,%s,%s,%s,%q\n"):format(r.section, r.name, fmt(r.ns), fmt(r.base), fmt(r.ratio),
+      r.target and fmt(math.abs(r.target)) or "", r.status, r.extra))
+  end
+  f:close()
+  io.write("CSV written to " .. csv .. "\n")
+end
+os.exit(missed == 0 and 0 or 1)
