@@ -180,6 +180,24 @@ describe("a table proxy", function()
     end)
   end
 
+  it("reads the current table every time, in loops that replace or alternate fields", function()
+    local sh = fresh()
+    sh.t, sh.u = { k = 0 }, { k = "u" }
+    for i = 1, 50 do
+      assert.equal(i - 1, sh.t.k)
+      assert.equal("u", sh.u.k) -- another table field in between
+      if i % 3 == 0 then sh.t = { k = i } else sh.t.k = i end
+      sh.n = i -- a scalar write to the same fields table
+      assert.equal(i, sh.t.k)
+    end
+    sh.t = nil
+    assert.is_nil(sh.t)
+    sh.t = "now a string"
+    assert.equal("now a string", sh.t)
+    threadlocal.clear(sh)
+    assert.is_nil(sh.t)
+  end)
+
   it("copies the table when stored elsewhere", function()
     local sh = fresh()
     sh.a = { x = 1 }

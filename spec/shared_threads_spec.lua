@@ -68,6 +68,19 @@ describe("a shared local on several OS threads", function()
     w:stop()
   end)
 
+  it("reads the calling thread's table after the state moves, in the same loop", function()
+    local sh = threadlocal.shared(support.unique("moved"))
+    local w = helper.worker()
+    sh.t = { who = "main" }
+    w:run(function() sh.t = { who = "worker" } end)
+    local function read() return sh.t.who end
+    for _ = 1, 5 do
+      assert.equal("main", read())
+      assert.equal("worker", w:run(read))
+    end
+    w:stop()
+  end)
+
   it("never shows an exited thread's values to a later thread", function()
     local name = support.unique("exit")
     for i = 1, 30 do
@@ -94,12 +107,15 @@ describe("a shared local on several OS threads", function()
       local sh = threadlocal.shared(name)
       sh.me = me
       helper.wait(b)
-      for i = 1, 2000 do
-        sh.n = i
-        sh.t = { me = me, i = i }
-        assert(sh.me == me and sh.t.me == me)
-      end
+      local ok, err = pcall(function() -- reach the second barrier whatever happens
+        for i = 1, 2000 do
+          sh.n = i
+          sh.t = { me = me, i = i }
+          assert(sh.me == me and sh.t.me == me, "saw another thread's value")
+        end
+      end)
       helper.wait(b)
+      assert(ok, err)
       return sh.n, sh.t.me
     ]]
     local h1 = helper.spawn(code, name, b, "one")

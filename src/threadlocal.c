@@ -260,6 +260,7 @@ typedef struct tl_tab {
   uint32_t count; /* live entries */
   uint32_t used;  /* live + dead entries, <= cap / 2: short probes */
   uint32_t handle;
+  uint64_t version;        /* changes with every write: see tl_shared */
   struct tl_thread *owner; /* NULL for a shared local's defaults */
 } tl_tab;
 
@@ -278,6 +279,7 @@ typedef struct tl_thread {
   uint32_t *gens;  /* generation of each slab entry */
   uint32_t *freeidx;
   uint32_t ntabs, nfree, captabs;
+  uint64_t clock; /* the next table version: never repeats on this thread */
 } tl_thread;
 
 /* A shared local: found by name, never freed. */
@@ -318,8 +320,19 @@ enum { TL_UV_MAP = 1, TL_UV_INIT, TL_UV_GET, TL_UV_SET, TL_LOCAL_NUV = TL_UV_SET
 
 #define TL_NOCACHE UINT64_MAX /* matches no thread, not even "no record yet" */
 
+/*
+** A shared local in one state.  It remembers the table field last read
+** through it, whose proxy is its user value: a loop reading sh.t.k skips
+** the lookup of "t".  That is right while the same thread's same fields
+** table has the same version (versions never repeat on a thread) and the
+** key is the same.
+*/
 typedef struct tl_shared {
   tl_desc *d;
+  uint64_t lowner, lversion;
+  const tl_tab *ltab;
+  const char *lkey;
+  const tl_entry *lentry;
 } tl_shared;
 
 /* A proxy of a shared table read by thread `owner`. */
@@ -477,6 +490,7 @@ static tl_tab *tl_tab_new(tl_thread *owner) {
   tl_tab *tab = (tl_tab *)calloc(1, sizeof *tab);
   if (tab == NULL) return NULL;
   tab->owner = owner;
+  if (owner != NULL) tab->version = owner->clock++;
   if (owner != NULL && tl_slab_add(owner, tab) != 0) {
     free(tab);
     return NULL;
@@ -545,6 +559,7 @@ static int tl_tab_reserve(tl_tab *t) {
 static int tl_tab_put(tl_tab *t, const tl_key *k, tl_val *v, tl_val *old) {
   tl_entry *e = tl_tab_find(t, k);
   old->type = TL_TNIL;
+  if (t->owner != NULL) t->version = t->owner->clock++;
   if (e != NULL) {
     *old = e->val;
     if (v->type == TL_TNIL) { /* delete */
@@ -1461,6 +1476,7 @@ static TL_HOT void tl_tab_assign(lua_State *L, tl_tab *tab) {
     const char *s = lua_tolstring(L, 2, &len);
     tl_entry *e = tl_tab_findstr(tab, s, len);
     if (e != NULL && e->val.type < TL_TSTR) {
+      tab->version = tab->owner->clock++;
       if (tl_toint(L, 3, &e->val.u.i)) {
         e->val.type = TL_TINT;
         return;
@@ -1570,17 +1586,49 @@ static tl_tab *tl_shared_start(lua_State *L, int create) {
   return tab;
 }
 
-static TL_HOT tl_tab *tl_shared_fields(lua_State *L, int create) {
-  const tl_desc *d = ((tl_shared *)lua_touserdata(L, 1))->d;
+static TL_HOT tl_tab *tl_shared_tab(lua_State *L, const tl_shared *sh, int create) {
+  uint32_t idx = sh->d->idx;
   tl_thread *t = tl_me;
   tl_tab *tab;
-  if (t != NULL && d->idx < t->nslots && (tab = t->slots[d->idx]) != NULL) return tab;
+  if (t != NULL && idx < t->nslots && (tab = t->slots[idx]) != NULL) return tab;
   return tl_shared_start(L, create);
+}
+
+static TL_HOT tl_tab *tl_shared_fields(lua_State *L, int create) {
+  return tl_shared_tab(L, (const tl_shared *)lua_touserdata(L, 1), create);
 }
 
 /* Called only as metamethods, so argument 1 is a shared local. */
 static int tl_shared_index(lua_State *L) {
-  return tl_tab_index(L, tl_shared_fields(L, 0));
+  tl_shared *sh = (tl_shared *)lua_touserdata(L, 1);
+  tl_tab *tab = tl_shared_tab(L, sh, 0);
+  if (tab != NULL && lua_type(L, 2) == LUA_TSTRING) {
+    size_t len;
+    const char *s = lua_tolstring(L, 2, &len);
+    tl_entry *e;
+    if (s == sh->lkey && tab == sh->ltab && tab->version == sh->lversion &&
+        tab->owner->id == sh->lowner && sh->lentry->key.u.str.len == len &&
+        tl_memeq(sh->lentry->key.u.str.s, s, len)) {
+      tl_getuv(L, 1, 1); /* the proxy of the table field read last */
+      return 1;
+    }
+    if ((e = tl_tab_findstr(tab, s, len)) == NULL) {
+      lua_pushnil(L);
+      return 1;
+    }
+    tl_pushval(L, &e->val, TL_PROXY_MT, TL_PROXY_CACHE);
+    if (e->val.type == TL_TTAB) {
+      sh->lkey = s;
+      sh->ltab = tab;
+      sh->lversion = tab->version;
+      sh->lowner = tab->owner->id;
+      sh->lentry = e;
+      lua_pushvalue(L, -1);
+      tl_setuv(L, 1, 1);
+    }
+    return 1;
+  }
+  return tl_tab_index(L, tab);
 }
 
 static int tl_shared_newindex(lua_State *L) {
@@ -1982,7 +2030,8 @@ static int tl_shared_new(lua_State *L) {
   lua_rawget(L, -2);
   if (!lua_isnil(L, -1)) return 1;
   lua_pop(L, 1);
-  sh = (tl_shared *)tl_newud(L, sizeof *sh, 0);
+  sh = (tl_shared *)tl_newud(L, sizeof *sh, 1);
+  memset(sh, 0, sizeof *sh);
   sh->d = d;
   luaL_getmetatable(L, THREADLOCAL_SHARED_MT);
   lua_setmetatable(L, -2);
