@@ -7,7 +7,7 @@
 **                              started together at a barrier; returns the
 **                              wall time in ns of k * loop(n)
 **   tlbench.rss()              resident set size of the process, in KiB
-**   tlbench.heap()             bytes in use in malloc's main arena
+**   tlbench.heap()             bytes in use in malloc's main arena and mmaps
 **   tlbench.trim()             return free heap memory to the system
 **   tlbench.capi(op, n)        ns for n C API calls from a C loop: op is
 **                              "get" (threadlocal_get) or "set"
@@ -111,7 +111,7 @@ static int tb_rss(lua_State *L) {
 
 static int tb_heap(lua_State *L) {
   struct mallinfo2 mi = mallinfo2();
-  lua_pushnumber(L, (lua_Number)mi.uordblks);
+  lua_pushnumber(L, (lua_Number)(mi.uordblks + mi.hblkhd));
   return 1;
 }
 

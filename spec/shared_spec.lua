@@ -110,6 +110,26 @@ describe("a shared local's values", function()
     assert.is_nil(sh[0 / 0])
   end)
 
+  it("keep every field through many inserts and deletes", function()
+    local sh = fresh()
+    for i = 1, 3000 do
+      sh["k" .. i] = i
+      if i % 3 == 0 then sh["k" .. (i - 1)] = nil end
+    end
+    local f = threadlocal.fields(sh)
+    local n = 0
+    for k, v in pairs(f) do
+      n = n + 1
+      assert.equal("k" .. v, k)
+      assert.is_true(v % 3 ~= 2)
+    end
+    assert.equal(2000, n)
+    for i = 1, 3000 do sh["k" .. i] = nil end
+    assert.same({}, threadlocal.fields(sh))
+    sh.again = 1
+    assert.same({ again = 1 }, threadlocal.fields(sh))
+  end)
+
   it("copy tables in: changing the original afterwards changes nothing", function()
     local sh = fresh()
     local t = { a = 1, list = { 1, 2, 3 }, [true] = "b", [1.5] = "f" }

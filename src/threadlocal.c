@@ -528,10 +528,10 @@ static void tl_tab_free(tl_tab *tab) {
 
 /* Makes room for one more entry.  Returns 0, or -1 when out of memory. */
 static int tl_tab_reserve(tl_tab *t) {
-  uint32_t cap = 4, i;
+  uint32_t cap = t->cap ? t->cap : 4, i;
   tl_entry *ne;
   if ((t->used + 1) * 2 <= t->cap) return 0;
-  while (cap < 4 * (t->count + 1)) cap *= 2;
+  while (cap < 2 * (t->count + 1)) cap *= 2; /* else: the same size, minus tombstones */
   ne = (tl_entry *)calloc(cap, sizeof *ne);
   if (ne == NULL) return -1;
   for (i = 0; i < t->cap; i++) {
