@@ -53,8 +53,13 @@ $(HELPER): spec/tlhelper.c
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ spec/tlhelper.c $(LIBS)
 
-# What the tests need: the module, the spec helper, the C API test.
-helper: $(MODULE) $(HELPER) $(CAPI_TEST)
+# What the tests need: the module, the spec helper, the C API test, and a
+# minimal `lua` to run busted in when everything is built with sanitizers.
+helper: $(MODULE) $(HELPER) $(CAPI_TEST) $(BUILD)/spec_host
+
+$(BUILD)/spec_host: spec/spec_host.c
+	@mkdir -p $(BUILD)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ spec/spec_host.c -l$(LUA_LIB) -lm $(LIBS)
 
 $(CAPI_TEST): spec/capi_test.c src/threadlocal.c src/threadlocal.h
 	@mkdir -p $(BUILD)

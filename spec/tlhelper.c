@@ -279,6 +279,22 @@ static int hp_barrier_wait(const char *name) {
   return 0;
 }
 
+/* Barriers live as long as this library: freed when the last state that
+** loaded it closes (an atexit handler of a shared object runs at dlclose). */
+static void hp_barriers_free(void) {
+  hp_barrier *b;
+  while ((b = hp_barriers) != NULL) {
+    hp_barriers = b->next;
+    pthread_cond_destroy(&b->cond);
+    free(b->name);
+    free(b);
+  }
+}
+
+static pthread_once_t hp_once = PTHREAD_ONCE_INIT;
+
+static void hp_init(void) { atexit(hp_barriers_free); }
+
 static int hp_wait(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
   if (hp_barrier_wait(name) != 0) return luaL_error(L, "tlhelper: no barrier '%s'", name);
@@ -533,6 +549,7 @@ static void hp_newclass(lua_State *L, const char *name, const luaL_Reg *methods,
 }
 
 int luaopen_tlhelper(lua_State *L) {
+  pthread_once(&hp_once, hp_init);
   hp_newclass(L, HP_WORKER_MT, hp_worker_methods, hp_worker_stop);
   hp_newclass(L, HP_SPAWN_MT, hp_spawn_methods, hp_spawn_gc);
   hp_newlib(L, hp_funcs);

@@ -31,6 +31,7 @@ if [ "$what" = test ]; then
   need_file /usr/include/luajit-2.1/lua.h libluajit-5.1-dev
   need_cmd busted lua-busted
   need_cmd luarocks luarocks
+  need_cmd valgrind valgrind
 fi
 
 [ -z "$missing" ] && exit 0

@@ -62,6 +62,42 @@ for lua in $LUAS; do
   fi
 done
 
+# tap_run NAME LOG CMD...: runs CMD, whose output is TAP, and records its
+# results as "NAME: ..."; a non-zero exit without a failed test fails too.
+tap_run() {
+  name=$1 log=$2
+  shift 2
+  "$@" >"$log" 2>&1
+  status=$?
+  sed -n "s/^\(not ok\|ok\) [0-9]* *- /\1 - $name: /p" "$log" | tee -a "$results"
+  grep -E '^#|ERROR: |runtime error|==[0-9]+== ' "$log" | tail -n 40
+  if [ $status -ne 0 ] && ! grep -q '^not ok' "$log"; then
+    result FAIL "$name: exited with status $status" "$log"
+  fi
+}
+
+echo "# reliability (lua5.4)"
+SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+log="$out/asan-build.log"
+if make --no-print-directory LUA=lua5.4 BUILD=build/asan CFLAGS="-O1 -g $SAN" LDFLAGS="$SAN" \
+    helper >"$log" 2>&1; then
+  # LeakSanitizer is on (ASan's default on Linux); every report fails the run.
+  tap_run "asan+ubsan capi" "$out/asan-capi.tap" build/asan/capi_test
+  TL_LUA=build/asan/spec_host tap_run "asan+ubsan specs" "$out/asan-specs.tap" \
+    build/asan/spec_host "$(command -v busted)" -o TAP --lpath='spec/?.lua' \
+    --cpath='build/asan/?.so' spec
+else
+  result FAIL "build with AddressSanitizer and UndefinedBehaviorSanitizer" "$log"
+fi
+if command -v valgrind >/dev/null 2>&1; then
+  TL_LUA=lua5.4 tap_run "valgrind memcheck specs" "$out/valgrind.tap" \
+    valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+    --show-leak-kinds=definite lua5.4 "$(command -v busted)" -o TAP --lpath='spec/?.lua' \
+    --cpath='build/lua5.4/?.so' spec
+else
+  result FAIL "valgrind is not installed"
+fi
+
 echo "# other checks (lua5.4)"
 
 log="$out/clang.log"

@@ -1,0 +1,156 @@
+-- Hostile input from Lua: random keys and values of every kind thrown at
+-- both kinds of local and at every module function.  Each call must work,
+-- or raise a threadlocal: error (or a standard bad argument error, or the
+-- error of a user function we passed in) and leave the fields as they were.
+local threadlocal = require "threadlocal"
+local helper = require "tlhelper"
+local support = require "support"
+
+local SEED, OPS = 20261126, 4000
+
+-- A deterministic generator (math.random differs between Lua versions).
+local state = SEED
+local function rand(n) -- 1..n
+  state = (state * 1103515245 + 12345) % 2147483648
+  return state % n + 1
+end
+
+local USER_ERROR = setmetatable({}, { __tostring = function() return "user error" end })
+
+local tl, sh -- the targets; tl_gc values touch tl from their __gc
+
+local function random_string()
+  local r = rand(6)
+  if r == 1 then return "" end
+  if r == 2 then return ("x"):rep(20000 + rand(1000)) end
+  local t = {}
+  for i = 1, rand(12) do t[i] = string.char(rand(256) - 1) end
+  return table.concat(t)
+end
+
+local make_value
+local function random_table(depth)
+  local t = {}
+  for _ = 1, rand(4) do
+    local k = make_value(depth + 1)
+    if k ~= nil and k == k then t[k] = make_value(depth + 1) end
+  end
+  local r = rand(8)
+  if r == 1 then t.self = t end -- cyclic
+  if r == 2 then
+    setmetatable(t, { __index = function() error(USER_ERROR) end, __eq = function() return true end })
+  end
+  if r == 3 then
+    local deep = t
+    for _ = 1, 150 do deep.next = {}; deep = deep.next end
+  end
+  return t
+end
+
+function make_value(depth)
+  depth = depth or 0
+  local r = rand(depth > 2 and 9 or 13)
+  if r == 1 then return nil end
+  if r == 2 then return rand(2) == 1 end
+  if r == 3 then return rand(2000) - 1000 end
+  if r == 4 then return ({ 0 / 0, 1 / 0, -1 / 0, -0.0, 0.5, 2 ^ 53, -2 ^ 63 })[rand(7)] end
+  if r == 5 then return random_string() end
+  if r == 6 then return helper.lightuserdata(rand(1000)) end
+  if r == 7 then return function() error(USER_ERROR) end end
+  if r == 8 then return coroutine.create(function() end) end
+  if r == 9 then return io.stdout end
+  if r == 10 then return random_table(depth) end
+  if r == 11 then return support.gc_value(function() tl.from_gc = true end) end
+  if r == 12 then return ({ tl, sh, threadlocal })[rand(3)] end
+  local ok, p = pcall(function() return sh.t end)
+  return ok and p or nil
+end
+
+-- Equality of two field copies (fields() results), NaN equal to NaN.
+local function same(a, b, seen)
+  if a ~= a and b ~= b then return true end
+  if type(a) ~= "table" or type(b) ~= "table" then return rawequal(a, b) or a == b end
+  seen = seen or {}
+  if seen[a] == b then return true end
+  seen[a] = b
+  for k, v in next, a do
+    if not same(v, rawget(b, k), seen) then return false end
+  end
+  for k in next, b do
+    if rawget(a, k) == nil then return false end
+  end
+  return true
+end
+
+local function acceptable(err)
+  if err == USER_ERROR then return true end
+  if type(err) ~= "string" then return false end
+  return err:match("^threadlocal: ") or err:match("bad argument #%d") or err == "not enough memory"
+end
+
+describe("hostile input (seed " .. SEED .. ", " .. OPS .. " operations)", function()
+  it("either works or raises a clear error, and a failed call changes nothing", function()
+    tl = threadlocal.new()
+    sh = threadlocal.shared(support.unique("fuzz"))
+    sh.t = { seed = SEED }
+    local failures, worked, refused = {}, 0, 0
+    local ops = {
+      function() return tl, function(k, v) tl[k] = v end end,
+      function() return sh, function(k, v) sh[k] = v end end,
+      function()
+        local ok, p = pcall(function() return sh.t end)
+        if not ok or type(p) ~= "userdata" then sh.t = {}; p = sh.t end
+        return p, function(k, v) p[k] = v end
+      end,
+    }
+    local reads = {
+      function(o, k) return o[k] end,
+      function(o) return #o end,
+      function(o) return tostring(o) end,
+      function(o) return threadlocal.fields(o) end,
+      function(o) if support.has_pairs then for _ in pairs(o) do end end end,
+    }
+    local calls = {
+      function(a, b) return threadlocal.new(a, b) end,
+      function(a, b) return threadlocal.shared(a, b) end,
+      function(a) return threadlocal.clear(a) end,
+      function(a) return threadlocal.fields(a) end,
+      function(a) for _ in threadlocal.threads(a) do end end,
+      function(a) return threadlocal(a) end,
+    }
+    for i = 1, OPS do
+      local r = rand(10)
+      local target, set = ops[rand(#ops)]()
+      local before = threadlocal.fields(target)
+      local ok, err
+      if r <= 5 then
+        local k, v = make_value(), make_value()
+        ok, err = pcall(set, k, v)
+      elseif r <= 8 then
+        ok, err = pcall(reads[rand(#reads)], target, make_value())
+      else
+        ok, err = pcall(calls[rand(#calls)], make_value(), make_value())
+        before = nil -- a module call may legitimately clear or start fields
+      end
+      if ok then
+        worked = worked + 1
+      else
+        refused = refused + 1
+        if not acceptable(err) then
+          failures[#failures + 1] = ("op %d: unclear error %s"):format(i, tostring(err))
+        elseif before and not same(before, threadlocal.fields(target)) then
+          failures[#failures + 1] = ("op %d: a failed call changed the fields (%s)"):format(i, tostring(err))
+        end
+      end
+      if i % 500 == 0 then collectgarbage() end -- run __gc tricks now and then
+    end
+    support.full_gc(2)
+    assert.same({}, failures)
+    assert.is_true(worked > OPS / 4 and refused > OPS / 10,
+      ("worked %d, refused %d: the mix should exercise both"):format(worked, refused))
+    -- and everything still works afterwards
+    tl.after, sh.after = 1, 2
+    assert.equal(1, tl.after)
+    assert.equal(2, sh.after)
+  end)
+end)
