@@ -35,7 +35,6 @@ LIBS = -lpthread -ldl
 BUILD ?= build/$(LUA)
 MODULE = $(BUILD)/threadlocal.so
 HELPER = $(BUILD)/tlhelper.so
-CAPI_TEST = $(BUILD)/capi_test
 DEMO_HOST = $(BUILD)/demo_host
 POOL_HOST = $(BUILD)/pool_host
 
@@ -53,18 +52,20 @@ $(HELPER): spec/tlhelper.c
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ spec/tlhelper.c $(LIBS)
 
-# What the tests need: the module, the spec helper, the C API test, and a
-# minimal `lua` to run busted in when everything is built with sanitizers.
-helper: $(MODULE) $(HELPER) $(CAPI_TEST) $(BUILD)/spec_host
+# What the tests need: the module, the spec helper, the C test programs, and
+# a minimal `lua` to run busted in when everything is built with sanitizers.
+C_TESTS = $(BUILD)/capi_test $(BUILD)/fork_test $(BUILD)/churn_test
+
+helper: $(MODULE) $(HELPER) $(BUILD)/spec_host $(C_TESTS)
+
+# C test programs that embed Lua and link the module in.
+$(C_TESTS): $(BUILD)/%: spec/%.c src/threadlocal.c src/threadlocal.h
+	@mkdir -p $(BUILD)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< src/threadlocal.c -l$(LUA_LIB) -lm $(LIBS)
 
 $(BUILD)/spec_host: spec/spec_host.c
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ spec/spec_host.c -l$(LUA_LIB) -lm $(LIBS)
-
-$(CAPI_TEST): spec/capi_test.c src/threadlocal.c src/threadlocal.h
-	@mkdir -p $(BUILD)
-	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ spec/capi_test.c src/threadlocal.c \
-		-l$(LUA_LIB) -lm $(LIBS)
 
 # The demo host links the module in, as an embedding host would.
 $(DEMO_HOST): examples/demo_host.c src/threadlocal.c src/threadlocal.h

@@ -34,4 +34,29 @@ w:exec([[require("threadlocal").shared("kept").v = { s = "still here" }]])
 local v = w:exec([[return require("threadlocal").shared("kept").v.s]])
 assert(v == "still here", tostring(v))
 w:stop()
+-- Stress: states that load the module are made and closed on many threads,
+-- while other threads exit, round after round (under ASan in make test).
+for round = 1, 25 do
+  local hs = {}
+  for i = 1, 6 do
+    hs[i] = helper.spawn([[
+      local helper, round, i = require "tlhelper", ...
+      for j = 1, 4 do
+        helper.exec([=[
+          local threadlocal = require "threadlocal"
+          local l = threadlocal.new(function(self) self.t = {} end)
+          l.x = ...
+          threadlocal.shared("stress").y = { ... }
+        ]=], round * 100 + i * 10 + j)
+      end
+      local threadlocal = require "threadlocal"
+      threadlocal.new().z = i
+      return i
+    ]], round, i)
+  end
+  for i = 1, 6 do
+    local ok, v = hs[i]:join()
+    assert(ok and v == i, tostring(v))
+  end
+end
 io.write("unload: ok\n")

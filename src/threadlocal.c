@@ -194,6 +194,7 @@ typedef struct tl_home {
   size_t nslots;       /* registered live threads + ids in dead[] */
   size_t cap;
   uint64_t *dead;
+  struct tl_home *hprev, *hnext; /* every home: for fork */
 } tl_home;
 
 /* Shared values: plain data, copied in, owned by one thread. */
@@ -280,6 +281,7 @@ typedef struct tl_thread {
   uint32_t *freeidx;
   uint32_t ntabs, nfree, captabs;
   uint64_t clock; /* the next table version: never repeats on this thread */
+  struct tl_thread *prev, *next; /* every live record: for fork */
 } tl_thread;
 
 /* A shared local: found by name, never freed. */
@@ -349,6 +351,12 @@ static int tl_once_err;
 static pthread_key_t tl_exitkey; /* its destructor is tl_thread_exit */
 static atomic_uint_fast64_t tl_nextid = 1;
 static const char tl_statekey = 0; /* registry key of the tl_state */
+
+/* Every live thread record and home, so that fork can take every lock and
+** a forked child can retire the other threads. */
+static pthread_mutex_t tl_list_lock = PTHREAD_MUTEX_INITIALIZER;
+static tl_thread *tl_list;
+static tl_home *tl_homes;
 
 /* The registry of shared locals, by name. */
 static pthread_mutex_t tl_reg_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -706,6 +714,10 @@ static void tl_slab_remove(tl_thread *t, tl_tab *tab) {
 
 static void tl_home_unref(tl_home *h) {
   if (atomic_fetch_sub(&h->refs, 1) == 1) {
+    pthread_mutex_lock(&tl_list_lock);
+    if (h->hprev != NULL) h->hprev->hnext = h->hnext; else tl_homes = h->hnext;
+    if (h->hnext != NULL) h->hnext->hprev = h->hprev;
+    pthread_mutex_unlock(&tl_list_lock);
     pthread_mutex_destroy(&h->lock);
     free(h->dead);
     free(h);
@@ -740,11 +752,12 @@ static void tl_thread_retire(tl_thread *t) {
   free(slots);
 }
 
-static void tl_thread_exit(void *p) {
-  tl_thread *t = (tl_thread *)p;
-  /* A later destructor that touches the module gets a fresh record and id. */
-  tl_me = NULL;
-  tl_myid = 0;
+static void tl_list_remove(tl_thread *t) { /* tl_list_lock held */
+  if (t->prev != NULL) t->prev->next = t->next; else tl_list = t->next;
+  if (t->next != NULL) t->next->prev = t->prev;
+}
+
+static void tl_thread_free(tl_thread *t) {
   tl_thread_retire(t);
   free(t->homes);
   free(t->tabs);
@@ -753,9 +766,56 @@ static void tl_thread_exit(void *p) {
   free(t);
 }
 
+static void tl_thread_exit(void *p) {
+  tl_thread *t = (tl_thread *)p;
+  /* A later destructor that touches the module gets a fresh record and id. */
+  tl_me = NULL;
+  tl_myid = 0;
+  pthread_mutex_lock(&tl_list_lock);
+  tl_list_remove(t);
+  pthread_mutex_unlock(&tl_list_lock);
+  tl_thread_free(t);
+}
+
+/*
+** fork: the forking thread takes every lock first (list, registry, homes),
+** so that the child sees no half-made change; in the child, where only the
+** forking thread exists, every other thread's record is retired as if that
+** thread had exited: its shared values are freed (destructors run) and its
+** Local values become garbage of their states.
+*/
+static void tl_fork_prepare(void) {
+  tl_home *h;
+  pthread_mutex_lock(&tl_list_lock);
+  pthread_mutex_lock(&tl_reg_lock);
+  for (h = tl_homes; h != NULL; h = h->hnext) pthread_mutex_lock(&h->lock);
+}
+
+static void tl_fork_unlock(void) {
+  tl_home *h;
+  for (h = tl_homes; h != NULL; h = h->hnext) pthread_mutex_unlock(&h->lock);
+  pthread_mutex_unlock(&tl_reg_lock);
+  pthread_mutex_unlock(&tl_list_lock);
+}
+
+static void tl_fork_child(void) {
+  tl_thread *t, *next, *others;
+  tl_fork_unlock();
+  pthread_mutex_lock(&tl_list_lock);
+  others = tl_list;
+  tl_list = tl_me;
+  if (tl_me != NULL) tl_me->prev = tl_me->next = NULL;
+  pthread_mutex_unlock(&tl_list_lock);
+  for (t = others; t != NULL; t = next) {
+    next = t->next;
+    if (t != tl_me) tl_thread_free(t);
+  }
+}
+
 static void tl_global_init(void) {
   Dl_info info;
-  if (pthread_key_create(&tl_exitkey, tl_thread_exit) != 0) {
+  if (pthread_key_create(&tl_exitkey, tl_thread_exit) != 0 ||
+      pthread_atfork(tl_fork_prepare, tl_fork_unlock, tl_fork_child) != 0) {
     tl_once_err = 1;
     return;
   }
@@ -780,6 +840,11 @@ static tl_thread *tl_thread_get(void) { /* NULL when out of memory */
       free(t);
       return NULL;
     }
+    pthread_mutex_lock(&tl_list_lock);
+    t->next = tl_list;
+    if (tl_list != NULL) tl_list->prev = t;
+    tl_list = t;
+    pthread_mutex_unlock(&tl_list_lock);
     tl_me = t;
     tl_myid = t->id;
   }
@@ -796,6 +861,11 @@ static tl_home *tl_home_new(void) {
   atomic_init(&h->refs, 1);
   atomic_init(&h->closed, 0);
   atomic_init(&h->ndead, 0);
+  pthread_mutex_lock(&tl_list_lock);
+  h->hnext = tl_homes;
+  if (tl_homes != NULL) tl_homes->hprev = h;
+  tl_homes = h;
+  pthread_mutex_unlock(&tl_list_lock);
   return h;
 }
 

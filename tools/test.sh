@@ -86,9 +86,11 @@ if make --no-print-directory LUA=lua5.4 BUILD=build/asan CFLAGS="-O1 -g $SAN" LD
   TL_LUA=build/asan/spec_host tap_run "asan+ubsan specs" "$out/asan-specs.tap" \
     build/asan/spec_host "$(command -v busted)" -o TAP --lpath='spec/?.lua' \
     --cpath='build/asan/?.so' spec
+  tap_run "asan+ubsan" "$out/asan-fork.tap" build/asan/fork_test
 else
   result FAIL "build with AddressSanitizer and UndefinedBehaviorSanitizer" "$log"
 fi
+tap_run "lua5.4" "$out/churn.tap" build/lua5.4/churn_test 100000
 if command -v valgrind >/dev/null 2>&1; then
   TL_LUA=lua5.4 tap_run "valgrind memcheck specs" "$out/valgrind.tap" \
     valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
