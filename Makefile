@@ -40,7 +40,7 @@ POOL_HOST = $(BUILD)/pool_host
 
 ALL_CFLAGS = $(WARNFLAGS) $(CFLAGS) -fPIC -I$(LUA_INCDIR) -Isrc
 
-.PHONY: all helper examples bench deps-bench install uninstall demo test deps-demo deps-test clean
+.PHONY: all helper reliability examples bench deps-bench install uninstall demo test deps-demo deps-test clean
 
 all: $(MODULE)
 
@@ -54,12 +54,15 @@ $(HELPER): spec/tlhelper.c
 
 # What the tests need: the module, the spec helper, the C test programs, and
 # a minimal `lua` to run busted in when everything is built with sanitizers.
-C_TESTS = $(BUILD)/capi_test $(BUILD)/fork_test $(BUILD)/churn_test
+helper: $(MODULE) $(HELPER) $(BUILD)/spec_host $(BUILD)/capi_test
 
-helper: $(MODULE) $(HELPER) $(BUILD)/spec_host $(C_TESTS)
+# The reliability checks of make test, run on Lua 5.4 (some with sanitizers).
+RELIABILITY = $(BUILD)/fork_test $(BUILD)/churn_test $(BUILD)/stress_test $(BUILD)/oom_test
+
+reliability: $(RELIABILITY)
 
 # C test programs that embed Lua and link the module in.
-$(C_TESTS): $(BUILD)/%: spec/%.c src/threadlocal.c src/threadlocal.h
+$(BUILD)/capi_test $(RELIABILITY): $(BUILD)/%: spec/%.c src/threadlocal.c src/threadlocal.h
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< src/threadlocal.c -l$(LUA_LIB) -lm $(LIBS)
 

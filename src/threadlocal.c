@@ -367,6 +367,40 @@ static _Thread_local tl_thread *tl_me TL_TLS_MODEL;
 static _Thread_local uint64_t tl_myid TL_TLS_MODEL; /* tl_me->id, or 0 */
 
 /* ---------------------------------------------------------------------- */
+/* Memory: every allocation of the module goes through one hook            */
+/* ---------------------------------------------------------------------- */
+
+static void *tl_defalloc(void *ud, void *ptr, size_t size) {
+  (void)ud;
+  if (size == 0) {
+    free(ptr);
+    return NULL;
+  }
+  return realloc(ptr, size);
+}
+
+static threadlocal_alloc tl_allocf = tl_defalloc;
+static void *tl_allocud;
+
+static void *tl_realloc(void *p, size_t size) { return tl_allocf(tl_allocud, p, size); }
+static void *tl_malloc(size_t size) { return tl_allocf(tl_allocud, NULL, size); }
+
+static void *tl_calloc(size_t n, size_t size) {
+  void *p = size != 0 && n > SIZE_MAX / size ? NULL : tl_malloc(n * size);
+  if (p != NULL) memset(p, 0, n * size);
+  return p;
+}
+
+static void tl_free(void *p) {
+  if (p != NULL) tl_allocf(tl_allocud, p, 0);
+}
+
+THREADLOCAL_API void threadlocal_set_allocator(threadlocal_alloc f, void *ud) {
+  tl_allocf = f != NULL ? f : tl_defalloc;
+  tl_allocud = f != NULL ? ud : NULL;
+}
+
+/* ---------------------------------------------------------------------- */
 /* Shared tables (plain C: no Lua, no locks)                              */
 /* ---------------------------------------------------------------------- */
 
@@ -495,12 +529,12 @@ static void tl_slab_remove(tl_thread *t, tl_tab *tab);
 
 /* A new empty table owned by t (NULL: not in any slab). */
 static tl_tab *tl_tab_new(tl_thread *owner) {
-  tl_tab *tab = (tl_tab *)calloc(1, sizeof *tab);
+  tl_tab *tab = (tl_tab *)tl_calloc(1, sizeof *tab);
   if (tab == NULL) return NULL;
   tab->owner = owner;
   if (owner != NULL) tab->version = owner->clock++;
   if (owner != NULL && tl_slab_add(owner, tab) != 0) {
-    free(tab);
+    tl_free(tab);
     return NULL;
   }
   return tab;
@@ -511,7 +545,7 @@ static void tl_tab_free(tl_tab *tab);
 /* Frees what v owns; runs a pointer's destructor. */
 static void tl_val_free(tl_val *v) {
   switch (v->type) {
-    case TL_TSTR: free(v->u.str.s); break;
+    case TL_TSTR: tl_free(v->u.str.s); break;
     case TL_TPTR:
       if (v->u.ptr.dtor != NULL) v->u.ptr.dtor(v->u.ptr.p);
       break;
@@ -530,8 +564,8 @@ static void tl_tab_free(tl_tab *tab) {
       tl_val_free(&e->val);
     }
   }
-  free(tab->e);
-  free(tab);
+  tl_free(tab->e);
+  tl_free(tab);
 }
 
 /* Makes room for one more entry.  Returns 0, or -1 when out of memory. */
@@ -540,7 +574,7 @@ static int tl_tab_reserve(tl_tab *t) {
   tl_entry *ne;
   if ((t->used + 1) * 2 <= t->cap) return 0;
   while (cap < 2 * (t->count + 1)) cap *= 2; /* else: the same size, minus tombstones */
-  ne = (tl_entry *)calloc(cap, sizeof *ne);
+  ne = (tl_entry *)tl_calloc(cap, sizeof *ne);
   if (ne == NULL) return -1;
   for (i = 0; i < t->cap; i++) {
     tl_entry *e = &t->e[i];
@@ -550,7 +584,7 @@ static int tl_tab_reserve(tl_tab *t) {
       ne[j] = *e;
     }
   }
-  free(t->e);
+  tl_free(t->e);
   t->e = ne;
   t->cap = cap;
   t->used = t->count;
@@ -586,7 +620,7 @@ static int tl_tab_put(tl_tab *t, const tl_key *k, tl_val *v, tl_val *old) {
     key.type = k->type;
     switch (k->type) {
       case TL_TSTR:
-        if ((key.u.str.s = (char *)malloc(k->u.str.len + 1)) == NULL) return -1;
+        if ((key.u.str.s = (char *)tl_malloc(k->u.str.len + 1)) == NULL) return -1;
         memcpy(key.u.str.s, k->u.str.s, k->u.str.len);
         key.u.str.s[k->u.str.len] = '\0';
         key.u.str.len = k->u.str.len;
@@ -637,7 +671,7 @@ static int tl_val_clone(const tl_val *src, tl_val *dst, tl_thread *owner) {
   *dst = *src;
   switch (src->type) {
     case TL_TSTR:
-      if ((dst->u.str.s = (char *)malloc(src->u.str.len + 1)) == NULL) return -1;
+      if ((dst->u.str.s = (char *)tl_malloc(src->u.str.len + 1)) == NULL) return -1;
       memcpy(dst->u.str.s, src->u.str.s, src->u.str.len + 1);
       break;
     case TL_TPTR: dst->u.ptr.dtor = NULL; break;
@@ -688,13 +722,13 @@ static int tl_slab_add(tl_thread *t, tl_tab *tab) {
   else {
     if (t->ntabs == t->captabs) {
       uint32_t cap = t->captabs ? 2 * t->captabs : 16;
-      tl_tab **tabs = (tl_tab **)realloc(t->tabs, cap * sizeof *tabs);
+      tl_tab **tabs = (tl_tab **)tl_realloc(t->tabs, cap * sizeof *tabs);
       uint32_t *gens, *freeidx;
       if (tabs == NULL) return -1;
       t->tabs = tabs;
-      if ((gens = (uint32_t *)realloc(t->gens, cap * sizeof *gens)) == NULL) return -1;
+      if ((gens = (uint32_t *)tl_realloc(t->gens, cap * sizeof *gens)) == NULL) return -1;
       t->gens = gens;
-      if ((freeidx = (uint32_t *)realloc(t->freeidx, cap * sizeof *freeidx)) == NULL) return -1;
+      if ((freeidx = (uint32_t *)tl_realloc(t->freeidx, cap * sizeof *freeidx)) == NULL) return -1;
       t->freeidx = freeidx;
       memset(gens + t->captabs, 0, (cap - t->captabs) * sizeof *gens);
       t->captabs = cap;
@@ -719,8 +753,8 @@ static void tl_home_unref(tl_home *h) {
     if (h->hnext != NULL) h->hnext->hprev = h->hprev;
     pthread_mutex_unlock(&tl_list_lock);
     pthread_mutex_destroy(&h->lock);
-    free(h->dead);
-    free(h);
+    tl_free(h->dead);
+    tl_free(h);
   }
 }
 
@@ -749,7 +783,7 @@ static void tl_thread_retire(tl_thread *t) {
   t->nslots = 0;
   for (i = 0; i < n; i++)
     if (slots[i] != NULL) tl_tab_free(slots[i]);
-  free(slots);
+  tl_free(slots);
 }
 
 static void tl_list_remove(tl_thread *t) { /* tl_list_lock held */
@@ -759,11 +793,11 @@ static void tl_list_remove(tl_thread *t) { /* tl_list_lock held */
 
 static void tl_thread_free(tl_thread *t) {
   tl_thread_retire(t);
-  free(t->homes);
-  free(t->tabs);
-  free(t->gens);
-  free(t->freeidx);
-  free(t);
+  tl_free(t->homes);
+  tl_free(t->tabs);
+  tl_free(t->gens);
+  tl_free(t->freeidx);
+  tl_free(t);
 }
 
 static void tl_thread_exit(void *p) {
@@ -833,11 +867,11 @@ static int tl_init(void) {
 static tl_thread *tl_thread_get(void) { /* NULL when out of memory */
   tl_thread *t = tl_me;
   if (t == NULL) {
-    t = (tl_thread *)calloc(1, sizeof *t);
+    t = (tl_thread *)tl_calloc(1, sizeof *t);
     if (t == NULL) return NULL;
     t->id = atomic_fetch_add(&tl_nextid, 1);
     if (pthread_setspecific(tl_exitkey, t) != 0) {
-      free(t);
+      tl_free(t);
       return NULL;
     }
     pthread_mutex_lock(&tl_list_lock);
@@ -852,10 +886,10 @@ static tl_thread *tl_thread_get(void) { /* NULL when out of memory */
 }
 
 static tl_home *tl_home_new(void) {
-  tl_home *h = (tl_home *)calloc(1, sizeof *h);
+  tl_home *h = (tl_home *)tl_calloc(1, sizeof *h);
   if (h == NULL) return NULL;
   if (pthread_mutex_init(&h->lock, NULL) != 0) {
-    free(h);
+    tl_free(h);
     return NULL;
   }
   atomic_init(&h->refs, 1);
@@ -890,7 +924,7 @@ static int tl_home_register(tl_home *h, tl_thread *t) {
     t->nhomes = j;
     if (j == t->caphomes) {
       cap = t->caphomes ? 2 * t->caphomes : 4;
-      nh = (tl_home **)realloc(t->homes, cap * sizeof *nh);
+      nh = (tl_home **)tl_realloc(t->homes, cap * sizeof *nh);
       if (nh == NULL) return -1;
       t->homes = nh;
       t->caphomes = cap;
@@ -899,7 +933,7 @@ static int tl_home_register(tl_home *h, tl_thread *t) {
   pthread_mutex_lock(&h->lock);
   if (h->nslots == h->cap) {
     size_t cap = h->cap ? 2 * h->cap : 8;
-    uint64_t *nd = (uint64_t *)realloc(h->dead, cap * sizeof *nd);
+    uint64_t *nd = (uint64_t *)tl_realloc(h->dead, cap * sizeof *nd);
     if (nd == NULL) {
       pthread_mutex_unlock(&h->lock);
       return -1;
@@ -928,7 +962,7 @@ static tl_desc *tl_desc_open(const char *name, size_t len) {
       if (d->hash == h && d->len == len && memcmp(d->name, name, len) == 0) goto done;
   if (tl_reg_count == tl_reg_cap) { /* grow the buckets */
     uint32_t cap = tl_reg_cap ? 2 * tl_reg_cap : 16, i;
-    tl_desc **nb = (tl_desc **)calloc(cap, sizeof *nb);
+    tl_desc **nb = (tl_desc **)tl_calloc(cap, sizeof *nb);
     if (nb == NULL) {
       d = NULL;
       goto done;
@@ -939,11 +973,11 @@ static tl_desc *tl_desc_open(const char *name, size_t len) {
         d->next = nb[d->hash & (cap - 1)];
         nb[d->hash & (cap - 1)] = d;
       }
-    free(tl_reg);
+    tl_free(tl_reg);
     tl_reg = nb;
     tl_reg_cap = cap;
   }
-  if ((d = (tl_desc *)malloc(sizeof *d + len + 1)) != NULL) {
+  if ((d = (tl_desc *)tl_malloc(sizeof *d + len + 1)) != NULL) {
     d->idx = tl_reg_count++;
     d->hash = h;
     atomic_init(&d->defaults, NULL);
@@ -972,7 +1006,7 @@ static tl_tab *tl_fields_slow(tl_thread *t, tl_desc *d, int create, int *err) {
     uint32_t n = t->nslots ? t->nslots : 4;
     tl_tab **ns;
     while (n <= d->idx) n *= 2;
-    if ((ns = (tl_tab **)realloc(t->slots, n * sizeof *ns)) == NULL) goto fail;
+    if ((ns = (tl_tab **)tl_realloc(t->slots, n * sizeof *ns)) == NULL) goto fail;
     memset(ns + t->nslots, 0, (n - t->nslots) * sizeof *ns);
     t->slots = ns;
     t->nslots = n;
@@ -1074,11 +1108,11 @@ THREADLOCAL_API int threadlocal_set_string(threadlocal_shared *sh, const char *k
   int rc;
   if (s == NULL && len > 0) return THREADLOCAL_ERRARG;
   v.type = TL_TSTR;
-  if ((v.u.str.s = (char *)malloc(len + 1)) == NULL) return THREADLOCAL_ERRMEM;
+  if ((v.u.str.s = (char *)tl_malloc(len + 1)) == NULL) return THREADLOCAL_ERRMEM;
   if (len > 0) memcpy(v.u.str.s, s, len);
   v.u.str.s[len] = '\0';
   v.u.str.len = len;
-  if ((rc = tl_capi_set(sh, key, &v)) != THREADLOCAL_OK) free(v.u.str.s);
+  if ((rc = tl_capi_set(sh, key, &v)) != THREADLOCAL_OK) tl_free(v.u.str.s);
   return rc;
 }
 
@@ -1455,7 +1489,7 @@ static int tl_conv_value(tl_conv *c, int i, tl_val *out) {
     case LUA_TSTRING: {
       size_t len;
       const char *s = lua_tolstring(L, i, &len);
-      if ((out->u.str.s = (char *)malloc(len + 1)) == NULL) return tl_conv_nomem(c);
+      if ((out->u.str.s = (char *)tl_malloc(len + 1)) == NULL) return tl_conv_nomem(c);
       memcpy(out->u.str.s, s, len + 1);
       out->u.str.len = len;
       out->type = TL_TSTR;

@@ -136,4 +136,15 @@ THREADLOCAL_API int threadlocal_release(void);
 /* The calling thread's id (>= 1, never reused); 0 when out of memory. */
 THREADLOCAL_API uint64_t threadlocal_id(void);
 
+/*
+** Every allocation of the module goes through one function, realloc-like:
+** f(ud, NULL, n) allocates, f(ud, p, n) resizes, f(ud, p, 0) frees (and
+** returns NULL); returning NULL for n > 0 means out of memory, which the
+** module reports as an error and survives.  For embedders and tests: set
+** it before the module is first used (memory must be freed by the
+** allocator that made it).  NULL restores malloc.
+*/
+typedef void *(*threadlocal_alloc)(void *ud, void *ptr, size_t size);
+THREADLOCAL_API void threadlocal_set_allocator(threadlocal_alloc f, void *ud);
+
 #endif

@@ -80,17 +80,30 @@ echo "# reliability (lua5.4)"
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 log="$out/asan-build.log"
 if make --no-print-directory LUA=lua5.4 BUILD=build/asan CFLAGS="-O1 -g $SAN" LDFLAGS="$SAN" \
-    helper >"$log" 2>&1; then
+    helper reliability >"$log" 2>&1; then
   # LeakSanitizer is on (ASan's default on Linux); every report fails the run.
   tap_run "asan+ubsan capi" "$out/asan-capi.tap" build/asan/capi_test
   TL_LUA=build/asan/spec_host tap_run "asan+ubsan specs" "$out/asan-specs.tap" \
     build/asan/spec_host "$(command -v busted)" -o TAP --lpath='spec/?.lua' \
     --cpath='build/asan/?.so' spec
   tap_run "asan+ubsan" "$out/asan-fork.tap" build/asan/fork_test
+  tap_run "asan+ubsan" "$out/asan-oom.tap" build/asan/oom_test
 else
   result FAIL "build with AddressSanitizer and UndefinedBehaviorSanitizer" "$log"
 fi
-tap_run "lua5.4" "$out/churn.tap" build/lua5.4/churn_test 100000
+log="$out/tsan-build.log"
+if make --no-print-directory LUA=lua5.4 BUILD=build/tsan CFLAGS="-O1 -g -fsanitize=thread" \
+    LDFLAGS="-fsanitize=thread" build/tsan/stress_test >"$log" 2>&1; then
+  # ThreadSanitizer exits non-zero after any report.
+  tap_run "tsan" "$out/tsan-stress.tap" build/tsan/stress_test 20000
+else
+  result FAIL "build with ThreadSanitizer" "$log"
+fi
+if make --no-print-directory LUA=lua5.4 BUILD=build/lua5.4 reliability >"$out/churn-build.log" 2>&1; then
+  tap_run "lua5.4" "$out/churn.tap" build/lua5.4/churn_test 100000
+else
+  result FAIL "build the reliability checks" "$out/churn-build.log"
+fi
 if command -v valgrind >/dev/null 2>&1; then
   TL_LUA=lua5.4 tap_run "valgrind memcheck specs" "$out/valgrind.tap" \
     valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \

@@ -1,0 +1,162 @@
+/*
+** oom_test: out of memory, at every allocation of a scripted run.
+**
+** Lua's allocator (lua_newstate) and the module's (threadlocal_set_allocator)
+** share one counter.  A first run counts the allocations of the script;
+** then, for every N, the script runs again with allocation N failing: each
+** step must succeed or raise "not enough memory" (C API steps: return
+** THREADLOCAL_OK or THREADLOCAL_ERRMEM), nothing may crash, and afterwards
+** the state must still work.  Built with ASan+LSan by make test, which
+** catches what a failure path would leak or touch after freeing.
+** Prints TAP lines; exits non-zero if any check failed.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+#include "lualib.h"
+
+#include "threadlocal.h"
+
+static long count, fail_at = -1, failed;
+
+static int should_fail(void) {
+  if (fail_at >= 0 && count++ == fail_at) {
+    failed++;
+    return 1;
+  }
+  if (fail_at < 0) count++;
+  return 0;
+}
+
+static void *lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud;
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  if ((ptr == NULL || nsize > osize) && should_fail()) return NULL; /* shrinking never fails */
+  return realloc(ptr, nsize);
+}
+
+static void *tl_alloc(void *ud, void *ptr, size_t size) {
+  (void)ud;
+  if (size == 0) {
+    free(ptr);
+    return NULL;
+  }
+  if (should_fail()) return NULL;
+  return realloc(ptr, size);
+}
+
+/* The scripted run: Locals and shared locals, every kind of value.  Each
+** step stands alone, so any error but "not enough memory" is a bug. */
+static const char *steps[] = {
+  "local T = require 'threadlocal'\n"
+  "local tl = T.new(function(self, n) self.n = n; self.t = { n } end, 7)\n"
+  "tl.s = ('x'):rep(100); tl.k = tl.n + 1\n"
+  "assert(T.fields(tl).n == 7 and tl.k == 8)\n"
+  "for id, f in T.threads(tl) do assert(f.n == 7) end\n"
+  "T.clear(tl); assert(tl.n == 7 and tl.k == nil)\n",
+
+  "local T = require 'threadlocal'\n"
+  "local sh = T.shared('oom', { db = 'primary', opts = { retries = 3 } })\n"
+  "sh.i, sh.f, sh.b = 42, 0.5, true\n"
+  "sh.s = ('y'):rep(300)\n"
+  "assert(sh.i == 42 and sh.f == 0.5 and sh.b and #sh.s == 300 and sh.opts.retries == 3)\n",
+
+  "local T = require 'threadlocal'\n"
+  "local sh = T.shared('oom')\n"
+  "sh.req = { headers = { host = 'a', list = { 1, 2, 3 } }, n = 1 }\n"
+  "sh.req.headers.host = 'b'; sh.req.headers.extra = { 'z' }\n"
+  "assert(sh.req.headers.host == 'b' and sh.req.headers.extra[1] == 'z')\n"
+  "local p = sh.req; sh.copy = p; assert(sh.copy.n == 1)\n"
+  "assert(T.fields(sh).req.n == 1)\n"
+  "for k, v in pairs(sh) do end\n"
+  "sh.req, sh.copy = nil, nil; assert(sh.req == nil)\n",
+
+  "local T = require 'threadlocal'\n"
+  "local o = T.shared('oom.other'); o.x = { 1, { 2 } }; assert(o.x[2][1] == 2)\n"
+  "T.clear(T.shared('oom')); assert(T.shared('oom').db == 'primary')\n",
+
+  "local T = require 'threadlocal'\n"
+  "local l2 = T.new(); l2.x = {}; l2 = nil; collectgarbage(); collectgarbage()\n",
+  NULL
+};
+
+static const char *verify =
+  "local T = require 'threadlocal'\n"
+  "local l = T.new(); l.x = 1; assert(l.x == 1)\n"
+  "local s = T.shared('oom.verify'); s.y = { 1 }; assert(s.y[1] == 1)\n"
+  "assert(T.shared('oom').db == 'primary')\n";
+
+/* Runs the script once; returns the number of unexpected outcomes. */
+static int run_script(int *memerrors) {
+  lua_State *L;
+  threadlocal_shared *sh;
+  int i, bad = 0, rc;
+  long saved = fail_at;
+  fail_at = -1; /* the state and its libraries never fail: they are not ours */
+  L = lua_newstate(lua_alloc, NULL);
+  if (L == NULL) return 1;
+  luaL_openlibs(L);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE); /* require opens it */
+  lua_pushcfunction(L, luaopen_threadlocal);
+  lua_setfield(L, -2, "threadlocal");
+  lua_pop(L, 1);
+  fail_at = saved;
+  for (i = 0; steps[i] != NULL; i++) {
+    if (luaL_loadstring(L, steps[i]) != 0 || lua_pcall(L, 0, 0, 0) != 0) {
+      const char *msg = lua_tostring(L, -1);
+      if (msg == NULL || strcmp(msg, "not enough memory") != 0) {
+        printf("# step %d, allocation %ld failing: %s\n", i + 1, saved, msg ? msg : "(not a string)");
+        bad++;
+      } else
+        (*memerrors)++;
+      lua_pop(L, 1);
+    }
+  }
+  /* the C API */
+  rc = threadlocal_shared_open("oom.c", 5, &sh);
+  if (rc == THREADLOCAL_OK) {
+    int r1 = threadlocal_set_string(sh, "s", "hello", 5);
+    int r2 = threadlocal_set_integer(sh, "i", 1);
+    int r3 = threadlocal_clear(sh);
+    if (r1 > THREADLOCAL_ERRMEM || r2 > THREADLOCAL_ERRMEM || r3 != THREADLOCAL_OK) bad++;
+  } else if (rc != THREADLOCAL_ERRMEM)
+    bad++;
+  fail_at = -1; /* then the state must still work */
+  if (luaL_dostring(L, verify) != 0) {
+    printf("# afterwards: %s\n", lua_tostring(L, -1));
+    bad++;
+  }
+  lua_close(L);
+  threadlocal_release(); /* this thread's shared data, as a thread exit would */
+  return bad;
+}
+
+int main(void) {
+  long total, n;
+  int bad = 0, memerrors = 0, runs = 0, dummy = 0;
+  threadlocal_set_allocator(tl_alloc, NULL);
+  count = 0;
+  fail_at = -1;
+  bad += run_script(&dummy);
+  total = count;
+  printf("# the scripted run makes %ld allocations\n", total);
+  for (n = 0; n < total; n++) {
+    count = 0;
+    failed = 0;
+    fail_at = n;
+    bad += run_script(&memerrors);
+    runs++;
+  }
+  printf("# %d runs, %d steps raised \"not enough memory\"\n", runs, memerrors);
+  printf("%s - oom: every operation succeeded or raised not enough memory, at every one of %ld allocations\n",
+         bad == 0 ? "ok" : "not ok", total);
+  printf("%s - oom: failures were injected and reported\n", memerrors > 0 ? "ok" : "not ok");
+  threadlocal_set_allocator(NULL, NULL);
+  return bad != 0 || memerrors == 0;
+}
