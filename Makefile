@@ -5,6 +5,7 @@
 #   make demo            install what is missing, build, run the demos
 #   make test            install what is missing, build, run every test on
 #                        every Lua version present; ends "N passed, N failed"
+#   make check           make test with the slow checks at ten times the size
 #   make bench           the access costs of SPEC section 6 (LUA=luajit works)
 #
 # A packager can override LUA, LUA_INCDIR, PREFIX, LUA_CMODDIR, CC, CFLAGS,
@@ -40,7 +41,7 @@ POOL_HOST = $(BUILD)/pool_host
 
 ALL_CFLAGS = $(WARNFLAGS) $(CFLAGS) -fPIC -I$(LUA_INCDIR) -Isrc
 
-.PHONY: all helper reliability examples bench deps-bench install uninstall demo test deps-demo deps-test clean
+.PHONY: all helper reliability examples bench check deps-bench install uninstall demo test deps-demo deps-test clean
 
 all: $(MODULE)
 
@@ -122,6 +123,10 @@ demo: deps-demo
 
 test: deps-test
 	@sh tools/test.sh
+
+# make test with the slow checks at ten times the size.
+check: deps-test
+	@STRESS_OPS=200000 CHURN_THREADS=300000 sh tools/test.sh
 
 clean:
 	rm -rf build

@@ -6,10 +6,13 @@
 ** then, for every N, the script runs again with allocation N failing: each
 ** step must succeed or raise "not enough memory" (C API steps: return
 ** THREADLOCAL_OK or THREADLOCAL_ERRMEM), nothing may crash, and afterwards
-** the state must still work.  Built with ASan+LSan by make test, which
+** the state must still work.  Also: when the GC finalizer that purges
+** exited threads' values cannot make its successor, collection resumes.
+** Built with ASan+LSan by make test, which
 ** catches what a failure path would leak or touch after freeing.
 ** Prints TAP lines; exits non-zero if any check failed.
 */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,8 +24,10 @@
 #include "threadlocal.h"
 
 static long count, fail_at = -1, failed;
+static int fail_all; /* every allocation fails while set */
 
 static int should_fail(void) {
+  if (fail_all) return 1;
   if (fail_at >= 0 && count++ == fail_at) {
     failed++;
     return 1;
@@ -137,9 +142,45 @@ static int run_script(int *memerrors) {
   return bad;
 }
 
+/* The GC finalizer that purges exited threads' values makes its successor
+** each cycle; if that runs out of memory, collection must resume anyway. */
+static lua_State *gcL;
+
+static void *store_and_exit(void *p) {
+  (void)p;
+  if (luaL_dostring(gcL, "coroutine.wrap(function() tl.v = setmetatable({}, gc_mt) end)()") != 0)
+    printf("# lua: %s\n", lua_tostring(gcL, -1));
+  return NULL;
+}
+
+static int finalizer_oom(void) {
+  pthread_t th;
+  int collected;
+  gcL = lua_newstate(lua_alloc, NULL);
+  luaL_openlibs(gcL);
+  luaL_requiref(gcL, "threadlocal", luaopen_threadlocal, 1);
+  lua_pop(gcL, 1);
+  if (luaL_dostring(gcL, "tl = threadlocal.new(); collected = 0\n"
+                         "gc_mt = { __gc = function() collected = collected + 1 end }") != 0)
+    return 0;
+  pthread_create(&th, NULL, store_and_exit, NULL);
+  pthread_join(th, NULL);
+  fail_all = 1; /* this cycle's finalizer cannot make the next one */
+  lua_gc(gcL, LUA_GCCOLLECT, 0);
+  fail_all = 0;
+  pthread_create(&th, NULL, store_and_exit, NULL); /* a Local access in between */
+  pthread_join(th, NULL);
+  if (luaL_dostring(gcL, "collectgarbage(); collectgarbage()") != 0) return 0;
+  lua_getglobal(gcL, "collected");
+  collected = (int)lua_tointeger(gcL, -1);
+  lua_close(gcL);
+  printf("# %d of 2 exited threads' values collected\n", collected);
+  return collected == 2;
+}
+
 int main(void) {
   long total, n;
-  int bad = 0, memerrors = 0, runs = 0, dummy = 0;
+  int bad = 0, memerrors = 0, runs = 0, dummy = 0, resumed;
   threadlocal_set_allocator(tl_alloc, NULL);
   count = 0;
   fail_at = -1;
@@ -157,6 +198,10 @@ int main(void) {
   printf("%s - oom: every operation succeeded or raised not enough memory, at every one of %ld allocations\n",
          bad == 0 ? "ok" : "not ok", total);
   printf("%s - oom: failures were injected and reported\n", memerrors > 0 ? "ok" : "not ok");
+  resumed = finalizer_oom();
+  printf("%s - oom: collection of exited threads' values resumes after a finalizer ran out of memory\n",
+         resumed ? "ok" : "not ok");
+  bad += !resumed;
   threadlocal_set_allocator(NULL, NULL);
   return bad != 0 || memerrors == 0;
 }

@@ -297,7 +297,8 @@ typedef threadlocal_shared tl_desc;
 
 /* The per-state anchor: upvalue 1 of every function of the module. */
 typedef struct tl_state {
-  tl_home *home; /* NULL once the state is closing */
+  tl_home *home;    /* NULL once the state is closing */
+  int nosentinel;   /* making the next GC sentinel ran out of memory */
 } tl_state;
 
 enum { TL_ST_BYTHREAD = 1, /* id -> weak set of Locals holding fields for id */
@@ -1861,9 +1862,12 @@ static void tl_sentinel_new(lua_State *L) {
 }
 
 static int tl_sentinel_gc(lua_State *L) {
-  if (tl_state_at(L)->home == NULL) return 0; /* the state is closing */
+  tl_state *st = tl_state_at(L);
+  if (st->home == NULL) return 0; /* the state is closing */
   tl_purge(L);
+  st->nosentinel = 1; /* until the next one exists: see tl_local_push */
   tl_sentinel_new(L);
+  st->nosentinel = 0;
   return 0;
 }
 
@@ -1941,8 +1945,13 @@ static void tl_local_start(lua_State *L, int ud, tl_thread *t) {
 ** the thread (init) if it has none.  Upvalue 1 is the tl_state. */
 static void tl_local_push(lua_State *L, int ud) {
   tl_thread *t = tl_self(L);
+  tl_state *st = tl_state_at(L);
   ud = tl_absindex(L, ud);
   tl_purge(L);
+  if (tl_unlikely(st->nosentinel)) { /* a finalizer ran out of memory: mend */
+    tl_sentinel_new(L);
+    st->nosentinel = 0;
+  }
   tl_getuv(L, ud, TL_UV_MAP);
   tl_getid(L, -1, t->id);
   if (lua_isnil(L, -1)) {
@@ -2268,6 +2277,7 @@ static void tl_state_push(lua_State *L) {
   lua_pop(L, 1);
   st = (tl_state *)tl_newud(L, sizeof *st, TL_ST_NUV);
   st->home = NULL;
+  st->nosentinel = 0;
   luaL_newmetatable(L, TL_STATE_MT);
   lua_pushcfunction(L, tl_state_gc);
   lua_setfield(L, -2, "__gc");

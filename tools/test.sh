@@ -6,6 +6,9 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 
 LUAS=${LUAS:-"lua5.4 lua5.3 lua5.2 lua5.1 luajit"}
+# Sizes of the slow checks; make check raises them.
+STRESS_OPS=${STRESS_OPS:-20000}   # per thread, 8 threads
+CHURN_THREADS=${CHURN_THREADS:-100000}
 out=build/test
 rm -rf "$out"
 mkdir -p "$out"
@@ -79,7 +82,7 @@ tap_run() {
 echo "# reliability (lua5.4)"
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 log="$out/asan-build.log"
-if make --no-print-directory LUA=lua5.4 BUILD=build/asan CFLAGS="-O1 -g $SAN" LDFLAGS="$SAN" \
+if make --no-print-directory LUA=lua5.4 BUILD=build/asan CFLAGS="-O1 -g -Werror $SAN" LDFLAGS="$SAN" \
     helper reliability >"$log" 2>&1; then
   # LeakSanitizer is on (ASan's default on Linux); every report fails the run.
   tap_run "asan+ubsan capi" "$out/asan-capi.tap" build/asan/capi_test
@@ -92,15 +95,15 @@ else
   result FAIL "build with AddressSanitizer and UndefinedBehaviorSanitizer" "$log"
 fi
 log="$out/tsan-build.log"
-if make --no-print-directory LUA=lua5.4 BUILD=build/tsan CFLAGS="-O1 -g -fsanitize=thread" \
+if make --no-print-directory LUA=lua5.4 BUILD=build/tsan CFLAGS="-O1 -g -Werror -fsanitize=thread" \
     LDFLAGS="-fsanitize=thread" build/tsan/stress_test >"$log" 2>&1; then
   # ThreadSanitizer exits non-zero after any report.
-  tap_run "tsan" "$out/tsan-stress.tap" build/tsan/stress_test 20000
+  tap_run "tsan" "$out/tsan-stress.tap" build/tsan/stress_test "$STRESS_OPS"
 else
   result FAIL "build with ThreadSanitizer" "$log"
 fi
-if make --no-print-directory LUA=lua5.4 BUILD=build/lua5.4 reliability >"$out/churn-build.log" 2>&1; then
-  tap_run "lua5.4" "$out/churn.tap" build/lua5.4/churn_test 100000
+if make --no-print-directory LUA=lua5.4 BUILD=build/lua5.4 CFLAGS="-O2 -g -Werror" reliability >"$out/churn-build.log" 2>&1; then
+  tap_run "lua5.4" "$out/churn.tap" build/lua5.4/churn_test "$CHURN_THREADS"
 else
   result FAIL "build the reliability checks" "$out/churn-build.log"
 fi
