@@ -116,7 +116,7 @@ static void *worker(void *p) {
   unsigned seed = 20261126u + (unsigned)me * 7919u;
   lua_State *own[2];
   threadlocal_shared *sh[NSHARED];
-  char name[32], key[8];
+  char name[32], key[16];
   threadlocal_value tv;
   model m;
   for (n = 0; n < NSHARED; n++) {
