@@ -63,7 +63,7 @@ RELIABILITY = $(BUILD)/fork_test $(BUILD)/churn_test $(BUILD)/stress_test $(BUIL
 reliability: $(RELIABILITY)
 
 # C test programs that embed Lua and link the module in.
-$(BUILD)/capi_test $(RELIABILITY): $(BUILD)/%: spec/%.c src/threadlocal.c src/threadlocal.h
+$(BUILD)/capi_test $(RELIABILITY): $(BUILD)/%: spec/%.c spec/ctest.h src/threadlocal.c src/threadlocal.h
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< src/threadlocal.c -l$(LUA_LIB) -lm $(LIBS)
 

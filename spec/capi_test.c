@@ -7,21 +7,11 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
-#include <stdio.h>
 #include <string.h>
 
-#include "lua.h"
-#include "lauxlib.h"
-#include "lualib.h"
+#define CTEST_NAME "capi"
+#include "ctest.h"
 
-#include "threadlocal.h"
-
-static int failures;
-
-static void check(int ok, const char *what) {
-  printf("%s - capi: %s\n", ok ? "ok" : "not ok", what);
-  if (!ok) failures++;
-}
 
 /* Destructor calls, counted per pointer. */
 static atomic_int dtor_calls[64];
@@ -33,31 +23,7 @@ static void count_dtor(void *p) {
 
 static int calls(int tag) { return atomic_load(&dtor_calls[tag]); }
 
-/* A fresh state on the calling thread with threadlocal opened in it, the
-** way luaL_requiref does (which Lua 5.1 lacks). */
-static lua_State *new_state(void) {
-  lua_State *L = luaL_newstate();
-  luaL_openlibs(L);
-  lua_pushcfunction(L, luaopen_threadlocal);
-  lua_pushliteral(L, "threadlocal");
-  lua_call(L, 1, 1);
-  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
-  lua_pushvalue(L, -2);
-  lua_setfield(L, -2, "threadlocal");
-  lua_pop(L, 1);
-  lua_setglobal(L, "threadlocal");
-  return L;
-}
 
-/* Runs code in L; returns 1 if it ran without error. */
-static int run(lua_State *L, const char *code) {
-  if (luaL_dostring(L, code) != 0) {
-    printf("# lua: %s\n", lua_tostring(L, -1));
-    lua_pop(L, 1);
-    return 0;
-  }
-  return 1;
-}
 
 static void test_arguments(void) {
   threadlocal_shared *a, *b;

@@ -14,52 +14,25 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "lua.h"
-#include "lauxlib.h"
-#include "lualib.h"
+#define CTEST_NAME "churn"
+#include "ctest.h"
 
-#include "threadlocal.h"
-
-static int failures;
 static lua_State *L;
 static pthread_mutex_t state_lock = PTHREAD_MUTEX_INITIALIZER;
 static atomic_int dtors, done, reader_errors;
 static atomic_long reads;
 
-static void check(int ok, const char *what) {
-  printf("%s - churn: %s\n", ok ? "ok" : "not ok", what);
-  fflush(stdout);
-  if (!ok) failures++;
-}
 
 static void count_dtor(void *p) {
   (void)p;
   atomic_fetch_add(&dtors, 1);
 }
 
-static lua_State *new_state(void) {
-  lua_State *S = luaL_newstate();
-  luaL_openlibs(S);
-  lua_pushcfunction(S, luaopen_threadlocal);
-  lua_pushliteral(S, "threadlocal");
-  lua_call(S, 1, 1);
-  lua_setglobal(S, "threadlocal");
-  return S;
-}
 
-static int run(lua_State *S, const char *code) {
-  if (luaL_dostring(S, code) != 0) {
-    printf("# lua: %s\n", lua_tostring(S, -1));
-    lua_pop(S, 1);
-    return 0;
-  }
-  return 1;
-}
 
 static void *churner(void *p) {
   threadlocal_shared *sh;

@@ -10,44 +10,26 @@
 
 #include <pthread.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "lua.h"
-#include "lauxlib.h"
-#include "lualib.h"
-
-#include "threadlocal.h"
+#define CTEST_NAME "fork"
+#include "ctest.h"
 
 #define NTHREADS 3
 
-static int failures;
 static int dtor_calls;
 static int tags[NTHREADS + 1];
 static lua_State *L;
 static pthread_mutex_t state_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_barrier_t set_done, may_exit;
 
-static void check(int ok, const char *what) {
-  printf("%s - fork: %s\n", ok ? "ok" : "not ok", what);
-  fflush(stdout);
-  if (!ok) failures++;
-}
 
 static void count_dtor(void *p) {
   (void)p;
   dtor_calls++;
 }
 
-static int run(const char *code) {
-  if (luaL_dostring(L, code) != 0) {
-    printf("# lua: %s\n", lua_tostring(L, -1));
-    lua_pop(L, 1);
-    return 0;
-  }
-  return 1;
-}
 
 /* Stores this thread's values: a shared field with a destructor and a
 ** Local value with a counted __gc, made off the main stack. */
@@ -60,7 +42,7 @@ static void store(int me) {
   snprintf(code, sizeof code,
            "coroutine.wrap(function() tl.v = setmetatable({ me = %d }, gc_mt) end)()", me);
   pthread_mutex_lock(&state_lock);
-  run(code);
+  run(L, code);
   pthread_mutex_unlock(&state_lock);
 }
 
@@ -80,12 +62,12 @@ static int child(void) {
   ok = threadlocal_get(sh, "me", &v) == THREADLOCAL_OK && v.type == THREADLOCAL_INTEGER &&
        v.u.integer == 0;
   check(ok, "the child keeps the forking thread's shared values");
-  check(run("assert(tl.v.me == 0)\n"
+  check(run(L, "assert(tl.v.me == 0)\n"
             "local n = 0\n"
             "for id, f in threadlocal.threads(tl) do n = n + 1; assert(f.v.me == 0) end\n"
             "assert(n == 1, n .. ' threads listed')\n"),
         "the child keeps the forking thread's Local values and lists no other thread");
-  check(run("collectgarbage(); collectgarbage()\n"
+  check(run(L, "collectgarbage(); collectgarbage()\n"
             "assert(collected == 3, collected .. ' collected')\n"),
         "the other threads' Local values are collected in the child within two cycles");
   threadlocal_set_integer(sh, "after", 1);
@@ -100,13 +82,8 @@ int main(void) {
   pthread_t th[NTHREADS];
   int i, status;
   pid_t pid;
-  L = luaL_newstate();
-  luaL_openlibs(L);
-  lua_pushcfunction(L, luaopen_threadlocal);
-  lua_pushliteral(L, "threadlocal");
-  lua_call(L, 1, 1);
-  lua_setglobal(L, "threadlocal");
-  run("tl = threadlocal.new()\n"
+  L = new_state();
+  run(L, "tl = threadlocal.new()\n"
       "collected = 0\n"
       "gc_mt = { __gc = function() collected = collected + 1 end }\n");
   store(0);

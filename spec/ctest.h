@@ -1,0 +1,52 @@
+/*
+** ctest.h: what the C test programs under spec/ share.  Each defines
+** CTEST_NAME (the prefix of its TAP lines) before including this.
+*/
+#ifndef CTEST_H
+#define CTEST_H
+
+#include <stdio.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+#include "lualib.h"
+
+#include "threadlocal.h"
+
+static int failures;
+
+/* Prints one TAP line. */
+static void check(int ok, const char *what) {
+  printf("%s - " CTEST_NAME ": %s\n", ok ? "ok" : "not ok", what);
+  fflush(stdout);
+  if (!ok) failures++;
+}
+
+/* A fresh state with the standard libraries and threadlocal (as the global
+** `threadlocal` and in package.loaded), opened as luaL_requiref would,
+** which Lua 5.1 lacks. */
+static lua_State *new_state(void) {
+  lua_State *L = luaL_newstate();
+  luaL_openlibs(L);
+  lua_pushcfunction(L, luaopen_threadlocal);
+  lua_pushliteral(L, "threadlocal");
+  lua_call(L, 1, 1);
+  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, "threadlocal");
+  lua_pop(L, 1);
+  lua_setglobal(L, "threadlocal");
+  return L;
+}
+
+/* Runs code in L; returns 1 if it ran without error. */
+static int run(lua_State *L, const char *code) {
+  if (luaL_dostring(L, code) != 0) {
+    printf("# lua: %s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return 0;
+  }
+  return 1;
+}
+
+#endif
