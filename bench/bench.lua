@@ -19,6 +19,9 @@ local tb = require "tlbench"
 -- unevenly between rows, so the bench measures its interpreter.
 if jit then jit.off() end
 
+-- The targets of SPEC section 6 are for Lua 5.4; elsewhere rows are only measured.
+local TARGETS = _VERSION == "Lua 5.4" and not jit
+
 local clock = tb.clock
 local REPS, N, CHUNKS = 9, 1000000, 10
 
@@ -132,6 +135,7 @@ end
 local results = {}
 local function report(section, name, ns, base, ratio, target, extra)
   local status = ""
+  if not TARGETS then target = nil end
   if target then status = ratio <= target and "met" or "MISSED" end
   results[#results + 1] = { section = section, name = name, ns = ns, base = base, ratio = ratio,
                             target = target, status = status, extra = extra or "" }
@@ -321,7 +325,7 @@ local function scaling_rows()
   for _, k in ipairs(ks) do
     local wall, ratio = median(walls[k]), median(ratios[k])
     local ops = k * n * 4 / (wall / 1e9)
-    local target = k == 2 and 1.8 or nil
+    local target = TARGETS and k == 2 and 1.8 or nil
     local status = target and (ratio >= target and "met" or "MISSED") or ""
     results[#results + 1] = { section = "scaling", name = "K = " .. k, ns = wall / (k * n * 4),
                               ratio = ratio, target = target, status = status,
@@ -351,7 +355,7 @@ local function churn_rows()
   full_gc()
   tb.trim()
   local grown = tb.rss() - rss0
-  local status = grown <= 1024 and "met" or "MISSED"
+  local status = TARGETS and (grown <= 1024 and "met" or "MISSED") or ""
   results[#results + 1] = { section = "churn", name = "100000 threads", ns = secs * 1e9 / COUNT,
                             status = status, extra = ("%.0f threads/s; RSS %+d KiB"):format(COUNT / secs, grown) }
   io.write(("%-46s %9.1f %9s %8s %8s  %s %.0f threads/s, RSS %+d KiB after collection (%d -> %d KiB)\n")
@@ -446,7 +450,8 @@ callgrind_rows()
 
 local missed = 0
 for _, r in ipairs(results) do if r.status == "MISSED" then missed = missed + 1 end end
-io.write(("\n%d targets missed\n"):format(missed))
+io.write(TARGETS and ("\n%d targets missed\n"):format(missed)
+  or "\ntargets are for Lua 5.4: this run only measures\n")
 
 local csv = arg[1]
 if csv then
