@@ -1,7 +1,7 @@
 /*
 ** stress_test [OPS]: 8 threads, each with 2 states of its own, plus 1 state
 ** handed between all of them under a lock, run OPS (default 20000) random
-** operations each (fixed seed): shared get, set, delete, clear, fields,
+** operations each (fixed seed): shared get, set, delete, clear, pairs,
 ** nested table writes and reads, shared-by-name lookups and C API calls;
 ** Local get, set, delete, clear and new Locals, in their own states and in
 ** the handed one.  Every read is checked against a model of what that
@@ -33,7 +33,7 @@ static const char *chunk =
   "function sset(n, k, v) sh(n)[k] = v end\n"
   "function sget(n, k) return sh(n)[k] end\n"
   "function sclear(n) T.clear(sh(n)) end\n"
-  "function scount(n) local c = 0; for k in next, T.fields(sh(n)) do if k ~= 't' then c = c + 1 end end; return c end\n"
+  "function scount(n) local c = 0; for k in pairs(sh(n)) do if k ~= 't' then c = c + 1 end end; return c end\n"
   "function tset(n, v) sh(n).t = { x = v, inner = { v } } end\n"
   "function tput(n, v) local t = sh(n).t; t.x = v; t.inner[1] = v end\n"
   "function tget(n) local t = sh(n).t; if t == nil then return nil end; assert(t.inner[1] == t.x); return t.x end\n"
