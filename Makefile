@@ -5,7 +5,7 @@
 #   make demo            install what is missing, build, run the demos
 #   make test            install what is missing, build, run every test on
 #                        every Lua version present; ends "N passed, N failed"
-#   make check           make test with the slow checks at ten times the size
+#   make check           make test with bigger slow checks (stress x10, churn x3)
 #   make bench           the access costs of SPEC section 6 (LUA=luajit works)
 #
 # A packager can override LUA, LUA_INCDIR, PREFIX, LUA_CMODDIR, CC, CFLAGS,
@@ -124,7 +124,7 @@ demo: deps-demo
 test: deps-test
 	@sh tools/test.sh
 
-# make test with the slow checks at ten times the size.
+# make test with bigger slow checks: stress x10, churn x3.
 check: deps-test
 	@STRESS_OPS=200000 CHURN_THREADS=300000 sh tools/test.sh
 
