@@ -28,7 +28,8 @@ INCDIR ?= $(PREFIX)/include
 
 CC ?= cc
 CFLAGS ?= -O2 -g
-WARNFLAGS = -std=c11 -Wall -Wextra -pedantic
+WARNFLAGS = -std=c11 -Wall -Wextra -pedantic -Wshadow -Wcast-qual -Wc++-compat \
+	-Wmissing-prototypes -Wstrict-prototypes -Wredundant-decls
 LIBFLAG ?= -shared
 LDFLAGS ?=
 LIBS = -lpthread -ldl
@@ -41,13 +42,18 @@ POOL_HOST = $(BUILD)/pool_host
 
 ALL_CFLAGS = $(WARNFLAGS) $(CFLAGS) -fPIC -I$(LUA_INCDIR) -Isrc
 
+# The module is one translation unit, src/threadlocal.c, which includes the
+# other parts in src/ (see its first comment).
+SRC = src/threadlocal.c
+SRC_PARTS = $(wildcard src/*.c src/*.h)
+
 .PHONY: all helper reliability examples bench check deps-bench install uninstall demo test deps-demo deps-test clean
 
 all: $(MODULE)
 
-$(MODULE): src/threadlocal.c src/threadlocal.h
+$(MODULE): $(SRC_PARTS)
 	@mkdir -p $(BUILD)
-	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ src/threadlocal.c $(LIBS)
+	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ $(SRC) $(LIBS)
 
 $(HELPER): spec/tlhelper.c
 	@mkdir -p $(BUILD)
@@ -63,7 +69,7 @@ RELIABILITY = $(BUILD)/fork_test $(BUILD)/churn_test $(BUILD)/stress_test $(BUIL
 reliability: $(RELIABILITY)
 
 # C test programs that embed Lua and link the module in.
-$(BUILD)/capi_test $(RELIABILITY): $(BUILD)/%: spec/%.c spec/ctest.h src/threadlocal.c src/threadlocal.h
+$(BUILD)/capi_test $(RELIABILITY): $(BUILD)/%: spec/%.c spec/ctest.h $(SRC_PARTS)
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< src/threadlocal.c -l$(LUA_LIB) -lm $(LIBS)
 
@@ -72,12 +78,12 @@ $(BUILD)/spec_host: spec/spec_host.c
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ spec/spec_host.c -l$(LUA_LIB) -lm $(LIBS)
 
 # The demo host links the module in, as an embedding host would.
-$(DEMO_HOST): examples/demo_host.c src/threadlocal.c src/threadlocal.h
+$(DEMO_HOST): examples/demo_host.c $(SRC_PARTS)
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ examples/demo_host.c src/threadlocal.c \
 		-l$(LUA_LIB) -lm $(LIBS)
 
-$(POOL_HOST): examples/pool_host.c src/threadlocal.c src/threadlocal.h
+$(POOL_HOST): examples/pool_host.c $(SRC_PARTS)
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ examples/pool_host.c src/threadlocal.c \
 		-l$(LUA_LIB) -lm $(LIBS)
@@ -88,7 +94,7 @@ $(BUILD)/floor.so: bench/floor.c
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ bench/floor.c
 
-$(BUILD)/tlbench.so: bench/tlbench.c src/threadlocal.c src/threadlocal.h
+$(BUILD)/tlbench.so: bench/tlbench.c $(SRC_PARTS)
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ bench/tlbench.c src/threadlocal.c $(LIBS)
 

@@ -48,12 +48,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "lua.h"
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 #define THREADLOCAL_VERSION_MAJOR 0
 #define THREADLOCAL_VERSION_MINOR 2
 #define THREADLOCAL_VERSION_PATCH 0
-#define THREADLOCAL_VERSION "0.2.0"
+
+#define THREADLOCAL_STR_(x) #x
+#define THREADLOCAL_STR(x) THREADLOCAL_STR_(x)
+#define THREADLOCAL_VERSION                       \
+  THREADLOCAL_STR(THREADLOCAL_VERSION_MAJOR) "."  \
+  THREADLOCAL_STR(THREADLOCAL_VERSION_MINOR) "."  \
+  THREADLOCAL_STR(THREADLOCAL_VERSION_PATCH)
 
 /* Metatable names, which are also the type names in error messages. */
 #define THREADLOCAL_LOCAL_MT "threadlocal.local"   /* threadlocal.new */
@@ -95,8 +103,10 @@ typedef struct threadlocal_value {
   } u;
 } threadlocal_value;
 
-/* Opens the module in a state: pushes the module table. */
-THREADLOCAL_API int luaopen_threadlocal(lua_State *L);
+/* Opens the module in a state: pushes the module table.  (lua_State is
+** declared by lua.h, which this header does not need to include.) */
+struct lua_State;
+THREADLOCAL_API int luaopen_threadlocal(struct lua_State *L);
 
 /* Finds or creates the shared local called name[0..len) (binary-safe). */
 THREADLOCAL_API int threadlocal_shared_open(const char *name, size_t len,
@@ -146,5 +156,9 @@ THREADLOCAL_API uint64_t threadlocal_id(void);
 */
 typedef void *(*threadlocal_alloc)(void *ud, void *ptr, size_t size);
 THREADLOCAL_API void threadlocal_set_allocator(threadlocal_alloc f, void *ud);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

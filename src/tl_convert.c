@@ -1,0 +1,472 @@
+/*
+** tl_convert.c: Lua helpers, and shared values in Lua: keys, conversion
+** of Lua values to plain data and back, proxies of shared tables, and the
+** table operations that shared locals and proxies share.  Part of
+** threadlocal.c (the Lua binding).
+*/
+#ifndef TL_LUA_H
+#error "compile threadlocal.c, which includes this file"
+#endif
+
+/* ---------------------------------------------------------------------- */
+/* Lua helpers                                                            */
+/* ---------------------------------------------------------------------- */
+
+static TL_NORETURN void tl_raise(lua_State *L) { /* the value on top */
+  lua_error(L);
+  tl_unreachable();
+}
+
+/* Errors of our own carry no position prefix: they start "threadlocal:". */
+static TL_NORETURN void tl_error(lua_State *L, const char *msg) {
+  lua_pushstring(L, msg);
+  tl_raise(L);
+}
+
+static TL_NORETURN void tl_memerror(lua_State *L) {
+  tl_error(L, "not enough memory");
+}
+
+static tl_thread *tl_self(lua_State *L) {
+  tl_thread *t = tl_thread_get();
+  if (t == NULL) tl_memerror(L);
+  return t;
+}
+
+/* t[id] = nil, without inserting a dead key (which can allocate) */
+static void tl_delid(lua_State *L, int t, uint64_t id) {
+  t = tl_absindex(L, t);
+  tl_rawgeti64(L, t, id);
+  if (!lua_isnil(L, -1)) {
+    lua_pushnil(L);
+    tl_rawseti64(L, t, id);
+  }
+  lua_pop(L, 1);
+}
+
+static void tl_copytable(lua_State *L, int src) { /* pushes a shallow copy */
+  src = tl_absindex(L, src);
+  lua_newtable(L);
+  lua_pushnil(L);
+  while (lua_next(L, src)) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, -4);
+  }
+}
+
+static int tl_next(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 2);
+  if (lua_next(L, 1)) return 2;
+  lua_pushnil(L);
+  return 1;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Shared values in Lua: keys, conversion, proxies                        */
+/* ---------------------------------------------------------------------- */
+
+/* The shared key for stack slot i; 0 if the value cannot be one. */
+static int tl_tokey(lua_State *L, int i, tl_key *k) {
+  switch (lua_type(L, i)) {
+    case LUA_TSTRING: {
+      size_t len;
+      const char *s = lua_tolstring(L, i, &len);
+      tl_key_str(k, s, len);
+      return 1;
+    }
+    case LUA_TNUMBER: {
+      int64_t n;
+      if (tl_toint(L, i, &n))
+        tl_key_int(k, n);
+      else {
+        lua_Number f = lua_tonumber(L, i);
+        if (f != f) return 0;
+        tl_key_float(k, (double)f);
+      }
+      return 1;
+    }
+    case LUA_TBOOLEAN: tl_key_bool(k, lua_toboolean(L, i)); return 1;
+    default: return 0;
+  }
+}
+
+static void tl_checkkey(lua_State *L, int i, tl_key *k) {
+  if (tl_tokey(L, i, k)) return;
+  if (lua_type(L, i) == LUA_TNUMBER) tl_error(L, "threadlocal: cannot use NaN as a field name");
+  lua_pushfstring(L, "threadlocal: shared field names are strings, numbers or booleans, not %s",
+                  luaL_typename(L, i));
+  tl_raise(L);
+}
+
+/* A nil, boolean or number at slot i as a shared value; 0 for other types
+** (then *out is untouched). */
+static TL_HOT int tl_toscalar(lua_State *L, int i, tl_val *out) {
+  if (tl_toint(L, i, &out->u.i)) { /* first: the commonest, in one API call */
+    out->type = TL_TINT;
+    return 1;
+  }
+  switch (lua_type(L, i)) {
+    case LUA_TNIL: out->type = TL_TNIL; return 1;
+    case LUA_TBOOLEAN:
+      out->type = TL_TBOOL;
+      out->u.b = lua_toboolean(L, i);
+      return 1;
+    case LUA_TNUMBER:
+      out->type = TL_TFLOAT;
+      out->u.f = (double)lua_tonumber(L, i);
+      return 1;
+    default: return 0;
+  }
+}
+
+static void tl_pushkey(lua_State *L, const tl_val *k) {
+  switch (k->type) {
+    case TL_TSTR: lua_pushlstring(L, k->u.str.s, k->u.str.len); break;
+    case TL_TINT: tl_pushint(L, k->u.i); break;
+    case TL_TFLOAT: lua_pushnumber(L, (lua_Number)k->u.f); break;
+    default: lua_pushboolean(L, k->u.b); break;
+  }
+}
+
+/* The live table p stands for, if it is t's; NULL otherwise (t may be NULL). */
+static TL_HOT tl_tab *tl_proxy_target(const tl_thread *t, const tl_proxy *p) {
+  if (t != NULL && p->owner == t->id && p->slot < t->nslab && t->slabgen[p->slot] == p->gen)
+    return t->slab[p->slot];
+  return NULL;
+}
+
+/* Pushes a new proxy of tab, and remembers it in the cache (0: none). */
+static void tl_newproxy(lua_State *L, tl_tab *tab, int mt, int cache) {
+  tl_proxy *p = (tl_proxy *)tl_newud(L, sizeof *p, 0);
+  p->owner = tab->owner->id;
+  p->slot = tab->slot;
+  p->gen = tab->owner->slabgen[tab->slot];
+  lua_pushvalue(L, mt);
+  lua_setmetatable(L, -2);
+  if (cache != 0) {
+    lua_pushvalue(L, -1);
+    tl_rawseti64(L, cache, tab->slot + 1u);
+  }
+}
+
+/*
+** Pushes a proxy of tab (owned by the calling thread); mt is the proxy
+** metatable.  With a cache (0: none), a table read again in a loop gets
+** the same proxy back instead of a new userdata each time.  The cache is
+** keyed by slab index (dense: its array part), and a proxy found there is
+** checked, since another thread's or an older table may have had the slot.
+** mt and cache are absolute or pseudo-indices.
+*/
+static TL_HOT void tl_pushproxy(lua_State *L, tl_tab *tab, int mt, int cache) {
+  if (cache != 0) {
+    const tl_proxy *p;
+    tl_rawgeti64(L, cache, tab->slot + 1u);
+    p = (const tl_proxy *)lua_touserdata(L, -1);
+    if (p != NULL && tl_proxy_target(tab->owner, p) == tab) return;
+    lua_pop(L, 1);
+  }
+  tl_newproxy(L, tab, mt, cache);
+}
+
+static TL_HOT void tl_pushval(lua_State *L, const tl_val *v, int mt, int cache) {
+  switch (v->type) {
+    case TL_TNIL: lua_pushnil(L); break;
+    case TL_TBOOL: lua_pushboolean(L, v->u.b); break;
+    case TL_TINT: tl_pushint(L, v->u.i); break;
+    case TL_TFLOAT: lua_pushnumber(L, (lua_Number)v->u.f); break;
+    case TL_TSTR: lua_pushlstring(L, v->u.str.s, v->u.str.len); break;
+    case TL_TPTR: lua_pushlightuserdata(L, v->u.ptr.p); break;
+    default: tl_pushproxy(L, v->u.tab, mt, cache); break;
+  }
+}
+
+/* Pushes a deep copy of tab as plain Lua tables. */
+static void tl_pushcopy(lua_State *L, const tl_tab *tab) {
+  uint32_t i;
+  luaL_checkstack(L, 3, "threadlocal: tables nested too deep");
+  lua_createtable(L, 0, (int)tab->count);
+  for (i = 0; i < tab->cap; i++) {
+    const tl_entry *e = &tab->e[i];
+    if (e->state != TL_LIVE) continue;
+    tl_pushkey(L, &e->key);
+    if (e->val.type == TL_TTAB)
+      tl_pushcopy(L, e->val.u.tab);
+    else
+      tl_pushval(L, &e->val, 0, 0);
+    lua_rawset(L, -3);
+  }
+}
+
+static TL_NORETURN void tl_proxy_fail(lua_State *L, const tl_proxy *p) {
+  tl_thread *t = tl_me;
+  if (t == NULL || p->owner != t->id)
+    tl_error(L, "threadlocal: table proxy used on another thread than the one that read it");
+  tl_error(L, "threadlocal: table proxy is stale: its table was replaced, deleted or cleared");
+}
+
+/* The table a proxy at stack slot i stands for; raises if it is gone. */
+static TL_HOT tl_tab *tl_proxy_tab(lua_State *L, int i) {
+  const tl_proxy *p = (const tl_proxy *)lua_touserdata(L, i);
+  tl_tab *tab = tl_proxy_target(tl_me, p);
+  if (tab == NULL) tl_proxy_fail(L, p);
+  return tab;
+}
+
+/*
+** Lua value -> shared value, never raising, so that a failure can free
+** what was built and leave everything as it was.  Nested tables are copied
+** raw (metatables are not followed); a proxy's table is copied.
+*/
+typedef struct tl_conv {
+  lua_State *L;
+  tl_thread *owner; /* of the tables made; NULL for defaults */
+  int mt;           /* proxy metatable, absolute index */
+  int depth, ntables;
+  int keys[TL_MAXDEPTH + 1];       /* stack slots of the keys on the path */
+  const void *tables[TL_MAXDEPTH]; /* the tables on the path, for cycles */
+  int nomem;
+  char msg[256];
+} tl_conv;
+
+enum { TL_CONV_OK, TL_CONV_FAIL };
+
+/* Sets c->msg to "threadlocal: <what>[ in field '<path>']". */
+static int tl_conv_fail(tl_conv *c, const char *what) {
+  size_t n = (size_t)snprintf(c->msg, sizeof c->msg, "threadlocal: %s", what);
+  int i;
+  if (c->depth > 0 && n < sizeof c->msg)
+    n += (size_t)snprintf(c->msg + n, sizeof c->msg - n, " in field '");
+  for (i = 0; i < c->depth && n < sizeof c->msg; i++) {
+    int k = c->keys[i];
+    if (lua_type(c->L, k) == LUA_TSTRING) {
+      const char *s = lua_tostring(c->L, k);
+      n += (size_t)snprintf(c->msg + n, sizeof c->msg - n, i ? ".%.40s" : "%.40s", s);
+    } else if (lua_type(c->L, k) == LUA_TNUMBER)
+      n += (size_t)snprintf(c->msg + n, sizeof c->msg - n, "[%.14g]", (double)lua_tonumber(c->L, k));
+    else
+      n += (size_t)snprintf(c->msg + n, sizeof c->msg - n, "[%s]", lua_toboolean(c->L, k) ? "true" : "false");
+  }
+  if (c->depth > 0 && n < sizeof c->msg) snprintf(c->msg + n, sizeof c->msg - n, "'");
+  return TL_CONV_FAIL;
+}
+
+static int tl_conv_nomem(tl_conv *c) {
+  c->nomem = 1;
+  return TL_CONV_FAIL;
+}
+
+static int tl_conv_value(tl_conv *c, int i, tl_val *out);
+
+static int tl_conv_table(tl_conv *c, int i, tl_tab **out) {
+  lua_State *L = c->L;
+  const void *self = lua_topointer(L, i);
+  tl_tab *tab;
+  int d;
+  for (d = 0; d < c->ntables; d++)
+    if (c->tables[d] == self) return tl_conv_fail(c, "cannot store a table that contains itself");
+  if (c->ntables >= TL_MAXDEPTH || !lua_checkstack(L, 4))
+    return tl_conv_fail(c, "cannot store tables nested this deep");
+  if ((tab = tl_tab_new(c->owner)) == NULL) return tl_conv_nomem(c);
+  c->tables[c->ntables++] = self;
+  lua_pushnil(L);
+  while (lua_next(L, i)) {
+    tl_key k;
+    tl_val v, old;
+    int rc;
+    if (!tl_tokey(L, -2, &k)) {
+      char what[64];
+      int kt = lua_type(L, -2);
+      if (kt == LUA_TNUMBER)
+        snprintf(what, sizeof what, "cannot use NaN as a key");
+      else
+        snprintf(what, sizeof what, "cannot use a %s as a key", lua_typename(L, kt));
+      rc = tl_conv_fail(c, what);
+    } else {
+      c->keys[c->depth++] = lua_gettop(L) - 1;
+      rc = tl_conv_value(c, lua_gettop(L), &v);
+      c->depth--;
+      if (rc == TL_CONV_OK && tl_tab_put(tab, &k, &v, &old) != 0) {
+        tl_val_free(&v);
+        rc = tl_conv_nomem(c);
+      }
+    }
+    if (rc != TL_CONV_OK) {
+      lua_pop(L, 2);
+      tl_tab_free(tab);
+      return rc;
+    }
+    lua_pop(L, 1);
+  }
+  c->ntables--;
+  *out = tab;
+  return TL_CONV_OK;
+}
+
+static int tl_conv_value(tl_conv *c, int i, tl_val *out) {
+  lua_State *L = c->L;
+  char what[64];
+  out->type = TL_TNIL;
+  switch (lua_type(L, i)) {
+    case LUA_TSTRING: {
+      size_t len;
+      const char *s = lua_tolstring(L, i, &len);
+      if ((out->u.str.s = tl_strdup(s, len)) == NULL) return tl_conv_nomem(c);
+      out->u.str.len = len;
+      out->type = TL_TSTR;
+      return TL_CONV_OK;
+    }
+    case LUA_TLIGHTUSERDATA:
+      out->type = TL_TPTR;
+      out->u.ptr.p = lua_touserdata(L, i);
+      out->u.ptr.dtor = NULL;
+      return TL_CONV_OK;
+    case LUA_TTABLE:
+      if (tl_conv_table(c, i, &out->u.tab) != TL_CONV_OK) return TL_CONV_FAIL;
+      out->type = TL_TTAB;
+      return TL_CONV_OK;
+    case LUA_TUSERDATA:
+      if (c->mt != 0 && lua_getmetatable(L, i)) {
+        int isproxy = lua_rawequal(L, -1, c->mt);
+        lua_pop(L, 1);
+        if (isproxy) {
+          const tl_tab *tab = tl_proxy_target(tl_me, (const tl_proxy *)lua_touserdata(L, i));
+          if (tab == NULL)
+            return tl_conv_fail(c, "cannot store a table proxy that is not valid on this thread");
+          if ((out->u.tab = tl_tab_clone(tab, c->owner)) == NULL) return tl_conv_nomem(c);
+          out->type = TL_TTAB;
+          return TL_CONV_OK;
+        }
+      }
+      /* FALLTHROUGH */
+    default: {
+      int t = lua_type(L, i);
+      if (tl_toscalar(L, i, out)) return TL_CONV_OK;
+      snprintf(what, sizeof what, "cannot store a %s",
+               t == LUA_TTHREAD ? "coroutine" : lua_typename(L, t));
+      return tl_conv_fail(c, what);
+    }
+  }
+}
+
+/* Converts stack slot i into *out, or raises (having freed everything). */
+static void tl_tovalue(lua_State *L, int i, int key, tl_thread *owner, int mt, tl_val *out) {
+  tl_conv c;
+  c.L = L;
+  c.owner = owner;
+  c.mt = mt ? tl_absindex(L, mt) : 0;
+  c.depth = key ? 1 : 0;
+  c.ntables = 0;
+  c.keys[0] = key;
+  c.nomem = 0;
+  if (tl_conv_value(&c, tl_absindex(L, i), out) == TL_CONV_OK) return;
+  if (c.nomem) tl_memerror(L);
+  tl_error(L, c.msg);
+}
+
+/* Stores the value at slot 3 under the key at slot 2 of tab. */
+static void tl_tab_assign_any(lua_State *L, tl_tab *tab) {
+  tl_key k;
+  tl_val v, old;
+  tl_checkkey(L, 2, &k);
+  tl_tovalue(L, 3, 2, tab->owner, TL_UP_PROXYMT, &v);
+  if (tl_tab_put(tab, &k, &v, &old) != 0) {
+    tl_val_free(&v);
+    tl_memerror(L);
+  }
+  if (old.type >= TL_TSTR) tl_val_free(&old);
+}
+
+/* The same; first tries the common case: a number or boolean over an
+** existing scalar field with a string key. */
+static TL_HOT void tl_tab_assign(lua_State *L, tl_tab *tab) {
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    size_t len;
+    const char *s = lua_tolstring(L, 2, &len);
+    tl_entry *e = tl_tab_findstr(tab, s, len);
+    tl_val v;
+    if (e != NULL && e->val.type < TL_TSTR && tl_toscalar(L, 3, &v) && v.type != TL_TNIL) {
+      tab->version = tab->owner->clock++;
+      e->val = v;
+      return;
+    }
+  }
+  tl_tab_assign_any(L, tab);
+}
+
+/* Pushes tab[key at slot 2]. */
+static TL_HOT int tl_tab_index(lua_State *L, tl_tab *tab) {
+  tl_key k;
+  tl_entry *e = NULL;
+  if (tab != NULL) {
+    if (lua_type(L, 2) == LUA_TSTRING) {
+      size_t len;
+      const char *s = lua_tolstring(L, 2, &len);
+      e = tl_tab_findstr(tab, s, len);
+    } else if (tl_tokey(L, 2, &k))
+      e = tl_tab_find(tab, &k);
+  }
+  if (e != NULL)
+    tl_pushval(L, &e->val, TL_UP_PROXYMT, TL_UP_CACHE);
+  else
+    lua_pushnil(L);
+  return 1;
+}
+
+static lua_Integer tl_tab_len(const tl_tab *tab) { /* a border, as # finds one */
+  tl_key k;
+  int64_t i = 0, j = 1;
+  if (tab == NULL) return 0;
+  for (;;) { /* find i present, j absent */
+    tl_key_int(&k, j);
+    if (tl_tab_find(tab, &k) == NULL) break;
+    i = j;
+    if (j > INT64_MAX / 2) return (lua_Integer)j;
+    j *= 2;
+  }
+  while (j - i > 1) {
+    int64_t m = i + (j - i) / 2;
+    tl_key_int(&k, m);
+    if (tl_tab_find(tab, &k) == NULL) j = m; else i = m;
+  }
+  return (lua_Integer)i;
+}
+
+/* Upvalues: a proxy of the table, the next slot to look at. */
+static int tl_iter(lua_State *L) {
+  tl_tab *tab = tl_proxy_tab(L, lua_upvalueindex(1));
+  uint32_t i = (uint32_t)lua_tointeger(L, lua_upvalueindex(2));
+  for (; i < tab->cap; i++) {
+    tl_entry *e = &tab->e[i];
+    if (e->state != TL_LIVE) continue;
+    lua_pushinteger(L, (lua_Integer)i + 1);
+    lua_replace(L, lua_upvalueindex(2));
+    tl_pushkey(L, &e->key);
+    lua_getmetatable(L, lua_upvalueindex(1));
+    tl_pushval(L, &e->val, lua_gettop(L), 0);
+    lua_remove(L, -2);
+    return 2;
+  }
+  lua_pushinteger(L, (lua_Integer)tab->cap);
+  lua_replace(L, lua_upvalueindex(2));
+  lua_pushnil(L);
+  return 1;
+}
+
+static int tl_iter_empty(lua_State *L) {
+  lua_pushnil(L);
+  return 1;
+}
+
+/* Returns pairs' three values for tab (owned by the calling thread). */
+static int tl_tab_pairs(lua_State *L, tl_tab *tab) {
+  if (tab == NULL) {
+    lua_pushcfunction(L, tl_iter_empty);
+    return 1;
+  }
+  tl_pushproxy(L, tab, TL_UP_PROXYMT, 0);
+  lua_pushinteger(L, 0);
+  lua_pushcclosure(L, tl_iter, 2);
+  return 1;
+}

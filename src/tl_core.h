@@ -1,0 +1,176 @@
+/*
+** tl_core.h: the core's data structures.  Part of threadlocal.c.
+**
+** The core is plain C on pthreads: the allocator hook, the shared tables,
+** thread records, homes and slabs, thread exit and fork, the registry of
+** shared locals by name, and the C API.  threadlocal.c compiles it before
+** it includes lua.h, so no core function can touch a lua_State: a thread
+** exit hook runs while another thread may be running any state.
+**
+** Words used throughout:
+**   fields   one thread's data in one local: a Lua table for a Local, a
+**            tl_tab for a shared local.
+**   sloc     a shared local, process-wide (threadlocal_shared).
+**   home     the C side of a Lua state that holds Locals.
+**   slab     a thread's array of its live tables, so that a Lua proxy can
+**            name one by (slot, generation) without a pointer.
+*/
+#ifndef TL_CORE_H
+#define TL_CORE_H
+
+#ifdef lua_h
+#error "the core is compiled before lua.h and must not use Lua"
+#endif
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "threadlocal.h"
+
+#if defined(__GNUC__)
+#define tl_unlikely(x) __builtin_expect(!!(x), 0)
+#define TL_HOT inline __attribute__((always_inline)) /* on every shared access */
+#define TL_NORETURN __attribute__((noreturn))
+#define tl_unreachable() __builtin_unreachable()
+#else
+#define tl_unlikely(x) (x)
+#define TL_HOT inline
+#define TL_NORETURN
+#define tl_unreachable() ((void)0)
+#endif
+
+/*
+** Every access reads the thread-local id.  The initial-exec model makes
+** that one load instead of a call to __tls_get_addr; glibc keeps static TLS
+** room for dlopen()ed modules (we use 16 bytes).  -DTL_TLS_DYNAMIC opts out.
+*/
+#if defined(__GNUC__) && !defined(TL_TLS_DYNAMIC)
+#define TL_TLS_MODEL __attribute__((tls_model("initial-exec")))
+#else
+#define TL_TLS_MODEL
+#endif
+
+#define TL_MAXDEPTH 100 /* nesting of shared tables */
+
+/* Shared values: plain data, copied in, owned by one thread. */
+enum { TL_TNIL, TL_TBOOL, TL_TINT, TL_TFLOAT, TL_TSTR, TL_TPTR, TL_TTAB };
+
+struct tl_tab;
+
+typedef struct tl_val {
+  unsigned char type;
+  union {
+    int b;
+    int64_t i;
+    double f;
+    struct {
+      char *s; /* NUL-terminated copy */
+      size_t len;
+    } str;
+    struct {
+      void *p;
+      void (*dtor)(void *); /* only on a field set from C */
+    } ptr;
+    struct tl_tab *tab;
+  } u;
+} tl_val;
+
+/* A key to look up: bool, int, float (non-integral) or a borrowed string. */
+typedef struct tl_key {
+  unsigned char type;
+  uint32_t hash;
+  union {
+    int b;
+    int64_t i;
+    double f;
+    struct {
+      const char *s;
+      size_t len;
+    } str;
+  } u;
+} tl_key;
+
+enum { TL_EMPTY, TL_LIVE, TL_DEAD };
+
+typedef struct tl_entry {
+  tl_val key, val; /* key.type is a tl_key type */
+  uint32_t hash;
+  unsigned char state;
+} tl_entry;
+
+struct tl_thread;
+
+/*
+** An open-addressing hash table of shared values.  Lua's short strings are
+** interned, so the address of a key string seen from Lua is a cheap first
+** guess at its entry: kaddr/kentry remember a few, and a hit is confirmed
+** by comparing the key (a reused address with another content just misses).
+*/
+#define TL_KCACHE 4
+
+typedef struct tl_tab {
+  tl_entry *e;
+  const char *kaddr[TL_KCACHE];
+  uint32_t kentry[TL_KCACHE]; /* index in e[] of the key at kaddr */
+  uint32_t cap;   /* 0 or a power of 2 */
+  uint32_t count; /* live entries */
+  uint32_t used;  /* live + dead entries, <= cap / 2: short probes */
+  uint32_t slot;  /* in the owner's slab */
+  uint64_t version;        /* changes with every write: see tl_sref */
+  struct tl_thread *owner; /* NULL for a shared local's defaults */
+} tl_tab;
+
+/*
+** A home is the C side of one Lua state that holds Locals.  Every thread
+** that stored values in the state holds a reference to it; when the thread
+** exits it appends its id to `dead`, and the state purges those ids later.
+** `dead` always has room for every registered thread (nreserved <= cap), so
+** an exiting thread never allocates.
+*/
+typedef struct tl_home {
+  pthread_mutex_t lock;
+  atomic_int refs;     /* the state's reference + one per registered thread */
+  atomic_int closed;   /* the state is gone: nobody purges any more */
+  atomic_size_t ndead; /* ids in dead[]; read without the lock as a hint */
+  size_t nreserved;    /* registered live threads + ids in dead[] */
+  size_t cap;
+  uint64_t *dead;
+  struct tl_home *hprev, *hnext; /* every home: for fork */
+} tl_home;
+
+/*
+** What the module knows of one OS thread; only that thread touches it.
+** Its tables sit in the slab so that a Lua proxy can name one by (slot,
+** generation) and find out, without touching freed memory, that it is gone.
+*/
+typedef struct tl_thread {
+  uint64_t id;     /* never reused in this process */
+  tl_home **homes; /* states this thread stored Local values in */
+  size_t nhomes, caphomes;
+  tl_tab **shfields; /* by shared local index: this thread's fields, or NULL */
+  uint32_t nshfields;
+  tl_tab **slab;      /* the live tables, by slot */
+  uint32_t *slabgen;  /* generation of each slot: bumped when it is freed */
+  uint32_t *slabfree; /* free slots */
+  uint32_t nslab, nslabfree, capslab;
+  uint64_t clock; /* the next table version: never repeats on this thread */
+  struct tl_thread *prev, *next; /* every live record: for fork */
+} tl_thread;
+
+/* A shared local: found by name, never freed. */
+typedef struct threadlocal_shared tl_sloc;
+
+struct threadlocal_shared {
+  tl_sloc *next; /* in its registry bucket */
+  uint32_t idx, hash;
+  _Atomic(tl_tab *) defaults; /* set once, then read-only */
+  size_t len;
+  char name[];
+};
+
+#endif

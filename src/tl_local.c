@@ -1,0 +1,249 @@
+/*
+** tl_local.c: Locals: each thread's fields table in the owning state,
+** init, the cached __index/__newindex closures, and the purge of exited
+** threads' fields.  Part of threadlocal.c (the Lua binding).
+*/
+#ifndef TL_LUA_H
+#error "compile threadlocal.c, which includes this file"
+#endif
+
+/* ---------------------------------------------------------------------- */
+/* Purging the Local fields of exited threads                             */
+/* ---------------------------------------------------------------------- */
+
+/* Drops the fields both closures hold, so that they keep nothing alive. */
+static void tl_uncache(lua_State *L, int ud, tl_local *lo) {
+  int uv;
+  ud = tl_absindex(L, ud);
+  lo->get_id = lo->set_id = TL_NOCACHE;
+  for (uv = TL_LOCAL_GET; uv <= TL_LOCAL_SET; uv++) {
+    tl_getuv(L, ud, uv);
+    lua_pushnil(L);
+    lua_setupvalue(L, -2, 4); /* TL_UP_FIELDS */
+    lua_pop(L, 1);
+  }
+}
+
+/* Drop every Local's fields of the exited thread `id`.  Allocates nothing,
+** so it is safe inside a finalizer. */
+static void tl_purge_id(lua_State *L, int bythread, uint64_t id) {
+  tl_rawgeti64(L, bythread, id);
+  if (lua_istable(L, -1)) {
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      tl_local *lo = (tl_local *)lua_touserdata(L, -2);
+      tl_getuv(L, -2, TL_LOCAL_MAP);
+      tl_delid(L, -1, id);
+      lua_pop(L, 2);
+      if (lo->get_id == id || lo->set_id == id) tl_uncache(L, lua_gettop(L), lo);
+    }
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    tl_rawseti64(L, bythread, id);
+  } else
+    lua_pop(L, 1);
+}
+
+static void tl_purge(lua_State *L) {
+  tl_state *st = tl_state_at(L);
+  tl_home *h = st->home;
+  uint64_t ids[32];
+  size_t n, i;
+  if (h == NULL || atomic_load_explicit(&h->ndead, memory_order_relaxed) == 0)
+    return;
+  tl_getuv(L, TL_UP_STATE, TL_STATE_BYTHREAD);
+  do {
+    size_t nd;
+    pthread_mutex_lock(&h->lock);
+    nd = atomic_load_explicit(&h->ndead, memory_order_relaxed);
+    n = nd < 32 ? nd : 32;
+    for (i = 0; i < n; i++) ids[i] = h->dead[nd - 1 - i];
+    atomic_store(&h->ndead, nd - n);
+    h->nreserved -= n;
+    pthread_mutex_unlock(&h->lock);
+    for (i = 0; i < n; i++) tl_purge_id(L, lua_gettop(L), ids[i]);
+  } while (n == 32);
+  lua_pop(L, 1);
+}
+
+/*
+** A finalizer runs once per GC cycle: the sentinel's __gc purges, then
+** makes the next sentinel.  So a dead thread's values become garbage in
+** one cycle and are collected in the next, even if no Local is touched.
+*/
+static void tl_sentinel_new(lua_State *L) {
+  tl_newud(L, 1, 0);
+  tl_getuv(L, TL_UP_STATE, TL_STATE_SENTINEL);
+  lua_setmetatable(L, -2);
+  lua_pop(L, 1);
+}
+
+static int tl_sentinel_gc(lua_State *L) {
+  tl_state *st = tl_state_at(L);
+  if (st->home == NULL) return 0; /* the state is closing */
+  tl_purge(L);
+  st->nosentinel = 1; /* until the next one exists: see tl_local_push */
+  tl_sentinel_new(L);
+  st->nosentinel = 0;
+  return 0;
+}
+
+static int tl_state_gc(lua_State *L) {
+  tl_state *st = (tl_state *)lua_touserdata(L, 1);
+  if (st->home != NULL) {
+    tl_home_close(st->home);
+    st->home = NULL;
+  }
+  return 0;
+}
+
+
+/* ---------------------------------------------------------------------- */
+/* Locals                                                                 */
+/* ---------------------------------------------------------------------- */
+
+/* Record that the Local at `ud` holds fields for t, so a purge finds them. */
+static void tl_enroll(lua_State *L, int ud, tl_thread *t) {
+  tl_state *st = tl_state_at(L);
+  tl_getuv(L, TL_UP_STATE, TL_STATE_BYTHREAD);
+  tl_rawgeti64(L, -1, t->id);
+  if (lua_isnil(L, -1)) { /* first Local of this state on this thread */
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    if (st->home != NULL && tl_home_register(st->home, t) != 0) tl_memerror(L);
+    lua_pushvalue(L, -1);
+    tl_rawseti64(L, -3, t->id);
+  }
+  lua_pushvalue(L, ud);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 2);
+}
+
+/* Gives the calling thread t its fields table and runs init for it.
+** Leaves the stack as it was. */
+static void tl_local_start(lua_State *L, int ud, tl_thread *t) {
+  int map, top = lua_gettop(L);
+  tl_enroll(L, ud, t);
+  tl_getuv(L, ud, TL_LOCAL_MAP);
+  map = lua_gettop(L);
+  lua_newtable(L);
+  tl_rawgeti64(L, map, t->id); /* a finalizer that ran during newtable may have */
+  if (!lua_isnil(L, -1)) { /* started this thread already */
+    lua_settop(L, top);
+    return;
+  }
+  lua_pop(L, 1);
+  tl_rawseti64(L, map, t->id);
+  tl_getuv(L, ud, TL_LOCAL_INIT);
+  if (lua_istable(L, -1)) {
+    int i, n;
+    lua_getfield(L, -1, "n");
+    n = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    luaL_checkstack(L, n + 1, "threadlocal: too many init arguments");
+    lua_rawgeti(L, -1, 1);
+    lua_pushvalue(L, ud);
+    for (i = 2; i <= n; i++) lua_rawgeti(L, map + 1, i);
+    if (lua_pcall(L, n, 0, 0) != 0) {
+      /* The thread keeps no fields; the next access runs init again. */
+      tl_delid(L, map, t->id);
+      tl_uncache(L, ud, (tl_local *)lua_touserdata(L, ud));
+      tl_raise(L);
+    }
+  }
+  lua_settop(L, top);
+}
+
+/* Pushes the calling thread's fields table of the Local at ud, starting
+** the thread (init) if it has none. */
+static void tl_local_push(lua_State *L, int ud) {
+  tl_thread *t = tl_self(L);
+  tl_state *st = tl_state_at(L);
+  ud = tl_absindex(L, ud);
+  tl_purge(L);
+  if (tl_unlikely(st->nosentinel)) { /* a finalizer ran out of memory: mend */
+    tl_sentinel_new(L);
+    st->nosentinel = 0;
+  }
+  tl_getuv(L, ud, TL_LOCAL_MAP);
+  tl_rawgeti64(L, -1, t->id);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    tl_local_start(L, ud, t);
+    tl_rawgeti64(L, -1, t->id);
+    if (lua_isnil(L, -1)) { /* init cleared its own fields */
+      lua_pop(L, 1);
+      lua_newtable(L);
+      lua_pushvalue(L, -1);
+      tl_rawseti64(L, -3, t->id);
+    }
+  }
+  lua_remove(L, -2);
+}
+
+/* The slow path of the closures: the calling thread is not the one whose
+** fields they hold, so make TL_UP_FIELDS that thread's fields. */
+static void tl_local_refresh(lua_State *L, uint64_t *cid) {
+  tl_local_push(L, 1);
+  lua_replace(L, TL_UP_FIELDS);
+  *cid = tl_myid;
+}
+
+/* The hot path: called only as metamethods, so argument 1 is a Local. */
+static int tl_local_index(lua_State *L) {
+  tl_local *lo = (tl_local *)lua_touserdata(L, 1);
+  if (tl_unlikely(lo->get_id != tl_myid)) tl_local_refresh(L, &lo->get_id);
+  lua_rawget(L, TL_UP_FIELDS);
+  return 1;
+}
+
+static int tl_local_newindex(lua_State *L) {
+  tl_local *lo = (tl_local *)lua_touserdata(L, 1);
+  switch (lua_type(L, 2)) {
+    case LUA_TNIL:
+      tl_error(L, "threadlocal: cannot use nil as a field name");
+    case LUA_TNUMBER: {
+      lua_Number n = lua_tonumber(L, 2);
+      if (n != n) tl_error(L, "threadlocal: cannot use NaN as a field name");
+      break;
+    }
+  }
+  if (tl_unlikely(lo->set_id != tl_myid)) tl_local_refresh(L, &lo->set_id);
+  lua_rawset(L, TL_UP_FIELDS);
+  return 0;
+}
+
+static int tl_islocal(lua_State *L, int i) {
+  int is = 0;
+  if (lua_type(L, i) == LUA_TUSERDATA && lua_getmetatable(L, i)) {
+    lua_pushliteral(L, "__index");
+    lua_rawget(L, -2);
+    is = lua_tocfunction(L, -1) == tl_local_index;
+    lua_pop(L, 2);
+  }
+  return is;
+}
+
+static int tl_local_pairs(lua_State *L) {
+  tl_local_push(L, 1);
+  lua_pushcfunction(L, tl_next);
+  lua_insert(L, -2);
+  lua_pushnil(L);
+  return 3;
+}
+
+static int tl_local_len(lua_State *L) {
+  tl_local_push(L, 1);
+  lua_pushinteger(L, (lua_Integer)tl_rawlen(L, -1));
+  return 1;
+}
+
+static int tl_local_tostring(lua_State *L) {
+  lua_pushfstring(L, THREADLOCAL_LOCAL_MT ": %p", lua_touserdata(L, 1));
+  return 1;
+}

@@ -1,0 +1,225 @@
+/*
+** tl_lua.h: the Lua binding's compatibility block and data structures.
+** Part of threadlocal.c, included after the core.
+*/
+#ifndef TL_LUA_H
+#define TL_LUA_H
+
+#include "lua.h"
+#include "lauxlib.h"
+
+/* ---------------------------------------------------------------------- */
+/* Lua version compatibility                                              */
+/* ---------------------------------------------------------------------- */
+
+#if LUA_VERSION_NUM == 501
+
+#define tl_rawlen(L, i) lua_objlen(L, i)
+#define tl_absindex(L, i) \
+  ((i) < 0 && (i) > LUA_REGISTRYINDEX ? lua_gettop(L) + (i) + 1 : (i))
+#define tl_checkversion(L) ((void)0)
+
+static void tl_rawgetp(lua_State *L, int i, const void *p) {
+  i = tl_absindex(L, i);
+  lua_pushlightuserdata(L, (void *)(uintptr_t)p);
+  lua_rawget(L, i);
+}
+
+static void tl_rawsetp(lua_State *L, int i, const void *p) { /* pops */
+  i = tl_absindex(L, i);
+  lua_pushlightuserdata(L, (void *)(uintptr_t)p);
+  lua_insert(L, -2);
+  lua_rawset(L, i);
+}
+
+static void tl_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
+  for (; l->name != NULL; l++) {
+    int i;
+    for (i = 0; i < nup; i++) lua_pushvalue(L, -nup);
+    lua_pushcclosure(L, l->func, nup);
+    lua_setfield(L, -(nup + 2), l->name);
+  }
+  lua_pop(L, nup);
+}
+
+#else
+
+#define tl_rawlen(L, i) lua_rawlen(L, i)
+#define tl_absindex(L, i) lua_absindex(L, i)
+#define tl_checkversion(L) luaL_checkversion(L)
+#define tl_rawgetp(L, i, p) ((void)lua_rawgetp(L, i, p))
+#define tl_rawsetp(L, i, p) lua_rawsetp(L, i, p)
+#define tl_setfuncs(L, l, nup) luaL_setfuncs(L, l, nup)
+
+#endif
+
+/*
+** 64-bit integers: thread ids and slab slots are table keys.  5.3 has
+** integers; before, a number is an integer if it has an exact integer
+** value, so C hosts see 3 as an integer on every version.
+*/
+#if LUA_VERSION_NUM >= 503
+
+#define tl_pushint(L, i) lua_pushinteger(L, (lua_Integer)(i))
+#define tl_rawgeti64(L, t, k) ((void)lua_rawgeti(L, t, (lua_Integer)(k)))
+#define tl_rawseti64(L, t, k) lua_rawseti(L, t, (lua_Integer)(k)) /* pops */
+
+static int tl_toint(lua_State *L, int i, int64_t *out) {
+  if (!lua_isinteger(L, i)) return 0;
+  *out = (int64_t)lua_tointeger(L, i);
+  return 1;
+}
+
+#else
+
+#define tl_pushint(L, i) lua_pushnumber(L, (lua_Number)(i))
+
+static void tl_rawgeti64(lua_State *L, int t, uint64_t k) {
+  t = tl_absindex(L, t);
+  lua_pushnumber(L, (lua_Number)k);
+  lua_rawget(L, t);
+}
+
+static void tl_rawseti64(lua_State *L, int t, uint64_t k) { /* pops the value */
+  t = tl_absindex(L, t);
+  lua_pushnumber(L, (lua_Number)k);
+  lua_insert(L, -2);
+  lua_rawset(L, t);
+}
+
+static int tl_toint(lua_State *L, int i, int64_t *out) {
+  return lua_type(L, i) == LUA_TNUMBER && tl_dbl_toint((double)lua_tonumber(L, i), out);
+}
+
+#endif
+
+/*
+** A userdata here carries up to four Lua values.  Lua 5.4 has numbered
+** user values; older versions get one table that holds them.
+*/
+#if LUA_VERSION_NUM >= 504
+
+#define tl_newud(L, sz, nuv) lua_newuserdatauv(L, sz, nuv)
+#define tl_getuv(L, i, n) ((void)lua_getiuservalue(L, i, n))
+#define tl_setuv(L, i, n) ((void)lua_setiuservalue(L, i, n))
+
+#else
+
+#if LUA_VERSION_NUM == 501
+#define tl_getuvt(L, i) lua_getfenv(L, i)
+#define tl_setuvt(L, i) lua_setfenv(L, i)
+#else
+#define tl_getuvt(L, i) lua_getuservalue(L, i)
+#define tl_setuvt(L, i) lua_setuservalue(L, i)
+#endif
+
+static void *tl_newud(lua_State *L, size_t sz, int nuv) {
+  void *p = lua_newuserdata(L, sz);
+  if (nuv > 0) {
+    lua_createtable(L, nuv, 0);
+    tl_setuvt(L, -2);
+  }
+  return p;
+}
+
+static void tl_getuv(lua_State *L, int i, int n) {
+  tl_getuvt(L, i);
+  lua_rawgeti(L, -1, n);
+  lua_remove(L, -2);
+}
+
+static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
+  i = tl_absindex(L, i);
+  tl_getuvt(L, i);
+  lua_insert(L, -2);
+  lua_rawseti(L, -2, n);
+  lua_pop(L, 1);
+}
+
+#endif
+
+/* ---------------------------------------------------------------------- */
+/* The binding's data structures                                          */
+/* ---------------------------------------------------------------------- */
+
+/*
+** Upvalues and user values, in one place.
+**
+** Closures of the module (its functions, the shared local and proxy
+** metamethods, each Local's __index and __newindex):
+**   upvalue 1  TL_UP_STATE    the state's tl_state userdata
+**   upvalue 2  TL_UP_PROXYMT  the proxy metatable (threadlocal.table)
+**   upvalue 3  TL_UP_CACHE    the state's proxy cache (TL_STATE_PROXIES)
+**   upvalue 4  TL_UP_FIELDS   a Local's __index/__newindex only: the fields
+**                             table of the thread in get_id/set_id
+** Iterators have their own: tl_iter (a proxy, the next entry index),
+** tl_threads_step (the Local, the ids to visit, the position).
+**
+** User values of the tl_state (one per state, in the registry):
+**   TL_STATE_BYTHREAD  thread id -> weak set of Locals holding its fields
+**   TL_STATE_SENTINEL  metatable of the per-cycle GC sentinel
+**   TL_STATE_SHARED    name -> this state's shared local userdata
+**   TL_STATE_PROXIES   weak: slab slot + 1 -> a proxy of that slot
+** User values of a Local (tl_local):
+**   TL_LOCAL_MAP       thread id -> that thread's fields table
+**   TL_LOCAL_INIT      {init, args..., n = #args + 1}, or nil
+**   TL_LOCAL_GET       its own __index closure
+**   TL_LOCAL_SET       its own __newindex closure
+** User value of a shared local userdata (tl_sref):
+**   TL_SREF_LAST       the proxy of the table field read last
+*/
+#define TL_UP_STATE lua_upvalueindex(1)
+#define TL_UP_PROXYMT lua_upvalueindex(2)
+#define TL_UP_CACHE lua_upvalueindex(3)
+#define TL_UP_FIELDS lua_upvalueindex(4)
+#define TL_NUP 3 /* upvalues of every closure but a Local's own two */
+
+enum { TL_STATE_BYTHREAD = 1, TL_STATE_SENTINEL, TL_STATE_SHARED, TL_STATE_PROXIES,
+       TL_STATE_NUV = TL_STATE_PROXIES };
+enum { TL_LOCAL_MAP = 1, TL_LOCAL_INIT, TL_LOCAL_GET, TL_LOCAL_SET,
+       TL_LOCAL_NUV = TL_LOCAL_SET };
+enum { TL_SREF_LAST = 1, TL_SREF_NUV = TL_SREF_LAST };
+
+#define TL_STATE_MT "threadlocal.state"
+
+/* The per-state anchor. */
+typedef struct tl_state {
+  tl_home *home;  /* NULL once the state is closing */
+  int nosentinel; /* making the next GC sentinel ran out of memory */
+} tl_state;
+
+/*
+** A Local.  Its __index and __newindex closures each keep one thread's
+** fields table as upvalue TL_UP_FIELDS, so that a hit costs a rawget on a
+** fixed table, as the floor does; get_id and set_id say whose.
+*/
+typedef struct tl_local {
+  uint64_t get_id, set_id;
+} tl_local;
+
+#define TL_NOCACHE UINT64_MAX /* matches no thread, not even "no record yet" */
+
+/*
+** A shared local in one state.  It remembers the table field last read
+** through it, whose proxy is its user value: a loop reading sh.t.k skips
+** the lookup of "t".  That is right while the same thread's same fields
+** table has the same version (versions never repeat on a thread) and the
+** key is the same.
+*/
+typedef struct tl_sref {
+  tl_sloc *sl;
+  uint64_t last_owner, last_version;
+  const tl_tab *last_tab;
+  const char *last_key;
+  const tl_entry *last_entry;
+} tl_sref;
+
+/* A proxy of the table in slot `slot` of thread `owner`'s slab. */
+typedef struct tl_proxy {
+  uint64_t owner;
+  uint32_t slot, gen;
+} tl_proxy;
+
+#define tl_state_at(L) ((tl_state *)lua_touserdata(L, TL_UP_STATE))
+
+#endif

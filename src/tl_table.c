@@ -1,0 +1,401 @@
+/*
+** tl_table.c: the allocator hook, hashing, and the shared tables that hold
+** a thread's values.  Part of threadlocal.c (core: no Lua, no locks).
+*/
+#ifndef TL_CORE_H
+#error "compile threadlocal.c, which includes this file"
+#endif
+
+/* ---------------------------------------------------------------------- */
+/* Memory: every allocation of the module goes through one hook            */
+/* ---------------------------------------------------------------------- */
+
+static void *tl_defalloc(void *ud, void *ptr, size_t size) {
+  (void)ud;
+  if (size == 0) {
+    free(ptr);
+    return NULL;
+  }
+  return realloc(ptr, size);
+}
+
+static threadlocal_alloc tl_allocf = tl_defalloc;
+static void *tl_allocud;
+
+static void *tl_realloc(void *p, size_t size) { return tl_allocf(tl_allocud, p, size); }
+static void *tl_malloc(size_t size) { return tl_allocf(tl_allocud, NULL, size); }
+
+static void *tl_calloc(size_t n, size_t size) {
+  void *p = size != 0 && n > SIZE_MAX / size ? NULL : tl_malloc(n * size);
+  if (p != NULL) memset(p, 0, n * size);
+  return p;
+}
+
+static void tl_free(void *p) {
+  if (p != NULL) tl_allocf(tl_allocud, p, 0);
+}
+
+/* A NUL-terminated copy of s[0..len); NULL when out of memory. */
+static char *tl_strdup(const char *s, size_t len) {
+  char *p = len < SIZE_MAX ? (char *)tl_malloc(len + 1) : NULL;
+  if (p == NULL) return NULL;
+  if (len > 0) memcpy(p, s, len);
+  p[len] = '\0';
+  return p;
+}
+
+THREADLOCAL_API void threadlocal_set_allocator(threadlocal_alloc f, void *ud) {
+  tl_allocf = f != NULL ? f : tl_defalloc;
+  tl_allocud = f != NULL ? ud : NULL;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Shared tables (plain C: no Lua, no locks)                              */
+/* ---------------------------------------------------------------------- */
+
+/* Eight bytes at a time: keys are hashed on every shared access. */
+static uint32_t tl_hash_bytes(const char *s, size_t len) {
+  uint64_t h = 0x9e3779b97f4a7c15u ^ (uint64_t)len, w;
+  while (len >= 8) {
+    memcpy(&w, s, 8);
+    h = (h ^ w) * 0xff51afd7ed558ccdu;
+    h ^= h >> 32;
+    s += 8;
+    len -= 8;
+  }
+  for (w = 0; len > 0; len--) w = (w << 8) | (unsigned char)s[len - 1];
+  h = (h ^ w) * 0xc4ceb9fe1a85ec53u;
+  return (uint32_t)(h ^ (h >> 32));
+}
+
+static uint32_t tl_hash_int(uint64_t x) {
+  x *= 0x9e3779b97f4a7c15u;
+  return (uint32_t)(x >> 32);
+}
+
+static void tl_key_str(tl_key *k, const char *s, size_t len) {
+  k->type = TL_TSTR;
+  k->u.str.s = s;
+  k->u.str.len = len;
+  k->hash = tl_hash_bytes(s, len);
+}
+
+static void tl_key_int(tl_key *k, int64_t i) {
+  k->type = TL_TINT;
+  k->u.i = i;
+  k->hash = tl_hash_int((uint64_t)i);
+}
+
+/* Whether f has an exact int64 value, stored in *out. */
+static int tl_dbl_toint(double f, int64_t *out) {
+  if (f >= -9223372036854775808.0 && f < 9223372036854775808.0 && (double)(int64_t)f == f) {
+    *out = (int64_t)f;
+    return 1;
+  }
+  return 0;
+}
+
+/* A float key: one with an integer value is that integer, as in Lua. */
+static void tl_key_float(tl_key *k, double f) {
+  int64_t i;
+  if (tl_dbl_toint(f, &i))
+    tl_key_int(k, i);
+  else {
+    uint64_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    k->type = TL_TFLOAT;
+    k->u.f = f;
+    k->hash = tl_hash_int(bits ^ 0x5555u);
+  }
+}
+
+static void tl_key_bool(tl_key *k, int b) {
+  k->type = TL_TBOOL;
+  k->u.b = b != 0;
+  k->hash = b ? 0x9e3779b9u : 0x7f4a7c15u;
+}
+
+static void tl_key_of(tl_key *k, const tl_val *v) { /* v is an entry's key */
+  switch (v->type) {
+    case TL_TSTR: tl_key_str(k, v->u.str.s, v->u.str.len); break;
+    case TL_TINT: tl_key_int(k, v->u.i); break;
+    case TL_TFLOAT: tl_key_float(k, v->u.f); break;
+    default: tl_key_bool(k, v->u.b); break;
+  }
+}
+
+/* a[0..len) == b[0..len); inline for the short keys of every access. */
+static TL_HOT int tl_memeq(const char *a, const char *b, size_t len) {
+  uint64_t x, y;
+  if (len > 16) return memcmp(a, b, len) == 0;
+  if (len >= 8) {
+    memcpy(&x, a, 8);
+    memcpy(&y, b, 8);
+    if (x != y) return 0;
+    memcpy(&x, a + len - 8, 8);
+    memcpy(&y, b + len - 8, 8);
+    return x == y;
+  }
+  for (; len > 0; len--)
+    if (a[len - 1] != b[len - 1]) return 0;
+  return 1;
+}
+
+static int tl_key_eq(const tl_entry *e, const tl_key *k) {
+  if (e->hash != k->hash || e->key.type != k->type) return 0;
+  switch (k->type) {
+    case TL_TSTR:
+      return e->key.u.str.len == k->u.str.len &&
+             tl_memeq(e->key.u.str.s, k->u.str.s, k->u.str.len);
+    case TL_TINT: return e->key.u.i == k->u.i;
+    case TL_TFLOAT: return e->key.u.f == k->u.f;
+    default: return e->key.u.b == k->u.b;
+  }
+}
+
+static tl_entry *tl_tab_find(const tl_tab *t, const tl_key *k) {
+  uint32_t mask, i;
+  if (t->cap == 0) return NULL;
+  mask = t->cap - 1;
+  for (i = k->hash & mask;; i = (i + 1) & mask) {
+    tl_entry *e = &t->e[i];
+    if (e->state == TL_EMPTY) return NULL;
+    if (e->hash == k->hash && e->state == TL_LIVE && tl_key_eq(e, k)) return e;
+  }
+}
+
+/* Finds the key s[0..len), a string from Lua, through the address cache. */
+static TL_HOT tl_entry *tl_tab_findstr(tl_tab *t, const char *s, size_t len) {
+  uint32_t c = (uint32_t)((uintptr_t)s >> 4) & (TL_KCACHE - 1);
+  tl_entry *e;
+  tl_key k;
+  if (t->kaddr[c] == s) {
+    e = &t->e[t->kentry[c]];
+    if (e->state == TL_LIVE && e->key.type == TL_TSTR && e->key.u.str.len == len &&
+        tl_memeq(e->key.u.str.s, s, len))
+      return e;
+  }
+  tl_key_str(&k, s, len);
+  if ((e = tl_tab_find(t, &k)) != NULL) {
+    t->kaddr[c] = s;
+    t->kentry[c] = (uint32_t)(e - t->e);
+  }
+  return e;
+}
+
+/* A thread's slab: its live tables by slot, so that a proxy can hold a
+** (slot, generation) pair instead of a pointer that may dangle. */
+static int tl_slab_add(tl_thread *t, tl_tab *tab) {
+  uint32_t i;
+  if (t->nslabfree > 0)
+    i = t->slabfree[--t->nslabfree];
+  else {
+    if (t->nslab == t->capslab) {
+      uint32_t cap = t->capslab ? 2 * t->capslab : 16;
+      tl_tab **slab = (tl_tab **)tl_realloc(t->slab, cap * sizeof *slab);
+      uint32_t *gen, *freeslots;
+      if (slab == NULL) return -1;
+      t->slab = slab;
+      if ((gen = (uint32_t *)tl_realloc(t->slabgen, cap * sizeof *gen)) == NULL) return -1;
+      t->slabgen = gen;
+      if ((freeslots = (uint32_t *)tl_realloc(t->slabfree, cap * sizeof *freeslots)) == NULL)
+        return -1;
+      t->slabfree = freeslots;
+      memset(gen + t->capslab, 0, (cap - t->capslab) * sizeof *gen);
+      t->capslab = cap;
+    }
+    i = t->nslab++;
+  }
+  t->slab[i] = tab;
+  tab->slot = i;
+  return 0;
+}
+
+static void tl_slab_remove(tl_thread *t, tl_tab *tab) {
+  t->slab[tab->slot] = NULL;
+  t->slabgen[tab->slot]++;
+  t->slabfree[t->nslabfree++] = tab->slot;
+}
+
+/* A new empty table owned by t (NULL: not in any slab). */
+static tl_tab *tl_tab_new(tl_thread *owner) {
+  tl_tab *tab = (tl_tab *)tl_calloc(1, sizeof *tab);
+  if (tab == NULL) return NULL;
+  tab->owner = owner;
+  if (owner != NULL) tab->version = owner->clock++;
+  if (owner != NULL && tl_slab_add(owner, tab) != 0) {
+    tl_free(tab);
+    return NULL;
+  }
+  return tab;
+}
+
+static void tl_tab_free(tl_tab *tab);
+
+/* Frees what v owns; runs a pointer's destructor. */
+static void tl_val_free(tl_val *v) {
+  switch (v->type) {
+    case TL_TSTR: tl_free(v->u.str.s); break;
+    case TL_TPTR:
+      if (v->u.ptr.dtor != NULL) v->u.ptr.dtor(v->u.ptr.p);
+      break;
+    case TL_TTAB: tl_tab_free(v->u.tab); break;
+  }
+  v->type = TL_TNIL;
+}
+
+static void tl_tab_free(tl_tab *tab) {
+  uint32_t i;
+  if (tab->owner != NULL) tl_slab_remove(tab->owner, tab);
+  for (i = 0; i < tab->cap; i++) {
+    tl_entry *e = &tab->e[i];
+    if (e->state == TL_LIVE) {
+      tl_val_free(&e->key);
+      tl_val_free(&e->val);
+    }
+  }
+  tl_free(tab->e);
+  tl_free(tab);
+}
+
+/* Makes room for one more entry.  Returns 0, or -1 when out of memory. */
+static int tl_tab_reserve(tl_tab *t) {
+  uint32_t cap = t->cap ? t->cap : 4, i;
+  tl_entry *ne;
+  if ((t->used + 1) * 2 <= t->cap) return 0;
+  while (cap < 2 * (t->count + 1)) cap *= 2; /* else: the same size, minus tombstones */
+  ne = (tl_entry *)tl_calloc(cap, sizeof *ne);
+  if (ne == NULL) return -1;
+  for (i = 0; i < t->cap; i++) {
+    tl_entry *e = &t->e[i];
+    if (e->state == TL_LIVE) {
+      uint32_t j = e->hash & (cap - 1);
+      while (ne[j].state != TL_EMPTY) j = (j + 1) & (cap - 1);
+      ne[j] = *e;
+    }
+  }
+  tl_free(t->e);
+  t->e = ne;
+  t->cap = cap;
+  t->used = t->count;
+  memset(t->kaddr, 0, sizeof t->kaddr);
+  return 0;
+}
+
+/*
+** t[k] = *v, moving v in (nil deletes).  The replaced value is moved to
+** *old for the caller to free once the table is consistent, since a
+** destructor may call back in.  Returns 0, or -1 when out of memory (then
+** nothing changed and v still belongs to the caller).
+*/
+static int tl_tab_put(tl_tab *t, const tl_key *k, tl_val *v, tl_val *old) {
+  tl_entry *e = tl_tab_find(t, k);
+  old->type = TL_TNIL;
+  if (t->owner != NULL) t->version = t->owner->clock++;
+  if (e != NULL) {
+    *old = e->val;
+    if (v->type == TL_TNIL) { /* delete */
+      tl_val_free(&e->key);
+      e->state = TL_DEAD;
+      t->count--;
+    } else
+      e->val = *v;
+    return 0;
+  }
+  if (v->type == TL_TNIL) return 0;
+  if (tl_tab_reserve(t) != 0) return -1;
+  {
+    uint32_t mask = t->cap - 1, i = k->hash & mask;
+    tl_val key;
+    key.type = k->type;
+    switch (k->type) {
+      case TL_TSTR:
+        if ((key.u.str.s = tl_strdup(k->u.str.s, k->u.str.len)) == NULL) return -1;
+        key.u.str.len = k->u.str.len;
+        break;
+      case TL_TINT: key.u.i = k->u.i; break;
+      case TL_TFLOAT: key.u.f = k->u.f; break;
+      default: key.u.b = k->u.b; break;
+    }
+    while (t->e[i].state == TL_LIVE) i = (i + 1) & mask;
+    e = &t->e[i];
+    if (e->state == TL_EMPTY) t->used++;
+    e->state = TL_LIVE;
+    e->key = key;
+    e->val = *v;
+    e->hash = k->hash;
+    t->count++;
+  }
+  return 0;
+}
+
+static int tl_val_clone(const tl_val *src, tl_val *dst, tl_thread *owner);
+
+/* A deep copy owned by `owner`; NULL when out of memory. */
+static tl_tab *tl_tab_clone(const tl_tab *src, tl_thread *owner) {
+  tl_tab *t = tl_tab_new(owner);
+  uint32_t i;
+  if (t == NULL) return NULL;
+  for (i = 0; i < src->cap; i++) {
+    const tl_entry *e = &src->e[i];
+    tl_key k;
+    tl_val v, old;
+    if (e->state != TL_LIVE) continue;
+    tl_key_of(&k, &e->key);
+    if (tl_val_clone(&e->val, &v, owner) != 0) goto fail;
+    if (tl_tab_put(t, &k, &v, &old) != 0) {
+      tl_val_free(&v);
+      goto fail;
+    }
+  }
+  return t;
+fail:
+  tl_tab_free(t);
+  return NULL;
+}
+
+/* A copy never takes a pointer's destructor: only the original runs it. */
+static int tl_val_clone(const tl_val *src, tl_val *dst, tl_thread *owner) {
+  *dst = *src;
+  switch (src->type) {
+    case TL_TSTR:
+      if ((dst->u.str.s = tl_strdup(src->u.str.s, src->u.str.len)) == NULL) return -1;
+      break;
+    case TL_TPTR: dst->u.ptr.dtor = NULL; break;
+    case TL_TTAB:
+      if ((dst->u.tab = tl_tab_clone(src->u.tab, owner)) == NULL) return -1;
+      break;
+  }
+  return 0;
+}
+
+static int tl_tab_equal(const tl_tab *a, const tl_tab *b);
+
+static int tl_val_equal(const tl_val *a, const tl_val *b) {
+  if (a->type != b->type) return 0;
+  switch (a->type) {
+    case TL_TNIL: return 1;
+    case TL_TBOOL: return a->u.b == b->u.b;
+    case TL_TINT: return a->u.i == b->u.i;
+    case TL_TFLOAT: return a->u.f == b->u.f;
+    case TL_TSTR:
+      return a->u.str.len == b->u.str.len && memcmp(a->u.str.s, b->u.str.s, a->u.str.len) == 0;
+    case TL_TPTR: return a->u.ptr.p == b->u.ptr.p;
+    default: return tl_tab_equal(a->u.tab, b->u.tab);
+  }
+}
+
+static int tl_tab_equal(const tl_tab *a, const tl_tab *b) {
+  uint32_t i;
+  if (a->count != b->count) return 0;
+  for (i = 0; i < a->cap; i++) {
+    const tl_entry *e = &a->e[i], *f;
+    tl_key k;
+    if (e->state != TL_LIVE) continue;
+    tl_key_of(&k, &e->key);
+    if ((f = tl_tab_find(b, &k)) == NULL || !tl_val_equal(&e->val, &f->val)) return 0;
+  }
+  return 1;
+}
+
+/* ---------------------------------------------------------------------- */

@@ -1,0 +1,230 @@
+/*
+** tl_thread.c: thread records, homes, thread exit, fork, and the module's
+** one-time set-up.  Part of threadlocal.c (core: no Lua).  Everything here
+** may run in a thread-exit hook, so nothing may touch a lua_State.
+*/
+#ifndef TL_CORE_H
+#error "compile threadlocal.c, which includes this file"
+#endif
+
+static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
+static int tl_once_err;
+static pthread_key_t tl_exitkey; /* its destructor is tl_thread_exit */
+static atomic_uint_fast64_t tl_nextid = 1;
+
+/* Every live thread record and home, so that fork can take every lock and
+** a forked child can retire the other threads. */
+static pthread_mutex_t tl_list_lock = PTHREAD_MUTEX_INITIALIZER;
+static tl_thread *tl_list;
+static tl_home *tl_homes;
+
+/* The calling thread's record and id, read on every access. */
+static _Thread_local tl_thread *tl_me TL_TLS_MODEL;
+static _Thread_local uint64_t tl_myid TL_TLS_MODEL; /* tl_me->id, or 0 */
+
+/* The registry of shared locals by name (tl_capi.c); fork takes its lock. */
+static pthread_mutex_t tl_reg_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void tl_home_unref(tl_home *h) {
+  if (atomic_fetch_sub(&h->refs, 1) == 1) {
+    pthread_mutex_lock(&tl_list_lock);
+    if (h->hprev != NULL) h->hprev->hnext = h->hnext; else tl_homes = h->hnext;
+    if (h->hnext != NULL) h->hnext->hprev = h->hprev;
+    pthread_mutex_unlock(&tl_list_lock);
+    pthread_mutex_destroy(&h->lock);
+    tl_free(h->dead);
+    tl_free(h);
+  }
+}
+
+/*
+** Drops all of t's data, as at its exit: tells every home that t->id is
+** dead, and frees t's shared fields (running destructors) after detaching
+** them, so that a destructor that calls back in finds a consistent thread.
+*/
+static void tl_thread_retire(tl_thread *t) {
+  tl_tab **shfields = t->shfields;
+  uint32_t n = t->nshfields, i;
+  size_t j;
+  for (j = 0; j < t->nhomes; j++) {
+    tl_home *h = t->homes[j];
+    pthread_mutex_lock(&h->lock);
+    if (!atomic_load(&h->closed)) {
+      size_t nd = atomic_load_explicit(&h->ndead, memory_order_relaxed);
+      h->dead[nd] = t->id;
+      atomic_store(&h->ndead, nd + 1);
+    }
+    pthread_mutex_unlock(&h->lock);
+    tl_home_unref(h);
+  }
+  t->nhomes = 0;
+  t->shfields = NULL;
+  t->nshfields = 0;
+  for (i = 0; i < n; i++)
+    if (shfields[i] != NULL) tl_tab_free(shfields[i]);
+  tl_free(shfields);
+}
+
+static void tl_list_remove(tl_thread *t) { /* tl_list_lock held */
+  if (t->prev != NULL) t->prev->next = t->next; else tl_list = t->next;
+  if (t->next != NULL) t->next->prev = t->prev;
+}
+
+static void tl_thread_free(tl_thread *t) {
+  tl_thread_retire(t);
+  tl_free(t->homes);
+  tl_free(t->slab);
+  tl_free(t->slabgen);
+  tl_free(t->slabfree);
+  tl_free(t);
+}
+
+static void tl_thread_exit(void *p) {
+  tl_thread *t = (tl_thread *)p;
+  /* A later destructor that touches the module gets a fresh record and id. */
+  tl_me = NULL;
+  tl_myid = 0;
+  pthread_mutex_lock(&tl_list_lock);
+  tl_list_remove(t);
+  pthread_mutex_unlock(&tl_list_lock);
+  tl_thread_free(t);
+}
+
+/*
+** fork: the forking thread takes every lock first (list, registry, homes),
+** so that the child sees no half-made change; in the child, where only the
+** forking thread exists, every other thread's record is retired as if that
+** thread had exited: its shared values are freed (destructors run) and its
+** Local values become garbage of their states.
+*/
+static void tl_fork_prepare(void) {
+  tl_home *h;
+  pthread_mutex_lock(&tl_list_lock);
+  pthread_mutex_lock(&tl_reg_lock);
+  for (h = tl_homes; h != NULL; h = h->hnext) pthread_mutex_lock(&h->lock);
+}
+
+static void tl_fork_unlock(void) {
+  tl_home *h;
+  for (h = tl_homes; h != NULL; h = h->hnext) pthread_mutex_unlock(&h->lock);
+  pthread_mutex_unlock(&tl_reg_lock);
+  pthread_mutex_unlock(&tl_list_lock);
+}
+
+static void tl_fork_child(void) {
+  tl_thread *t, *next, *others;
+  tl_fork_unlock();
+  pthread_mutex_lock(&tl_list_lock);
+  others = tl_list;
+  tl_list = tl_me;
+  if (tl_me != NULL) tl_me->prev = tl_me->next = NULL;
+  pthread_mutex_unlock(&tl_list_lock);
+  for (t = others; t != NULL; t = next) {
+    next = t->next;
+    if (t != tl_me) tl_thread_free(t);
+  }
+}
+
+static void tl_global_init(void) {
+  Dl_info info;
+  if (pthread_key_create(&tl_exitkey, tl_thread_exit) != 0 ||
+      pthread_atfork(tl_fork_prepare, tl_fork_unlock, tl_fork_child) != 0) {
+    tl_once_err = 1;
+    return;
+  }
+  /* Lua's lua_close dlcloses C modules; tl_exitkey's destructor and the shared
+  ** locals must outlive every state, so this object is never unloaded. */
+  if (dladdr(&tl_nextid, &info) && info.dli_fname != NULL)
+    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
+static int tl_init(void) {
+  pthread_once(&tl_once, tl_global_init);
+  return tl_once_err ? -1 : 0;
+}
+
+static tl_thread *tl_thread_get(void) { /* NULL when out of memory */
+  tl_thread *t = tl_me;
+  if (t == NULL) {
+    t = (tl_thread *)tl_calloc(1, sizeof *t);
+    if (t == NULL) return NULL;
+    t->id = atomic_fetch_add(&tl_nextid, 1);
+    if (pthread_setspecific(tl_exitkey, t) != 0) {
+      tl_free(t);
+      return NULL;
+    }
+    pthread_mutex_lock(&tl_list_lock);
+    t->next = tl_list;
+    if (tl_list != NULL) tl_list->prev = t;
+    tl_list = t;
+    pthread_mutex_unlock(&tl_list_lock);
+    tl_me = t;
+    tl_myid = t->id;
+  }
+  return t;
+}
+
+static tl_home *tl_home_new(void) {
+  tl_home *h = (tl_home *)tl_calloc(1, sizeof *h);
+  if (h == NULL) return NULL;
+  if (pthread_mutex_init(&h->lock, NULL) != 0) {
+    tl_free(h);
+    return NULL;
+  }
+  atomic_init(&h->refs, 1);
+  atomic_init(&h->closed, 0);
+  atomic_init(&h->ndead, 0);
+  pthread_mutex_lock(&tl_list_lock);
+  h->hnext = tl_homes;
+  if (tl_homes != NULL) tl_homes->hprev = h;
+  tl_homes = h;
+  pthread_mutex_unlock(&tl_list_lock);
+  return h;
+}
+
+static void tl_home_close(tl_home *h) {
+  pthread_mutex_lock(&h->lock);
+  atomic_store(&h->closed, 1);
+  pthread_mutex_unlock(&h->lock);
+  tl_home_unref(h);
+}
+
+/* Make t report its exit to h.  Returns 0, or -1 when out of memory. */
+static int tl_home_register(tl_home *h, tl_thread *t) {
+  if (t->nhomes == t->caphomes) {
+    size_t i, j = 0, cap;
+    tl_home **nh;
+    for (i = 0; i < t->nhomes; i++) { /* forget states that have closed */
+      if (atomic_load(&t->homes[i]->closed))
+        tl_home_unref(t->homes[i]);
+      else
+        t->homes[j++] = t->homes[i];
+    }
+    t->nhomes = j;
+    if (j == t->caphomes) {
+      cap = t->caphomes ? 2 * t->caphomes : 4;
+      nh = (tl_home **)tl_realloc(t->homes, cap * sizeof *nh);
+      if (nh == NULL) return -1;
+      t->homes = nh;
+      t->caphomes = cap;
+    }
+  }
+  pthread_mutex_lock(&h->lock);
+  if (h->nreserved == h->cap) {
+    size_t cap = h->cap ? 2 * h->cap : 8;
+    uint64_t *nd = (uint64_t *)tl_realloc(h->dead, cap * sizeof *nd);
+    if (nd == NULL) {
+      pthread_mutex_unlock(&h->lock);
+      return -1;
+    }
+    h->dead = nd;
+    h->cap = cap;
+  }
+  h->nreserved++;
+  pthread_mutex_unlock(&h->lock);
+  atomic_fetch_add(&h->refs, 1);
+  t->homes[t->nhomes++] = h;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------- */
