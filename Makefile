@@ -49,9 +49,9 @@ $(MODULE): src/threadlocal.c src/threadlocal.h
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ src/threadlocal.c $(LIBS)
 
-$(HELPER): spec/tlhelper.c
+$(HELPER): spec/c/tlhelper.c
 	@mkdir -p $(BUILD)
-	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ spec/tlhelper.c $(LIBS)
+	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ spec/c/tlhelper.c $(LIBS)
 
 # What the tests need: the module, the spec helper, the C test programs, and
 # a minimal `lua` to run busted in when everything is built with sanitizers.
@@ -63,13 +63,13 @@ RELIABILITY = $(BUILD)/fork_test $(BUILD)/churn_test $(BUILD)/stress_test $(BUIL
 reliability: $(RELIABILITY)
 
 # C test programs that embed Lua and link the module in.
-$(BUILD)/capi_test $(RELIABILITY): $(BUILD)/%: spec/%.c spec/ctest.h src/threadlocal.c src/threadlocal.h
+$(BUILD)/capi_test $(RELIABILITY): $(BUILD)/%: spec/c/%.c spec/c/ctest.h src/threadlocal.c src/threadlocal.h
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< src/threadlocal.c -l$(LUA_LIB) -lm $(LIBS)
 
-$(BUILD)/spec_host: spec/spec_host.c
+$(BUILD)/spec_host: spec/c/spec_host.c
 	@mkdir -p $(BUILD)
-	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ spec/spec_host.c -l$(LUA_LIB) -lm $(LIBS)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ spec/c/spec_host.c -l$(LUA_LIB) -lm $(LIBS)
 
 # The demo host links the module in, as an embedding host would.
 $(DEMO_HOST): examples/demo_host.c src/threadlocal.c src/threadlocal.h

@@ -1,5 +1,5 @@
 /*
-** ctest.h: what the C test programs under spec/ share.  Each defines
+** ctest.h: what the C test programs under spec/c/ share.  Each defines
 ** CTEST_NAME (the prefix of its TAP lines) before including this.
 */
 #ifndef CTEST_H
