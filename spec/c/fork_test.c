@@ -75,14 +75,14 @@ static int child(void) {
         "the module works in the child");
   lua_close(L);
   check(dtor_calls == NTHREADS, "closing a state runs no shared destructor: shared values outlive states");
-  return failures != 0;
+  return exit_status();
 }
 
 int main(void) {
   pthread_t th[NTHREADS];
   int i, status;
   pid_t pid;
-  L = new_state();
+  L = new_state(NULL);
   run(L, "tl = threadlocal.new()\n"
       "collected = 0\n"
       "gc_mt = { __gc = function() collected = collected + 1 end }\n");
@@ -101,5 +101,5 @@ int main(void) {
   for (i = 0; i < NTHREADS; i++) pthread_join(th[i], NULL);
   check(dtor_calls == NTHREADS, "the parent's threads run their own destructors when they exit");
   lua_close(L);
-  return failures != 0;
+  return exit_status();
 }
