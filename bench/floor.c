@@ -8,6 +8,8 @@
 #include "lua.h"
 #include "lauxlib.h"
 
+int luaopen_floor(lua_State *L);
+
 static int fl_index(lua_State *L) {
   lua_rawget(L, lua_upvalueindex(1));
   return 1;
