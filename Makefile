@@ -6,7 +6,8 @@
 #   make test            install what is missing, build, run every test on
 #                        every Lua version present; ends "N passed, N failed"
 #   make check           make test with bigger slow checks (stress x10, churn x3)
-#   make bench           the access costs of SPEC section 6 (LUA=luajit works)
+#   make bench           the access costs against their targets: README, Speed
+#                        (LUA=luajit works)
 #
 # A packager can override LUA, LUA_INCDIR, PREFIX, LUA_CMODDIR, CC, CFLAGS,
 # LIBFLAG and LDFLAGS.  LUA names the interpreter: lua5.1 ... lua5.4, luajit.

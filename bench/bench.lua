@@ -1,4 +1,5 @@
--- make bench: the access costs of SPEC section 6, measured in one run.
+-- make bench: the access costs and their targets (README, Speed), measured in
+-- one run.
 --
 --   LUA bench/bench.lua [CSV]              the whole table; CSV file optional
 --   LUA bench/bench.lua --count ROW N      run ROW's loop N times and exit
@@ -19,7 +20,7 @@ local tb = require "tlbench"
 -- unevenly between rows, so the bench measures its interpreter.
 if jit then jit.off() end
 
--- The targets of SPEC section 6 are for Lua 5.4; elsewhere rows are only measured.
+-- The targets (README, Speed) are for Lua 5.4; elsewhere rows are only measured.
 local TARGETS = _VERSION == "Lua 5.4" and not jit
 
 local clock = tb.clock

@@ -1,9 +1,10 @@
 /*
-** fork_test: SPEC section 9.  Four threads hold shared values (with counted
-** C destructors) and Local values (with counted __gc) in one state; the main
-** thread forks while the others are alive.  The child must keep the main
-** thread's values, see none of the others', free their shared values
-** (destructors run once, in the child) and collect their Local values.
+** fork_test: fork, as README's Guarantees state it.  Four threads hold
+** shared values (with counted C destructors) and Local values (with counted
+** __gc) in one state; the main thread forks while the others are alive.  The
+** child must keep the main thread's values, see none of the others', free
+** their shared values (destructors run once, in the child) and collect their
+** Local values.
 ** Prints TAP lines; exits non-zero if any check failed.
 */
 #define _POSIX_C_SOURCE 200809L
