@@ -8,7 +8,8 @@
 -- Every timed row runs interleaved with its baseline (the floor: a userdata
 -- whose C __index/__newindex rawget/rawset one fixed table), REPS times, in
 -- CHUNKS alternating slices per run so that both see the same machine; it
--- reports the median ns per operation and the median of the per-run ratios.  Every row uses the same loop shape, on an upvalue `o`:
+-- reports the median ns per operation and the median of the per-run ratios.
+-- Every row uses the same loop shape, on an upvalue `o`:
 --   get: for i = 1, n do local v = o.k end
 --   set: for i = 1, n do o.k = i end
 local threadlocal = require "threadlocal"
