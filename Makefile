@@ -6,7 +6,8 @@
 #   make test            install what is missing, build, run every test on
 #                        every Lua version present; ends "N passed, N failed"
 #   make check           make test with bigger slow checks (stress x10, churn x3)
-#   make bench           the access costs of SPEC section 6 (LUA=luajit works)
+#   make bench           the access costs against their targets: README, Speed
+#                        (LUA=luajit works)
 #
 # A packager can override LUA, LUA_INCDIR, PREFIX, LUA_CMODDIR, CC, CFLAGS,
 # LIBFLAG and LDFLAGS.  LUA names the interpreter: lua5.1 ... lua5.4, luajit.
@@ -55,9 +56,9 @@ $(MODULE): $(SRC_PARTS)
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ $(SRC) $(LIBS)
 
-$(HELPER): spec/tlhelper.c
+$(HELPER): spec/c/tlhelper.c
 	@mkdir -p $(BUILD)
-	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ spec/tlhelper.c $(LIBS)
+	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ spec/c/tlhelper.c $(LIBS)
 
 # What the tests need: the module, the spec helper, the C test programs, and
 # a minimal `lua` to run busted in when everything is built with sanitizers.
@@ -69,13 +70,13 @@ RELIABILITY = $(BUILD)/fork_test $(BUILD)/churn_test $(BUILD)/stress_test $(BUIL
 reliability: $(RELIABILITY)
 
 # C test programs that embed Lua and link the module in.
-$(BUILD)/capi_test $(RELIABILITY): $(BUILD)/%: spec/%.c spec/ctest.h $(SRC_PARTS)
+$(BUILD)/capi_test $(RELIABILITY): $(BUILD)/%: spec/c/%.c spec/c/ctest.h $(SRC_PARTS)
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< src/threadlocal.c -l$(LUA_LIB) -lm $(LIBS)
 
-$(BUILD)/spec_host: spec/spec_host.c
+$(BUILD)/spec_host: spec/c/spec_host.c
 	@mkdir -p $(BUILD)
-	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ spec/spec_host.c -l$(LUA_LIB) -lm $(LIBS)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ spec/c/spec_host.c -l$(LUA_LIB) -lm $(LIBS)
 
 # The demo host links the module in, as an embedding host would.
 $(DEMO_HOST): examples/demo_host.c $(SRC_PARTS)

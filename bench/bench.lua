@@ -1,4 +1,5 @@
--- make bench: the access costs of SPEC section 6, measured in one run.
+-- make bench: the access costs and their targets (README, Speed), measured in
+-- one run.
 --
 --   LUA bench/bench.lua [CSV]              the whole table; CSV file optional
 --   LUA bench/bench.lua --count ROW N      run ROW's loop N times and exit
@@ -7,7 +8,8 @@
 -- Every timed row runs interleaved with its baseline (the floor: a userdata
 -- whose C __index/__newindex rawget/rawset one fixed table), REPS times, in
 -- CHUNKS alternating slices per run so that both see the same machine; it
--- reports the median ns per operation and the median of the per-run ratios.  Every row uses the same loop shape, on an upvalue `o`:
+-- reports the median ns per operation and the median of the per-run ratios.
+-- Every row uses the same loop shape, on an upvalue `o`:
 --   get: for i = 1, n do local v = o.k end
 --   set: for i = 1, n do o.k = i end
 local threadlocal = require "threadlocal"
@@ -19,7 +21,7 @@ local tb = require "tlbench"
 -- unevenly between rows, so the bench measures its interpreter.
 if jit then jit.off() end
 
--- The targets of SPEC section 6 are for Lua 5.4; elsewhere rows are only measured.
+-- The targets (README, Speed) are for Lua 5.4; elsewhere rows are only measured.
 local TARGETS = _VERSION == "Lua 5.4" and not jit
 
 local clock = tb.clock

@@ -2,11 +2,13 @@
 ** floor: the baselines threadlocal's access costs are measured against.
 **
 **   floor.new()    a userdata whose C __index / __newindex rawget / rawset
-**                  one fixed table (the floor of SPEC section 6)
+**                  one fixed table (the floor: README, Speed)
 **   floor.empty()  a userdata whose C __index / __newindex do nothing
 */
 #include "lua.h"
 #include "lauxlib.h"
+
+int luaopen_floor(lua_State *L);
 
 static int fl_index(lua_State *L) {
   lua_rawget(L, lua_upvalueindex(1));

@@ -31,6 +31,8 @@
 
 #include "threadlocal.h"
 
+int luaopen_tlbench(lua_State *L);
+
 static lua_Integer tb_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

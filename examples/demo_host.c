@@ -7,8 +7,9 @@
 ** times sleeps (without the lock, so the other thread runs) and calls
 ** show(name), which prints the number the Local holds for the calling thread.
 **
-** The host links threadlocal in and opens it with luaL_requiref, so the
-** script's `require "threadlocal"` needs no file on package.cpath.
+** The host links threadlocal in and puts luaopen_threadlocal in
+** package.preload (which every Lua version has), so the script's
+** `require "threadlocal"` needs no file on package.cpath.
 **
 **   usage: demo_host examples/demo.lua
 */
@@ -84,8 +85,11 @@ int main(int argc, char **argv) {
     return 1;
   }
   luaL_openlibs(demo_L);
-  luaL_requiref(demo_L, "threadlocal", luaopen_threadlocal, 0);
-  lua_pop(demo_L, 1);
+  lua_getglobal(demo_L, "package");
+  lua_getfield(demo_L, -1, "preload");
+  lua_pushcfunction(demo_L, luaopen_threadlocal);
+  lua_setfield(demo_L, -2, "threadlocal");
+  lua_pop(demo_L, 2);
   if (luaL_dofile(demo_L, argv[1]) != 0) {
     fprintf(stderr, "demo_host: %s\n", lua_tostring(demo_L, -1));
     lua_close(demo_L);

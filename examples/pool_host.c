@@ -90,9 +90,11 @@ static void pool_run_job(int job) {
     return;
   }
   luaL_openlibs(L);
-  luaL_requiref(L, "threadlocal", luaopen_threadlocal, 0);
+  lua_getglobal(L, "package"); /* require "threadlocal" opens the linked-in module */
+  lua_getfield(L, -1, "preload");
+  lua_pushcfunction(L, luaopen_threadlocal);
+  lua_setfield(L, -2, "threadlocal");
   lua_pop(L, 1);
-  lua_getglobal(L, "package");
   lua_pushstring(L, pool_path);
   lua_setfield(L, -2, "path");
   lua_pop(L, 1);

@@ -1,4 +1,4 @@
--- SPEC section 5 for Locals: what happens to values when threads exit,
+-- README, Lifetimes, for Locals: what happens to values when threads exit,
 -- when a Local is collected, and when the states that loaded the module close.
 local threadlocal = require "threadlocal"
 local helper = require "tlhelper"

@@ -1,4 +1,4 @@
--- The Local API on one thread: SPEC section 3.
+-- The Local API on one thread: README, Lua API.
 local threadlocal = require "threadlocal"
 local support = require "support"
 

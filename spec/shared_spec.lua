@@ -1,4 +1,5 @@
--- Shared locals in one state on one thread: SPEC sections 3 and 4.
+-- Shared locals in one state on one thread: README, Shared locals and Shared
+-- values.
 local threadlocal = require "threadlocal"
 local helper = require "tlhelper"
 local support = require "support"

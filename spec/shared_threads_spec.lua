@@ -1,4 +1,5 @@
--- Shared locals across states and OS threads: SPEC sections 2, 4 and 5.
+-- Shared locals across states and OS threads: README, Shared locals, Shared values
+-- and Lifetimes.
 local threadlocal = require "threadlocal"
 local helper = require "tlhelper"
 local support = require "support"

@@ -13,15 +13,11 @@
 ** Prints TAP lines; exits non-zero if any check failed.
 */
 #include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "lua.h"
-#include "lauxlib.h"
-#include "lualib.h"
-
-#include "threadlocal.h"
+#define CTEST_NAME "oom"
+#include "ctest.h"
 
 static long count, fail_at = -1, failed;
 static int fail_all; /* every allocation fails while set */
@@ -107,10 +103,11 @@ static int run_script(int *memerrors) {
   L = lua_newstate(lua_alloc, NULL);
   if (L == NULL) return 1;
   luaL_openlibs(L);
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE); /* require opens it */
+  lua_getglobal(L, "package"); /* require opens it, from package.preload */
+  lua_getfield(L, -1, "preload");
   lua_pushcfunction(L, luaopen_threadlocal);
   lua_setfield(L, -2, "threadlocal");
-  lua_pop(L, 1);
+  lua_pop(L, 2);
   fail_at = saved;
   for (i = 0; steps[i] != NULL; i++) {
     if (luaL_loadstring(L, steps[i]) != 0 || lua_pcall(L, 0, 0, 0) != 0) {
@@ -148,20 +145,16 @@ static lua_State *gcL;
 
 static void *store_and_exit(void *p) {
   (void)p;
-  if (luaL_dostring(gcL, "coroutine.wrap(function() tl.v = setmetatable({}, gc_mt) end)()") != 0)
-    printf("# lua: %s\n", lua_tostring(gcL, -1));
+  run(gcL, "coroutine.wrap(function() tl.v = setmetatable({}, gc_mt) end)()");
   return NULL;
 }
 
 static int finalizer_oom(void) {
   pthread_t th;
   int collected;
-  gcL = lua_newstate(lua_alloc, NULL);
-  luaL_openlibs(gcL);
-  luaL_requiref(gcL, "threadlocal", luaopen_threadlocal, 1);
-  lua_pop(gcL, 1);
-  if (luaL_dostring(gcL, "tl = threadlocal.new(); collected = 0\n"
-                         "gc_mt = { __gc = function() collected = collected + 1 end }") != 0)
+  gcL = new_state(lua_alloc);
+  if (gcL == NULL || !run(gcL, "tl = threadlocal.new(); collected = 0\n"
+                                "gc_mt = { __gc = function() collected = collected + 1 end }"))
     return 0;
   pthread_create(&th, NULL, store_and_exit, NULL);
   pthread_join(th, NULL);
@@ -170,7 +163,7 @@ static int finalizer_oom(void) {
   fail_all = 0;
   pthread_create(&th, NULL, store_and_exit, NULL); /* a Local access in between */
   pthread_join(th, NULL);
-  if (luaL_dostring(gcL, "collectgarbage(); collectgarbage()") != 0) return 0;
+  if (!run(gcL, "collectgarbage(); collectgarbage()")) return 0;
   lua_getglobal(gcL, "collected");
   collected = (int)lua_tointeger(gcL, -1);
   lua_close(gcL);
@@ -180,7 +173,8 @@ static int finalizer_oom(void) {
 
 int main(void) {
   long total, n;
-  int bad = 0, memerrors = 0, runs = 0, dummy = 0, resumed;
+  int bad = 0, memerrors = 0, runs = 0, dummy = 0;
+  char msg[128];
   threadlocal_set_allocator(tl_alloc, NULL);
   count = 0;
   fail_at = -1;
@@ -195,13 +189,13 @@ int main(void) {
     runs++;
   }
   printf("# %d runs, %d steps raised \"not enough memory\"\n", runs, memerrors);
-  printf("%s - oom: every operation succeeded or raised not enough memory, at every one of %ld allocations\n",
-         bad == 0 ? "ok" : "not ok", total);
-  printf("%s - oom: failures were injected and reported\n", memerrors > 0 ? "ok" : "not ok");
-  resumed = finalizer_oom();
-  printf("%s - oom: collection of exited threads' values resumes after a finalizer ran out of memory\n",
-         resumed ? "ok" : "not ok");
-  bad += !resumed;
+  snprintf(msg, sizeof msg,
+           "every operation succeeded or raised not enough memory, at every one of %ld allocations",
+           total);
+  check(bad == 0, msg);
+  check(memerrors > 0, "failures were injected and reported");
+  check(finalizer_oom(),
+        "collection of exited threads' values resumes after a finalizer ran out of memory");
   threadlocal_set_allocator(NULL, NULL);
-  return bad != 0 || memerrors == 0;
+  return exit_status();
 }

@@ -32,6 +32,8 @@
 #include "lauxlib.h"
 #include "lualib.h"
 
+int luaopen_tlhelper(lua_State *L);
+
 #if LUA_VERSION_NUM == 501
 #define hp_newlib(L, l) (lua_newtable(L), luaL_register(L, NULL, l))
 #else

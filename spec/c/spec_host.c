@@ -12,14 +12,14 @@
 #include "lauxlib.h"
 #include "lualib.h"
 
-static const char sh_exitkey = 0;
+static char sh_exitkey; /* its address keys the exit code in the registry */
 
 static int sh_exit(lua_State *L) { /* os.exit: unwind to main, then close */
   int code = lua_isboolean(L, 1) ? (lua_toboolean(L, 1) ? 0 : 1) : (int)luaL_optinteger(L, 1, 0);
-  lua_pushlightuserdata(L, (void *)&sh_exitkey);
+  lua_pushlightuserdata(L, &sh_exitkey);
   lua_pushinteger(L, code);
   lua_rawset(L, LUA_REGISTRYINDEX);
-  lua_pushlightuserdata(L, (void *)&sh_exitkey);
+  lua_pushlightuserdata(L, &sh_exitkey);
   return lua_error(L);
 }
 
@@ -48,8 +48,8 @@ int main(int argc, char **argv) {
     status = lua_pcall(L, argc - 2, 0, 0);
   }
   if (status != 0) {
-    if (lua_touserdata(L, -1) == (void *)&sh_exitkey) {
-      lua_pushlightuserdata(L, (void *)&sh_exitkey);
+    if (lua_touserdata(L, -1) == &sh_exitkey) {
+      lua_pushlightuserdata(L, &sh_exitkey);
       lua_rawget(L, LUA_REGISTRYINDEX);
       code = (int)lua_tointeger(L, -1);
     } else {

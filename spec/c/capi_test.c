@@ -52,7 +52,7 @@ static void test_arguments(void) {
 
 static void test_c_to_lua(void) {
   threadlocal_shared *sh;
-  lua_State *L = new_state();
+  lua_State *L = new_state(NULL);
   int ok;
   threadlocal_shared_open("c2lua", 5, &sh);
   threadlocal_set_boolean(sh, "b", 1);
@@ -94,7 +94,7 @@ static void test_c_to_lua(void) {
 ** destructor ran exactly once, and not before. */
 static void dtor_case(int tag, const char *what, void (*undo)(threadlocal_shared *, lua_State *)) {
   threadlocal_shared *sh;
-  lua_State *L = new_state();
+  lua_State *L = new_state(NULL);
   char msg[128];
   int before;
   threadlocal_shared_open("dtor", 4, &sh);
@@ -165,7 +165,7 @@ static void *worker(void *p) {
         v.u.integer == me;
   ok &= threadlocal_get(sh, "name", &v) == THREADLOCAL_OK && strcmp(v.u.string.ptr, s) == 0;
   /* a short-lived state on this worker sees this thread's context */
-  L = new_state();
+  L = new_state(NULL);
   snprintf(code, sizeof code,
            "local sh = threadlocal.shared('workers')\n"
            "assert(sh.index == %d and sh.name == 'worker %d', sh.name)\n"
@@ -230,7 +230,7 @@ static void test_lifetimes(void) {
   pthread_join(th, NULL);
   check(calls(40) == 1 && calls(41) == 1, "an exiting thread runs its destructors once");
 
-  L = new_state();
+  L = new_state(NULL);
   ok = run(L, "threadlocal.shared('with defaults', { n = 5 })");
   pthread_create(&th, NULL, read_defaults, &ok);
   pthread_join(th, NULL);
@@ -276,5 +276,5 @@ int main(void) {
   dtor_case(7, "clear from Lua", undo_lua_clear);
   test_threads();
   test_lifetimes();
-  return failures != 0;
+  return exit_status();
 }

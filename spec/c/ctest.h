@@ -1,6 +1,7 @@
 /*
-** ctest.h: what the C test programs under spec/ share.  Each defines
-** CTEST_NAME (the prefix of its TAP lines) before including this.
+** ctest.h: what the C test programs under spec/c/ share.  Each defines
+** CTEST_NAME (the prefix of its TAP lines) before including this, reports
+** every result through check() and returns exit_status() from main.
 */
 #ifndef CTEST_H
 #define CTEST_H
@@ -22,11 +23,18 @@ static void check(int ok, const char *what) {
   if (!ok) failures++;
 }
 
+/* The program's exit status: 0 if every check passed, 1 otherwise. */
+static int exit_status(void) {
+  return failures != 0;
+}
+
 /* A fresh state with the standard libraries and threadlocal (as the global
 ** `threadlocal` and in package.loaded), opened as luaL_requiref would,
-** which Lua 5.1 lacks. */
-static lua_State *new_state(void) {
-  lua_State *L = luaL_newstate();
+** which Lua 5.1 lacks.  alloc is the state's allocator; NULL for Lua's own.
+** Returns NULL if the state cannot be made. */
+static lua_State *new_state(lua_Alloc alloc) {
+  lua_State *L = alloc != NULL ? lua_newstate(alloc, NULL) : luaL_newstate();
+  if (L == NULL) return NULL;
   luaL_openlibs(L);
   lua_pushcfunction(L, luaopen_threadlocal);
   lua_pushliteral(L, "threadlocal");

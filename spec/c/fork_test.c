@@ -1,9 +1,10 @@
 /*
-** fork_test: SPEC section 9.  Four threads hold shared values (with counted
-** C destructors) and Local values (with counted __gc) in one state; the main
-** thread forks while the others are alive.  The child must keep the main
-** thread's values, see none of the others', free their shared values
-** (destructors run once, in the child) and collect their Local values.
+** fork_test: fork, as README's Guarantees state it.  Four threads hold
+** shared values (with counted C destructors) and Local values (with counted
+** __gc) in one state; the main thread forks while the others are alive.  The
+** child must keep the main thread's values, see none of the others', free
+** their shared values (destructors run once, in the child) and collect their
+** Local values.
 ** Prints TAP lines; exits non-zero if any check failed.
 */
 #define _POSIX_C_SOURCE 200809L
@@ -75,14 +76,14 @@ static int child(void) {
         "the module works in the child");
   lua_close(L);
   check(dtor_calls == NTHREADS, "closing a state runs no shared destructor: shared values outlive states");
-  return failures != 0;
+  return exit_status();
 }
 
 int main(void) {
   pthread_t th[NTHREADS];
   int i, status;
   pid_t pid;
-  L = new_state();
+  L = new_state(NULL);
   run(L, "tl = threadlocal.new()\n"
       "collected = 0\n"
       "gc_mt = { __gc = function() collected = collected + 1 end }\n");
@@ -101,5 +102,5 @@ int main(void) {
   for (i = 0; i < NTHREADS; i++) pthread_join(th[i], NULL);
   check(dtor_calls == NTHREADS, "the parent's threads run their own destructors when they exit");
   lua_close(L);
-  return failures != 0;
+  return exit_status();
 }
