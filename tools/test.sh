@@ -55,7 +55,7 @@ for lua in $LUAS; do
     result FAIL "$lua: capi_test exited with status $status" "$capi"
   fi
   tap="$out/$lua-busted.tap"
-  TL_LUA="$lua" "$lua" "$(command -v busted)" -o TAP --lpath='spec/?.lua' \
+  TL_LUA="$lua" "$lua" "$(command -v busted)" -o TAP --lpath='spec/?.lua;lua/?.lua' \
     --cpath="build/$lua/?.so" spec >"$tap" 2>&1
   status=$?
   sed -n "s/^\(not ok\|ok\) [0-9]* - /\1 - $lua: /p" "$tap" | tee -a "$results"
@@ -87,7 +87,7 @@ if make --no-print-directory LUA=lua5.4 BUILD=build/asan CFLAGS="-O1 -g -Werror 
   # LeakSanitizer is on (ASan's default on Linux); every report fails the run.
   tap_run "asan+ubsan capi" "$out/asan-capi.tap" build/asan/capi_test
   TL_LUA=build/asan/spec_host tap_run "asan+ubsan specs" "$out/asan-specs.tap" \
-    build/asan/spec_host "$(command -v busted)" -o TAP --lpath='spec/?.lua' \
+    build/asan/spec_host "$(command -v busted)" -o TAP --lpath='spec/?.lua;lua/?.lua' \
     --cpath='build/asan/?.so' spec
   tap_run "asan+ubsan" "$out/asan-fork.tap" build/asan/fork_test
   tap_run "asan+ubsan" "$out/asan-oom.tap" build/asan/oom_test
@@ -110,7 +110,7 @@ fi
 if command -v valgrind >/dev/null 2>&1; then
   TL_LUA=lua5.4 tap_run "valgrind memcheck specs" "$out/valgrind.tap" \
     valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
-    --show-leak-kinds=definite lua5.4 "$(command -v busted)" -o TAP --lpath='spec/?.lua' \
+    --show-leak-kinds=definite lua5.4 "$(command -v busted)" -o TAP --lpath='spec/?.lua;lua/?.lua' \
     --cpath='build/lua5.4/?.so' spec
 else
   result FAIL "valgrind is not installed"
