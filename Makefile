@@ -44,9 +44,10 @@ POOL_HOST = $(BUILD)/pool_host
 ALL_CFLAGS = $(WARNFLAGS) $(CFLAGS) -fPIC -I$(LUA_INCDIR) -Isrc
 
 # The module is one translation unit, src/threadlocal.c, which includes the
-# other parts in src/ (see its first comment).
+# other parts in src/ (see its first comment) and builds in the Lua
+# companions under lua/: compile it from this directory.
 SRC = src/threadlocal.c
-SRC_PARTS = $(wildcard src/*.c src/*.h)
+SRC_PARTS = $(wildcard src/*.c src/*.h lua/threadlocal/*.lua)
 
 .PHONY: all helper reliability examples bench check deps-bench install uninstall demo test deps-demo deps-test clean
 

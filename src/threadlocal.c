@@ -11,11 +11,13 @@
 **     tl_table.c    allocator hook, hashing, shared tables, slabs
 **     tl_thread.c   thread records, homes, thread exit, fork, set-up
 **     tl_capi.c     registry of shared locals by name, the C API
+**     tl_snapshot.c moving tables between threads, snapshots (C API)
 **   Lua binding
 **     tl_lua.h      version compatibility, the binding's structures
 **     tl_convert.c  Lua values <-> shared values, proxies
 **     tl_shared.c   shared local and proxy metamethods
 **     tl_local.c    Locals and the purge of exited threads
+**     tl_context.c  scopes, hand-off (capture, run), release, Lua companions
 **     tl_module.c   module functions, metatables, luaopen_threadlocal
 */
 #define _GNU_SOURCE /* dladdr, RTLD_NODELETE, RTLD_NOLOAD */
@@ -24,9 +26,11 @@
 #include "tl_table.c"
 #include "tl_thread.c"
 #include "tl_capi.c"
+#include "tl_snapshot.c"
 
 #include "tl_lua.h"
 #include "tl_convert.c"
 #include "tl_shared.c"
 #include "tl_local.c"
+#include "tl_context.c"
 #include "tl_module.c"

@@ -143,6 +143,40 @@ THREADLOCAL_API int threadlocal_clear(threadlocal_shared *sh);
 */
 THREADLOCAL_API int threadlocal_release(void);
 
+/*
+** Snapshots: hand a thread's shared fields to another thread, e.g. a
+** request's context from the thread that accepted it to the pool worker
+** that runs its job.
+**
+** threadlocal_snapshot_capture copies the calling thread's fields of the n
+** shared locals in `locals` (n == 0: of every shared local it has fields
+** of) into a new snapshot.  A snapshot is plain data that belongs to no
+** thread: any thread may install or free it.  Pointers are copied without
+** their destructors.
+**
+** threadlocal_snapshot_install moves the snapshot's fields in on the
+** calling thread, replacing its fields of those shared locals (a shared
+** local the snapshot holds no fields of is left with none), and hands back
+** in *replaced a snapshot of what it replaced, moved out with destructors
+** and all.  `snap` is consumed on success (do not free it); on error
+** nothing changed and it is still the caller's.  To put a worker's own
+** fields back after the job:
+**     threadlocal_snapshot *own, *job;
+**     threadlocal_snapshot_install(snap, &own);    ... run the job ...
+**     threadlocal_snapshot_install(own, &job);
+**     threadlocal_snapshot_free(job);              (runs the job's destructors)
+**
+** threadlocal_snapshot_free frees a snapshot (NULL is fine), running the
+** destructors of pointers it holds: only a snapshot handed back by install
+** holds any.
+*/
+typedef struct threadlocal_snapshot threadlocal_snapshot;
+THREADLOCAL_API int threadlocal_snapshot_capture(threadlocal_shared *const *locals, size_t n,
+                                                 threadlocal_snapshot **out);
+THREADLOCAL_API int threadlocal_snapshot_install(threadlocal_snapshot *snap,
+                                                 threadlocal_snapshot **replaced);
+THREADLOCAL_API void threadlocal_snapshot_free(threadlocal_snapshot *snap);
+
 /* The calling thread's id (>= 1, never reused); 0 when out of memory. */
 THREADLOCAL_API uint64_t threadlocal_id(void);
 

@@ -56,6 +56,19 @@ static TL_HOT tl_tab *tl_shfields_peek(const tl_thread *t, const tl_sloc *sl) {
   return t != NULL && sl->idx < t->nshfields ? t->shfields[sl->idx] : NULL;
 }
 
+/* Makes t->shfields long enough for index idx.  0, or -1 when out of memory. */
+static int tl_shfields_grow(tl_thread *t, uint32_t idx) {
+  uint32_t n = t->nshfields ? t->nshfields : 4;
+  tl_tab **ns;
+  if (idx < t->nshfields) return 0;
+  while (n <= idx) n *= 2;
+  if ((ns = (tl_tab **)tl_realloc(t->shfields, n * sizeof *ns)) == NULL) return -1;
+  memset(ns + t->nshfields, 0, (n - t->nshfields) * sizeof *ns);
+  t->shfields = ns;
+  t->nshfields = n;
+  return 0;
+}
+
 /*
 ** t's fields of sl, when it has none yet: with create, or when sl has
 ** defaults, they are made (a copy of the defaults); otherwise NULL.  *err
@@ -66,15 +79,7 @@ static tl_tab *tl_shfields_start(tl_thread *t, tl_sloc *sl, int create, int *err
   tl_tab *tab;
   *err = 0;
   if (!create && defaults == NULL) return NULL;
-  if (sl->idx >= t->nshfields) {
-    uint32_t n = t->nshfields ? t->nshfields : 4;
-    tl_tab **ns;
-    while (n <= sl->idx) n *= 2;
-    if ((ns = (tl_tab **)tl_realloc(t->shfields, n * sizeof *ns)) == NULL) goto fail;
-    memset(ns + t->nshfields, 0, (n - t->nshfields) * sizeof *ns);
-    t->shfields = ns;
-    t->nshfields = n;
-  }
+  if (tl_shfields_grow(t, sl->idx) != 0) goto fail;
   tab = defaults ? tl_tab_clone(defaults, t) : tl_tab_new(t);
   if (tab == NULL) goto fail;
   t->shfields[sl->idx] = tab;

@@ -247,3 +247,29 @@ static int tl_local_tostring(lua_State *L) {
   lua_pushfstring(L, THREADLOCAL_LOCAL_MT ": %p", lua_touserdata(L, 1));
   return 1;
 }
+
+enum { TL_KLOCAL = 1, TL_KSHARED = 2, TL_KPROXY = 4 };
+
+/* Which of the kinds in `kinds` the value at slot 1 is; raises otherwise. */
+static int tl_checkkind(lua_State *L, int kinds, const char *tname) {
+  if (tl_islocal(L, 1)) {
+    if (kinds & TL_KLOCAL) return TL_KLOCAL;
+  } else if (lua_type(L, 1) == LUA_TUSERDATA && lua_getmetatable(L, 1)) {
+    int k = 0;
+    luaL_getmetatable(L, THREADLOCAL_SHARED_MT);
+    if (lua_rawequal(L, -1, -2)) k = TL_KSHARED;
+    lua_pop(L, 1);
+    if (lua_rawequal(L, -1, TL_UP_PROXYMT)) k = TL_KPROXY;
+    lua_pop(L, 1);
+    if (k & kinds) return k;
+  }
+  return luaL_argerror(L, 1, lua_pushfstring(L, "%s expected, got %s", tname,
+                                             luaL_typename(L, 1)));
+}
+
+/* Pushes the three upvalues every closure of the module has. */
+static void tl_pushupvalues(lua_State *L) {
+  lua_pushvalue(L, TL_UP_STATE);
+  lua_pushvalue(L, TL_UP_PROXYMT);
+  lua_pushvalue(L, TL_UP_CACHE);
+}

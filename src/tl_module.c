@@ -8,32 +8,6 @@
 
 static const char tl_statekey = 0; /* registry key of the tl_state */
 
-enum { TL_KLOCAL = 1, TL_KSHARED = 2, TL_KPROXY = 4 };
-
-/* Which of the kinds in `kinds` the value at slot 1 is; raises otherwise. */
-static int tl_checkkind(lua_State *L, int kinds, const char *tname) {
-  if (tl_islocal(L, 1)) {
-    if (kinds & TL_KLOCAL) return TL_KLOCAL;
-  } else if (lua_type(L, 1) == LUA_TUSERDATA && lua_getmetatable(L, 1)) {
-    int k = 0;
-    luaL_getmetatable(L, THREADLOCAL_SHARED_MT);
-    if (lua_rawequal(L, -1, -2)) k = TL_KSHARED;
-    lua_pop(L, 1);
-    if (lua_rawequal(L, -1, TL_UP_PROXYMT)) k = TL_KPROXY;
-    lua_pop(L, 1);
-    if (k & kinds) return k;
-  }
-  return luaL_argerror(L, 1, lua_pushfstring(L, "%s expected, got %s", tname,
-                                             luaL_typename(L, 1)));
-}
-
-/* Pushes the three upvalues every closure of the module has. */
-static void tl_pushupvalues(lua_State *L) {
-  lua_pushvalue(L, TL_UP_STATE);
-  lua_pushvalue(L, TL_UP_PROXYMT);
-  lua_pushvalue(L, TL_UP_CACHE);
-}
-
 /* Sets mt[name] to a new closure f over the module's upvalues and no
 ** fields yet, and keeps it in user value uv of the Local at ud.
 ** [-0, +0] with mt on top. */
@@ -242,6 +216,11 @@ static const luaL_Reg tl_funcs[] = {
   {"fields", tl_fields_copy},
   {"threads", tl_threads},
   {"id", tl_id},
+  {"scope", tl_scope_open},
+  {"with", tl_with},
+  {"capture", tl_capture},
+  {"run", tl_run},
+  {"release", tl_release},
   {NULL, NULL}
 };
 
@@ -329,5 +308,6 @@ THREADLOCAL_API int luaopen_threadlocal(lua_State *L) {
   lua_createtable(L, 0, 1);                          /* ... M meta */
   tl_setfuncs3(L, base, tl_module_meta);
   lua_setmetatable(L, -2);                           /* ... M */
+  tl_preload(L);
   return 1;
 }

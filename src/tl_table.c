@@ -185,25 +185,33 @@ static TL_HOT tl_entry *tl_tab_findstr(tl_tab *t, const char *s, size_t len) {
 
 /* A thread's slab: its live tables by slot, so that a proxy can hold a
 ** (slot, generation) pair instead of a pointer that may dangle. */
+/* Makes room for `need` more slots past nslab.  0, or -1 when out of memory. */
+static int tl_slab_grow(tl_thread *t, uint32_t need) {
+  uint32_t cap = t->capslab ? t->capslab : 16, *gen, *freeslots;
+  tl_tab **slab;
+  while (cap - t->nslab < need) {
+    if (cap > UINT32_MAX / 2) return -1;
+    cap *= 2;
+  }
+  if (cap == t->capslab) return 0;
+  if ((slab = (tl_tab **)tl_realloc(t->slab, cap * sizeof *slab)) == NULL) return -1;
+  t->slab = slab;
+  if ((gen = (uint32_t *)tl_realloc(t->slabgen, cap * sizeof *gen)) == NULL) return -1;
+  t->slabgen = gen;
+  if ((freeslots = (uint32_t *)tl_realloc(t->slabfree, cap * sizeof *freeslots)) == NULL)
+    return -1;
+  t->slabfree = freeslots;
+  memset(gen + t->capslab, 0, (cap - t->capslab) * sizeof *gen);
+  t->capslab = cap;
+  return 0;
+}
+
 static int tl_slab_add(tl_thread *t, tl_tab *tab) {
   uint32_t i;
   if (t->nslabfree > 0)
     i = t->slabfree[--t->nslabfree];
   else {
-    if (t->nslab == t->capslab) {
-      uint32_t cap = t->capslab ? 2 * t->capslab : 16;
-      tl_tab **slab = (tl_tab **)tl_realloc(t->slab, cap * sizeof *slab);
-      uint32_t *gen, *freeslots;
-      if (slab == NULL) return -1;
-      t->slab = slab;
-      if ((gen = (uint32_t *)tl_realloc(t->slabgen, cap * sizeof *gen)) == NULL) return -1;
-      t->slabgen = gen;
-      if ((freeslots = (uint32_t *)tl_realloc(t->slabfree, cap * sizeof *freeslots)) == NULL)
-        return -1;
-      t->slabfree = freeslots;
-      memset(gen + t->capslab, 0, (cap - t->capslab) * sizeof *gen);
-      t->capslab = cap;
-    }
+    if (t->nslab == t->capslab && tl_slab_grow(t, 1) != 0) return -1;
     i = t->nslab++;
   }
   t->slab[i] = tab;

@@ -1,0 +1,195 @@
+/*
+** tl_snapshot.c: moving shared values between a thread and owner-less
+** storage, and snapshots of a thread's shared fields (capture on one
+** thread, install on another).  Part of threadlocal.c (core: no Lua).
+**
+** A table is either owned by a thread (in its slab, so proxies can name
+** it) or owner-less (defaults, snapshots, values a scope put aside): only
+** owner-less tables may outlive their thread or cross to another.
+*/
+#ifndef TL_CORE_H
+#error "compile threadlocal.c, which includes this file"
+#endif
+
+/* Tables in tab's tree, itself included (bounded by the nesting limit). */
+static size_t tl_tab_ntables(const tl_tab *tab) {
+  size_t n = 1;
+  uint32_t i;
+  for (i = 0; i < tab->cap; i++)
+    if (tab->e[i].state == TL_LIVE && tab->e[i].val.type == TL_TTAB)
+      n += tl_tab_ntables(tab->e[i].val.u.tab);
+  return n;
+}
+
+static size_t tl_val_ntables(const tl_val *v) {
+  return v->type == TL_TTAB ? tl_tab_ntables(v->u.tab) : 0;
+}
+
+/* Makes room in t's slab for n more tables, so that adopting them cannot
+** fail half-way.  Returns 0, or -1 when out of memory. */
+static int tl_slab_reserve(tl_thread *t, size_t n) {
+  if (n <= t->nslabfree) return 0;
+  n -= t->nslabfree;
+  if (n > UINT32_MAX) return -1;
+  return tl_slab_grow(t, (uint32_t)n);
+}
+
+/* Moves an owner-less tree into t's slab; room must be reserved. */
+static void tl_tab_adopt(tl_tab *tab, tl_thread *t) {
+  uint32_t i;
+  (void)tl_slab_add(t, tab); /* cannot fail: reserved */
+  tab->owner = t;
+  tab->version = t->clock++;
+  memset(tab->kaddr, 0, sizeof tab->kaddr);
+  for (i = 0; i < tab->cap; i++)
+    if (tab->e[i].state == TL_LIVE && tab->e[i].val.type == TL_TTAB)
+      tl_tab_adopt(tab->e[i].val.u.tab, t);
+}
+
+/* Takes a tree out of its owner's slab (its proxies go stale). */
+static void tl_tab_disown(tl_tab *tab) {
+  uint32_t i;
+  if (tab->owner != NULL) tl_slab_remove(tab->owner, tab);
+  tab->owner = NULL;
+  for (i = 0; i < tab->cap; i++)
+    if (tab->e[i].state == TL_LIVE && tab->e[i].val.type == TL_TTAB)
+      tl_tab_disown(tab->e[i].val.u.tab);
+}
+
+static void tl_val_adopt(tl_val *v, tl_thread *t) {
+  if (v->type == TL_TTAB) tl_tab_adopt(v->u.tab, t);
+}
+
+static void tl_val_disown(tl_val *v) {
+  if (v->type == TL_TTAB) tl_tab_disown(v->u.tab);
+}
+
+/*
+** A snapshot: for each of some shared locals, owner-less fields (NULL: the
+** thread had none).  Installing one moves its tables in and hands back
+** what they replaced, moved out with their destructors.
+*/
+struct threadlocal_snapshot {
+  size_t n;
+  struct tl_snapentry {
+    tl_sloc *sl;
+    tl_tab *fields;
+  } e[];
+};
+
+typedef threadlocal_snapshot tl_snap;
+
+static tl_snap *tl_snap_new(size_t n) {
+  tl_snap *s;
+  if (n > (SIZE_MAX - sizeof *s) / sizeof s->e[0]) return NULL;
+  s = (tl_snap *)tl_malloc(sizeof *s + n * sizeof s->e[0]);
+  if (s != NULL) {
+    s->n = n;
+    memset(s->e, 0, n * sizeof s->e[0]);
+  }
+  return s;
+}
+
+static void tl_snap_free(tl_snap *s) {
+  size_t i;
+  if (s == NULL) return;
+  for (i = 0; i < s->n; i++)
+    if (s->e[i].fields != NULL) tl_tab_free(s->e[i].fields);
+  tl_free(s);
+}
+
+/*
+** Installs s on t: each entry's fields replace t's, and *replaced gets
+** what was there (moved, destructors and all).  s is consumed.  Returns 0,
+** or -1 when out of memory (then nothing changed and s is untouched).
+*/
+static int tl_snap_install(tl_thread *t, tl_snap *s, tl_snap **replaced) {
+  size_t i, ntables = 0;
+  uint32_t maxidx = 0;
+  tl_snap *r = tl_snap_new(s->n);
+  if (r == NULL) return -1;
+  for (i = 0; i < s->n; i++) {
+    if (s->e[i].fields != NULL) ntables += tl_tab_ntables(s->e[i].fields);
+    if (s->e[i].sl->idx > maxidx) maxidx = s->e[i].sl->idx;
+  }
+  if ((s->n > 0 && tl_shfields_grow(t, maxidx) != 0) || tl_slab_reserve(t, ntables) != 0) {
+    tl_free(r);
+    return -1;
+  }
+  for (i = 0; i < s->n; i++) { /* nothing below can fail */
+    uint32_t idx = s->e[i].sl->idx;
+    r->e[i].sl = s->e[i].sl;
+    r->e[i].fields = t->shfields[idx];
+    if (r->e[i].fields != NULL) tl_tab_disown(r->e[i].fields);
+    t->shfields[idx] = s->e[i].fields;
+    if (s->e[i].fields != NULL) tl_tab_adopt(s->e[i].fields, t);
+  }
+  tl_free(s);
+  *replaced = r;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* C API                                                                  */
+/* ---------------------------------------------------------------------- */
+
+/* Every shared local the calling thread has fields of, in *out (an array
+** the caller frees) and *n.  Takes the registry lock.  0, or -1 (memory). */
+static int tl_sloc_withfields(const tl_thread *t, tl_sloc ***out, size_t *n) {
+  tl_sloc **v, *sl;
+  uint32_t b;
+  size_t k = 0;
+  pthread_mutex_lock(&tl_reg_lock);
+  v = (tl_sloc **)tl_calloc(tl_reg_count + 1u, sizeof *v);
+  if (v != NULL)
+    for (b = 0; b < tl_reg_cap; b++)
+      for (sl = tl_reg[b]; sl != NULL; sl = sl->next)
+        if (tl_shfields_peek(t, sl) != NULL) v[k++] = sl;
+  pthread_mutex_unlock(&tl_reg_lock);
+  if (v == NULL) return -1;
+  *out = v;
+  *n = k;
+  return 0;
+}
+
+THREADLOCAL_API int threadlocal_snapshot_capture(threadlocal_shared *const *locals, size_t n,
+                                                 threadlocal_snapshot **out) {
+  tl_thread *t;
+  tl_sloc **all = NULL;
+  tl_snap *s;
+  size_t i;
+  if (out == NULL || (n > 0 && locals == NULL)) return THREADLOCAL_ERRARG;
+  for (i = 0; i < n; i++)
+    if (locals[i] == NULL) return THREADLOCAL_ERRARG;
+  if (tl_init() != 0 || (t = tl_thread_get()) == NULL) return THREADLOCAL_ERRMEM;
+  if (n == 0) {
+    if (tl_sloc_withfields(t, &all, &n) != 0) return THREADLOCAL_ERRMEM;
+    locals = all;
+  }
+  if ((s = tl_snap_new(n)) != NULL)
+    for (i = 0; i < n; i++) {
+      const tl_tab *f = tl_shfields_peek(t, locals[i]);
+      s->e[i].sl = locals[i];
+      if (f != NULL && (s->e[i].fields = tl_tab_clone(f, NULL)) == NULL) {
+        tl_snap_free(s);
+        s = NULL;
+        break;
+      }
+    }
+  tl_free(all);
+  if (s == NULL) return THREADLOCAL_ERRMEM;
+  *out = s;
+  return THREADLOCAL_OK;
+}
+
+THREADLOCAL_API int threadlocal_snapshot_install(threadlocal_snapshot *snap,
+                                                 threadlocal_snapshot **replaced) {
+  tl_thread *t;
+  if (snap == NULL || replaced == NULL) return THREADLOCAL_ERRARG;
+  if (tl_init() != 0 || (t = tl_thread_get()) == NULL) return THREADLOCAL_ERRMEM;
+  return tl_snap_install(t, snap, replaced) == 0 ? THREADLOCAL_OK : THREADLOCAL_ERRMEM;
+}
+
+THREADLOCAL_API void threadlocal_snapshot_free(threadlocal_snapshot *snap) {
+  tl_snap_free(snap);
+}
