@@ -262,6 +262,65 @@ static void test_lifetimes(void) {
   lua_close(L);
 }
 
+/* Snapshots: a job's context captured on one thread, installed on a
+** worker that has its own, then the worker's own put back. */
+static threadlocal_snapshot *handed;
+
+static void *submitter(void *p) {
+  threadlocal_shared *sh;
+  (void)p;
+  threadlocal_shared_open("request", 7, &sh);
+  threadlocal_set_string(sh, "user", "alice", 5);
+  threadlocal_set_pointer(sh, "conn", &dtor_tags[50], count_dtor);
+  if (threadlocal_snapshot_capture(NULL, 0, &handed) != THREADLOCAL_OK) handed = NULL;
+  return NULL; /* its exit runs conn's destructor once (tag 50) */
+}
+
+static void *snapshot_worker(void *p) {
+  int *ok = (int *)p;
+  threadlocal_shared *sh;
+  threadlocal_snapshot *own, *job;
+  threadlocal_value v;
+  threadlocal_shared_open("request", 7, &sh);
+  threadlocal_set_string(sh, "user", "worker", 6);
+  threadlocal_set_pointer(sh, "conn", &dtor_tags[51], count_dtor);
+  ok[0] = threadlocal_snapshot_install(handed, &own) == THREADLOCAL_OK &&
+          threadlocal_get(sh, "user", &v) == THREADLOCAL_OK && v.type == THREADLOCAL_STRING &&
+          strcmp(v.u.string.ptr, "alice") == 0 &&
+          threadlocal_get(sh, "conn", &v) == THREADLOCAL_OK && v.u.pointer == &dtor_tags[50] &&
+          calls(51) == 0;
+  /* the job sets a pointer of its own; it goes with the job's snapshot */
+  threadlocal_set_pointer(sh, "tmp", &dtor_tags[52], count_dtor);
+  ok[1] = threadlocal_snapshot_install(own, &job) == THREADLOCAL_OK &&
+          threadlocal_get(sh, "user", &v) == THREADLOCAL_OK && strcmp(v.u.string.ptr, "worker") == 0 &&
+          threadlocal_get(sh, "tmp", &v) == THREADLOCAL_OK && v.type == THREADLOCAL_NIL &&
+          calls(51) == 0 && calls(52) == 0;
+  threadlocal_snapshot_free(job);
+  ok[2] = calls(52) == 1 && calls(50) == 1 && calls(51) == 0;
+  return NULL; /* its exit runs its own conn's destructor (tag 51) */
+}
+
+static void test_snapshots(void) {
+  pthread_t th;
+  threadlocal_snapshot *s;
+  int ok[3] = {0, 0, 0};
+  pthread_create(&th, NULL, submitter, NULL);
+  pthread_join(th, NULL);
+  check(handed != NULL && calls(50) == 1,
+        "a snapshot outlives the thread that captured it; its pointers carry no destructor");
+  pthread_create(&th, NULL, snapshot_worker, ok);
+  pthread_join(th, NULL);
+  check(ok[0], "a worker installs a snapshot and reads the submitter's fields");
+  check(ok[1], "installing what was handed back puts the worker's own fields back");
+  check(ok[2], "freeing the job's snapshot runs the job's destructors, once, and no others");
+  check(calls(51) == 1, "the worker's own destructor ran once, at its exit");
+  check(threadlocal_snapshot_install(NULL, &s) == THREADLOCAL_ERRARG &&
+        threadlocal_snapshot_capture(NULL, 1, &s) == THREADLOCAL_ERRARG &&
+        threadlocal_snapshot_capture(NULL, 0, NULL) == THREADLOCAL_ERRARG,
+        "snapshot functions refuse bad arguments");
+  threadlocal_snapshot_free(NULL);
+}
+
 int main(void) {
   int i;
   for (i = 0; i < 64; i++) atomic_init(&dtor_calls[i], 0);
@@ -276,5 +335,6 @@ int main(void) {
   dtor_case(7, "clear from Lua", undo_lua_clear);
   test_threads();
   test_lifetimes();
+  test_snapshots();
   return exit_status();
 }
