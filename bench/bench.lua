@@ -7,7 +7,8 @@
 -- Every timed row runs interleaved with its baseline (the floor: a userdata
 -- whose C __index/__newindex rawget/rawset one fixed table), REPS times, in
 -- CHUNKS alternating slices per run so that both see the same machine; it
--- reports the median ns per operation and the median of the per-run ratios.  Every row uses the same loop shape, on an upvalue `o`:
+-- reports the median ns per operation and the median of the per-run ratios.
+-- Every row uses the same loop shape, on an upvalue `o`:
 --   get: for i = 1, n do local v = o.k end
 --   set: for i = 1, n do o.k = i end
 local threadlocal = require "threadlocal"
@@ -396,7 +397,9 @@ local function memory_rows()
     fresh:run(function() warm.k = 1 end)
     full_gc()
     local m0 = collectgarbage("count")
-    fresh:run(function() for j = 1, 1000 do locals[j].k = j end end)
+    fresh:run(function()
+      for j, l in ipairs(locals) do l.k = j end
+    end)
     full_gc()
     local bytes = (collectgarbage("count") - m0) * 1024
     report("memory", "Local: bytes per thread with 1000 Locals (1 field)", nil, nil, nil, nil,
