@@ -214,6 +214,7 @@ tree="$out/rocktree"
 src="$out/rocksrc"
 mkdir -p "$src"
 cp -r src rockspec "$src"/
+if [ -d lua ]; then cp -r lua "$src"/; fi
 if ! have luarocks --version; then
   result SKIP "luarocks make installs a module that lua5.4 requires from the tree" \
     "luarocks is not installed"
@@ -230,6 +231,27 @@ elif (cd "$src" && luarocks --lua-version 5.4 make rockspec/threadlocal-scm-1.ro
   result OK "luarocks make installs a module that lua5.4 requires from the tree"
 else
   result FAIL "luarocks make installs a module that lua5.4 requires from the tree" "$log"
+fi
+
+# C hosts build against an installed threadlocal: make install and the CMake
+# build, through pkg-config and the CMake package (tools/consumer_test.sh).
+log="$out/consumer.log"
+sh tools/consumer_test.sh "$out/consumer" >"$log" 2>&1
+status=$?
+grep -E '^(ok|not ok|skip) - ' "$log" | tee -a "$results"
+grep '^#' "$log"
+if [ $status -ne 0 ] && ! grep -q '^not ok' "$log"; then
+  result FAIL "consumer: exited with status $status" "$log"
+fi
+
+# Lint: every Lua file and rockspec, as .luacheckrc says.
+log="$out/luacheck.log"
+if ! have luacheck --version; then
+  result SKIP "luacheck: no warning in any Lua file or rockspec" "luacheck is not installed"
+elif luacheck --no-color -q . >"$log" 2>&1; then
+  result OK "luacheck: no warning in any Lua file or rockspec"
+else
+  result FAIL "luacheck: no warning in any Lua file or rockspec" "$log"
 fi
 
 summary
