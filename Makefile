@@ -1,16 +1,20 @@
 # threadlocal: build, install, demo and tests.
 #
 #   make                 build build/$(LUA)/threadlocal.so
-#   make install         install the module and threadlocal.h under $(PREFIX)
+#   make install         install the module, threadlocal.h, libthreadlocal.a,
+#                        threadlocal.pc, the CMake package and lua/ under $(PREFIX)
+#   make uninstall       remove what make install put
 #   make demo            install what is missing, build, run the demos
 #   make test            install what is missing, build, run every test on
-#                        every Lua version present; ends "N passed, N failed"
+#                        every Lua version present; ends
+#                        "N passed, N failed, N skipped"
 #   make check           make test with bigger slow checks (stress x10, churn x3)
 #   make bench           the access costs against their targets: README, Speed
 #                        (LUA=luajit works)
 #
-# A packager can override LUA, LUA_INCDIR, PREFIX, LUA_CMODDIR, CC, CFLAGS,
-# LIBFLAG and LDFLAGS.  LUA names the interpreter: lua5.1 ... lua5.4, luajit.
+# A packager can override LUA, LUA_INCDIR, PREFIX, DESTDIR, LUA_CMODDIR,
+# LUA_LDIR, INCDIR, LIBDIR, PKGCONFIGDIR, CMAKEDIR, CC, CFLAGS, LIBFLAG,
+# LDFLAGS and AR.  LUA names the interpreter: lua5.1 ... lua5.4, luajit.
 
 LUA ?= lua5.4
 ifeq ($(LUA),luajit)
@@ -25,7 +29,11 @@ endif
 
 PREFIX ?= /usr/local
 LUA_CMODDIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
+LUA_LDIR ?= $(PREFIX)/share/lua/$(LUA_VERSION)
 INCDIR ?= $(PREFIX)/include
+LIBDIR ?= $(PREFIX)/lib
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+CMAKEDIR ?= $(LIBDIR)/cmake/threadlocal
 
 CC ?= cc
 CFLAGS ?= -O2 -g
@@ -40,6 +48,12 @@ MODULE = $(BUILD)/threadlocal.so
 HELPER = $(BUILD)/tlhelper.so
 DEMO_HOST = $(BUILD)/demo_host
 POOL_HOST = $(BUILD)/pool_host
+STATIC = $(BUILD)/libthreadlocal.a
+
+# The release, as threadlocal.h states it.
+VERSION := $(shell awk '/^\#define THREADLOCAL_VERSION_(MAJOR|MINOR|PATCH) /{v = v (v == "" ? "" : ".") $$3} END{print v}' src/threadlocal.h)
+# The pure-Lua companion modules, installed under $(LUA_LDIR) by sub-path.
+LUA_MODULES := $(shell find lua -name '*.lua' -type f 2>/dev/null | sort)
 
 ALL_CFLAGS = $(WARNFLAGS) $(CFLAGS) -fPIC -I$(LUA_INCDIR) -Isrc
 
@@ -49,13 +63,25 @@ ALL_CFLAGS = $(WARNFLAGS) $(CFLAGS) -fPIC -I$(LUA_INCDIR) -Isrc
 SRC = src/threadlocal.c
 SRC_PARTS = $(wildcard src/*.c src/*.h lua/threadlocal/*.lua)
 
-.PHONY: all helper reliability examples bench check deps-bench install uninstall demo test deps-demo deps-test clean
+.PHONY: all static helper reliability examples bench check deps-bench install uninstall demo test deps-demo deps-test clean
 
 all: $(MODULE)
 
 $(MODULE): $(SRC_PARTS)
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ $(SRC) $(LIBS)
+
+# The static library, for hosts that link the module in (position
+# independent, so it may go into a shared object too).
+static: $(STATIC)
+
+$(BUILD)/threadlocal.o: $(SRC_PARTS)
+	@mkdir -p $(BUILD)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $(SRC)
+
+$(STATIC): $(BUILD)/threadlocal.o
+	rm -f $@
+	$(AR) rcs $@ $(BUILD)/threadlocal.o
 
 $(HELPER): spec/c/tlhelper.c
 	@mkdir -p $(BUILD)
@@ -107,13 +133,39 @@ bench: deps-bench $(MODULE) $(HELPER) $(BUILD)/floor.so $(BUILD)/tlbench.so
 	TL_LUA=$(LUA) $(LUA) -e "package.cpath = '$(BUILD)/?.so;' .. package.cpath" \
 		bench/bench.lua $(BENCH_CSV)
 
-install: $(MODULE)
-	install -d $(DESTDIR)$(LUA_CMODDIR) $(DESTDIR)$(INCDIR)
+# threadlocal.pc and the CMake package files name the final paths (without
+# DESTDIR), the Lua headers of this build and the version of threadlocal.h.
+SUBST = sed -e 's|@prefix@|$(PREFIX)|g' -e 's|@libdir@|$(LIBDIR)|g' \
+	-e 's|@includedir@|$(INCDIR)|g' -e 's|@LUA_INCDIR@|$(LUA_INCDIR)|g' \
+	-e 's|@LUA_VERSION@|$(LUA_VERSION)|g' -e 's|@VERSION@|$(VERSION)|g'
+CMAKE_FILES = threadlocal-config.cmake threadlocal-config-version.cmake threadlocal-targets.cmake
+
+install: $(MODULE) $(STATIC)
+	$(SUBST) threadlocal.pc.in >$(BUILD)/threadlocal.pc
+	for f in $(CMAKE_FILES); do $(SUBST) cmake/$$f.in >$(BUILD)/$$f || exit 1; done
+	install -d $(DESTDIR)$(LUA_CMODDIR) $(DESTDIR)$(INCDIR) $(DESTDIR)$(LIBDIR) \
+		$(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(CMAKEDIR)
 	install -m 0755 $(MODULE) $(DESTDIR)$(LUA_CMODDIR)/threadlocal.so
 	install -m 0644 src/threadlocal.h $(DESTDIR)$(INCDIR)/threadlocal.h
+	install -m 0644 $(STATIC) $(DESTDIR)$(LIBDIR)/libthreadlocal.a
+	install -m 0644 $(BUILD)/threadlocal.pc $(DESTDIR)$(PKGCONFIGDIR)/threadlocal.pc
+	for f in $(CMAKE_FILES); do install -m 0644 $(BUILD)/$$f $(DESTDIR)$(CMAKEDIR)/$$f || exit 1; done
+	for f in $(LUA_MODULES); do \
+		d=$(DESTDIR)$(LUA_LDIR)/$$(dirname "$${f#lua/}"); \
+		install -d "$$d" && install -m 0644 "$$f" "$$d/" || exit 1; \
+	done
 
+# Removes the files install put, then the directories that are threadlocal's
+# own (the CMake package's and those of lua/) if they are left empty.
 uninstall:
-	rm -f $(DESTDIR)$(LUA_CMODDIR)/threadlocal.so $(DESTDIR)$(INCDIR)/threadlocal.h
+	rm -f $(DESTDIR)$(LUA_CMODDIR)/threadlocal.so $(DESTDIR)$(INCDIR)/threadlocal.h \
+		$(DESTDIR)$(LIBDIR)/libthreadlocal.a $(DESTDIR)$(PKGCONFIGDIR)/threadlocal.pc \
+		$(addprefix $(DESTDIR)$(CMAKEDIR)/,$(CMAKE_FILES)) \
+		$(patsubst lua/%,$(DESTDIR)$(LUA_LDIR)/%,$(LUA_MODULES))
+	rmdir $(DESTDIR)$(CMAKEDIR) 2>/dev/null || true
+	for d in $$(find lua -mindepth 1 -type d 2>/dev/null | sort -r); do \
+		rmdir "$(DESTDIR)$(LUA_LDIR)/$${d#lua/}" 2>/dev/null || true; \
+	done
 
 deps-demo:
 	@sh tools/deps.sh demo

@@ -398,7 +398,9 @@ local function memory_rows()
     fresh:run(function() warm.k = 1 end)
     full_gc()
     local m0 = collectgarbage("count")
-    fresh:run(function() for j = 1, 1000 do locals[j].k = j end end)
+    fresh:run(function()
+      for j, l in ipairs(locals) do l.k = j end
+    end)
     full_gc()
     local bytes = (collectgarbage("count") - m0) * 1024
     report("memory", "Local: bytes per thread with 1000 Locals (1 field)", nil, nil, nil, nil,

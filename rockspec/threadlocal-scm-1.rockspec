@@ -24,6 +24,7 @@ build = {
          incdirs = { "src" },
          libraries = { "pthread", "dl" },
       },
+      ["threadlocal.context"] = "lua/threadlocal/context.lua",
    },
    install = {
       -- For C hosts that embed the module.

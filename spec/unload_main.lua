@@ -55,8 +55,8 @@ for round = 1, 25 do
     ]], round, i)
   end
   for i = 1, 6 do
-    local ok, v = hs[i]:join()
-    assert(ok and v == i, tostring(v))
+    local joined, got = hs[i]:join()
+    assert(joined and got == i, tostring(got))
   end
 end
 io.write("unload: ok\n")

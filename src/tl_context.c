@@ -351,18 +351,22 @@ static int tl_release(lua_State *L) {
 /*
 ** The pure-Lua companions under lua/ are built into the module, so that a
 ** host that links only the C sources gets them too, from one source of
-** truth: the assembler's .incbin reads the file at build time, relative to
-** the directory the compiler runs in (the repository's root, as make and
-** LuaRocks run it; from elsewhere add -Wa,-I<root>).  luaopen registers
+** truth: the assembler's .incbin reads the file at build time from
+** TL_LUA_DIR: "lua", relative to the directory the compiler runs in (the
+** repository's root, as make and LuaRocks run it), or a path a build
+** system gives (CMake does).  luaopen registers
 ** them in package.preload.  -DTL_NO_EMBED (or a toolchain without GNU
 ** assembly) leaves them to package.path, where the rockspec and make
 ** install put them too.
 */
 #if !defined(TL_NO_EMBED) && defined(__GNUC__) && defined(__ELF__)
 #define TL_EMBED 1
+#ifndef TL_LUA_DIR
+#define TL_LUA_DIR "lua" /* relative to where the compiler runs */
+#endif
 __asm__(".pushsection .rodata\n"
         "tl_lua_context:\n"
-        ".incbin \"lua/threadlocal/context.lua\"\n"
+        ".incbin \"" TL_LUA_DIR "/threadlocal/context.lua\"\n"
         "tl_lua_context_end:\n"
         ".popsection\n");
 extern const char tl_lua_context[] __attribute__((visibility("hidden")));

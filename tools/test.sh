@@ -1,7 +1,10 @@
 #!/bin/sh
 # Runs every test suite on every Lua version present, prints each result as
-# a TAP line, and ends with one line: "N passed, N failed".
-# Exits non-zero when anything failed.
+# a TAP line, and ends with one line: "N passed, N failed, N skipped".
+# A check whose tool is missing (an interpreter, busted, valgrind, clang,
+# luarocks, cmake, luacheck, sanitizer support) prints "skip - name: why"
+# and counts as skipped.  Exits non-zero when anything failed, or when the
+# Lua 5.4 suite itself cannot run (no compiler, lua5.4, its headers or busted).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 
@@ -15,10 +18,12 @@ mkdir -p "$out"
 results="$out/results.tap"
 : >"$results"
 
-# result OK|FAIL name [log]: records one check.
+# result OK|FAIL|SKIP name [log|why]: records one check.
 result() {
   if [ "$1" = OK ]; then
     echo "ok - $2" | tee -a "$results"
+  elif [ "$1" = SKIP ]; then
+    echo "skip - $2: $3" | tee -a "$results"
   else
     echo "not ok - $2" | tee -a "$results"
     [ -n "${3:-}" ] && [ -f "$3" ] && sed 's/^/#   /' "$3" | tail -n 40
@@ -32,9 +37,34 @@ incdir() {
   esac
 }
 
+# have CMD...: CMD is installed and runs (a stand-in that fails is missing).
+have() { "$@" >/dev/null 2>&1; }
+
+# summary: the last line, and the exit status.
+summary() {
+  passed=$(grep -c '^ok' "$results")
+  failed=$(grep -c '^not ok' "$results")
+  skipped=$(grep -c '^skip' "$results")
+  echo "$passed passed, $failed failed, $skipped skipped"
+  [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
+  exit
+}
+
+busted=$(command -v busted)
+# The Lua 5.4 suite: without it, make test fails.
+lua54_missing=""
+have "${CC:-cc}" --version || lua54_missing="$lua54_missing, a C compiler (${CC:-cc})"
+have lua5.4 -v || lua54_missing="$lua54_missing, lua5.4"
+[ -f "$(incdir lua5.4)/lua.h" ] || lua54_missing="$lua54_missing, $(incdir lua5.4)/lua.h"
+have lua5.4 "$busted" --version || lua54_missing="$lua54_missing, busted"
+if [ -n "$lua54_missing" ]; then
+  result FAIL "the Lua 5.4 suite can run (missing: ${lua54_missing#, })"
+fi
+
 for lua in $LUAS; do
-  if ! command -v "$lua" >/dev/null 2>&1 || [ ! -f "$(incdir "$lua")/lua.h" ]; then
-    echo "# $lua: interpreter or headers missing, skipped"
+  if ! have "$lua" -v || [ ! -f "$(incdir "$lua")/lua.h" ]; then
+    # Lua 5.4's failure is recorded above.
+    [ "$lua" != lua5.4 ] && result SKIP "$lua: builds, C API test and specs" "interpreter or headers missing"
     continue
   fi
   echo "# $lua"
@@ -54,8 +84,12 @@ for lua in $LUAS; do
   if [ $status -ne 0 ] && ! grep -q '^not ok' "$capi"; then
     result FAIL "$lua: capi_test exited with status $status" "$capi"
   fi
+  if ! have "$lua" "$busted" --version; then
+    [ "$lua" != lua5.4 ] && result SKIP "$lua: specs" "busted is not installed for $lua"
+    continue
+  fi
   tap="$out/$lua-busted.tap"
-  TL_LUA="$lua" "$lua" "$(command -v busted)" -o TAP --lpath='spec/?.lua;lua/?.lua' \
+  TL_LUA="$lua" "$lua" "$busted" -o TAP --lpath='spec/?.lua;lua/?.lua' \
     --cpath="build/$lua/?.so" spec >"$tap" 2>&1
   status=$?
   sed -n "s/^\(not ok\|ok\) [0-9]* - /\1 - $lua: /p" "$tap" | tee -a "$results"
@@ -79,10 +113,26 @@ tap_run() {
   fi
 }
 
+# Everything below runs on Lua 5.4.
+if [ -n "$lua54_missing" ]; then
+  result SKIP "reliability, clang, demos, luarocks, consumer and lint checks" "the Lua 5.4 suite cannot run"
+  summary
+fi
+
+# can_build FLAGS: the compiler builds and runs a program with FLAGS (the
+# sanitizers need their runtime libraries).
+can_build() {
+  printf 'int main(void) { return 0; }\n' >"$out/probe.c"
+  # shellcheck disable=SC2086
+  "${CC:-cc}" $1 -o "$out/probe" "$out/probe.c" >/dev/null 2>&1 && "$out/probe" >/dev/null 2>&1
+}
+
 echo "# reliability (lua5.4)"
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 log="$out/asan-build.log"
-if make --no-print-directory LUA=lua5.4 BUILD=build/asan CFLAGS="-O1 -g -Werror $SAN" LDFLAGS="$SAN" \
+if ! can_build "$SAN"; then
+  result SKIP "asan+ubsan: C API test, specs, fork and out of memory" "${CC:-cc} cannot build with $SAN"
+elif make --no-print-directory LUA=lua5.4 BUILD=build/asan CFLAGS="-O1 -g -Werror $SAN" LDFLAGS="$SAN" \
     helper reliability >"$log" 2>&1; then
   # LeakSanitizer is on (ASan's default on Linux); every report fails the run.
   tap_run "asan+ubsan capi" "$out/asan-capi.tap" build/asan/capi_test
@@ -95,7 +145,9 @@ else
   result FAIL "build with AddressSanitizer and UndefinedBehaviorSanitizer" "$log"
 fi
 log="$out/tsan-build.log"
-if make --no-print-directory LUA=lua5.4 BUILD=build/tsan CFLAGS="-O1 -g -Werror -fsanitize=thread" \
+if ! can_build -fsanitize=thread; then
+  result SKIP "tsan: stress" "${CC:-cc} cannot build with -fsanitize=thread"
+elif make --no-print-directory LUA=lua5.4 BUILD=build/tsan CFLAGS="-O1 -g -Werror -fsanitize=thread" \
     LDFLAGS="-fsanitize=thread" build/tsan/stress_test >"$log" 2>&1; then
   # ThreadSanitizer exits non-zero after any report.
   tap_run "tsan" "$out/tsan-stress.tap" build/tsan/stress_test "$STRESS_OPS"
@@ -107,20 +159,22 @@ if make --no-print-directory LUA=lua5.4 BUILD=build/lua5.4 CFLAGS="-O2 -g -Werro
 else
   result FAIL "build the reliability checks" "$out/churn-build.log"
 fi
-if command -v valgrind >/dev/null 2>&1; then
+if have valgrind --version; then
   TL_LUA=lua5.4 tap_run "valgrind memcheck specs" "$out/valgrind.tap" \
     valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
-    --show-leak-kinds=definite lua5.4 "$(command -v busted)" -o TAP --lpath='spec/?.lua;lua/?.lua' \
+    --show-leak-kinds=definite lua5.4 "$busted" -o TAP --lpath='spec/?.lua;lua/?.lua' \
     --cpath='build/lua5.4/?.so' spec
 else
-  result FAIL "valgrind is not installed"
+  result SKIP "valgrind memcheck specs" "valgrind is not installed"
 fi
 
 echo "# other checks (lua5.4)"
 
 log="$out/clang.log"
-if command -v clang >/dev/null 2>&1 &&
-  make --no-print-directory LUA=lua5.4 BUILD=build/clang CC=clang CFLAGS="-O2 -Werror" \
+if ! have clang --version; then
+  result SKIP "module, spec helper, C API test and example hosts build warning-free with clang" \
+    "clang is not installed"
+elif make --no-print-directory LUA=lua5.4 BUILD=build/clang CC=clang CFLAGS="-O2 -Werror" \
     helper examples >"$log" 2>&1; then
   result OK "module, spec helper, C API test and example hosts build warning-free with clang"
 else
@@ -160,8 +214,11 @@ tree="$out/rocktree"
 src="$out/rocksrc"
 mkdir -p "$src"
 cp -r src rockspec "$src"/
-if command -v luarocks >/dev/null 2>&1 &&
-  (cd "$src" && luarocks --lua-version 5.4 make rockspec/threadlocal-scm-1.rockspec \
+if [ -d lua ]; then cp -r lua "$src"/; fi
+if ! have luarocks --version; then
+  result SKIP "luarocks make installs a module that lua5.4 requires from the tree" \
+    "luarocks is not installed"
+elif (cd "$src" && luarocks --lua-version 5.4 make rockspec/threadlocal-scm-1.rockspec \
     --tree "$(pwd)/../rocktree") >"$log" 2>&1 &&
   TL_TREE="$(pwd)/$tree" lua5.4 -e '
     local tree = os.getenv("TL_TREE")
@@ -176,7 +233,25 @@ else
   result FAIL "luarocks make installs a module that lua5.4 requires from the tree" "$log"
 fi
 
-passed=$(grep -c '^ok' "$results")
-failed=$(grep -c '^not ok' "$results")
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
+# C hosts build against an installed threadlocal: make install and the CMake
+# build, through pkg-config and the CMake package (tools/consumer_test.sh).
+log="$out/consumer.log"
+sh tools/consumer_test.sh "$out/consumer" >"$log" 2>&1
+status=$?
+grep -E '^(ok|not ok|skip) - ' "$log" | tee -a "$results"
+grep '^#' "$log"
+if [ $status -ne 0 ] && ! grep -q '^not ok' "$log"; then
+  result FAIL "consumer: exited with status $status" "$log"
+fi
+
+# Lint: every Lua file and rockspec, as .luacheckrc says.
+log="$out/luacheck.log"
+if ! have luacheck --version; then
+  result SKIP "luacheck: no warning in any Lua file or rockspec" "luacheck is not installed"
+elif luacheck --no-color -q . >"$log" 2>&1; then
+  result OK "luacheck: no warning in any Lua file or rockspec"
+else
+  result FAIL "luacheck: no warning in any Lua file or rockspec" "$log"
+fi
+
+summary

@@ -1,0 +1,21 @@
+-- luacheck configuration: `luacheck .` checks every Lua file of the project
+-- and the rockspecs (tools/test.sh runs it).
+--
+-- threadlocal runs on Lua 5.1 to 5.4 and LuaJIT: code may use the globals of
+-- any of them, after checking which one it runs on.
+std = "max"
+include_files = { "**/*.lua", "**/*.rockspec", ".luacheckrc" }
+exclude_files = { "build/**" }
+
+-- busted's globals (describe, it, assert.*, ...) in the specs.
+files["spec/**/*_spec.lua"] = { std = "+busted" }
+
+-- The rockspecs and this file are declarative tables of globals.
+files["**/*.rockspec"] = { std = "+rockspec" }
+files[".luacheckrc"] = { std = "+luacheckrc" }
+
+-- The demo script defines the two functions examples/demo_host.c calls.
+files["examples/demo.lua"] = { globals = { "init_data", "show" } }
+
+-- The pool's jobs call host.insert, set by examples/pool_host.c.
+files["examples/orm.lua"] = { read_globals = { "host" } }
