@@ -19,6 +19,13 @@ need_file() { # file package
 need_cmd cc gcc
 need_cmd lua5.4 lua5.4
 need_file /usr/include/lua5.4/lua.h liblua5.4-dev
+if [ "$what" = test ] || [ "$what" = demo ]; then
+  # The HAProxy example: haproxy embeds Lua 5.3.
+  need_cmd haproxy haproxy
+  need_cmd curl curl
+  need_cmd lua5.3 lua5.3
+  need_file /usr/include/lua5.3/lua.h liblua5.3-dev
+fi
 if [ "$what" = bench ]; then
   need_cmd valgrind valgrind
   need_cmd python3 python3

@@ -208,6 +208,21 @@ else
   result FAIL "pool host: per-worker context from C; one worker switched database, no wrong writes" "$log"
 fi
 
+# HAProxy runs the example services from 4 threads (examples/haproxy/run.sh
+# prints its own "haproxy: ..." TAP lines; 77 means haproxy or curl is missing).
+log="$out/haproxy.tap"
+sh examples/haproxy/run.sh >"$log" 2>&1
+status=$?
+grep '^\(not \)\{0,1\}ok - ' "$log" | tee -a "$results"
+if [ $status -eq 77 ]; then
+  result SKIP "haproxy: the HAProxy example" "$(sed -n 's/^# skip haproxy: //p' "$log" | head -n 1)"
+else
+  grep '^#' "$log"
+fi
+if [ $status -ne 0 ] && [ $status -ne 77 ] && ! grep -q '^not ok' "$log"; then
+  result FAIL "haproxy: run.sh exited with status $status" "$log"
+fi
+
 # LuaRocks' builtin backend installs a module that plain lua5.4 requires.
 log="$out/luarocks.log"
 tree="$out/rocktree"
