@@ -244,7 +244,7 @@ describe("threadlocal.capture and threadlocal.run", function()
     local name = support.unique("fresh")
     local sh = threadlocal.shared(name)
     sh.user, sh.req = "alice", { id = 7, tags = { "a", "b" } }
-    local text = serialize(threadlocal.capture())
+    local text = serialize(threadlocal.capture(sh))
     local w = helper.worker()
     local user, id, tag, after = w:exec([[
       local threadlocal = require "threadlocal"
