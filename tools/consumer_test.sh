@@ -26,7 +26,7 @@ fail() { # name [log]
 }
 have() { "$@" >/dev/null 2>&1; }
 
-version=$(sed -n 's/^#define THREADLOCAL_VERSION "\(.*\)"$/\1/p' src/threadlocal.h)
+version=$(awk '/^#define THREADLOCAL_VERSION_(MAJOR|MINOR|PATCH) /{v = v (v == "" ? "" : ".") $3} END{print v}' src/threadlocal.h)
 expected_line="consumer: threadlocal $version: a Local and a shared local, from Lua and C, on 2 threads"
 
 # run_host NAME BINARY LOG: runs a built host; it must print its line.
