@@ -12,7 +12,10 @@
 -- Every row uses the same loop shape, on an upvalue `o`:
 --   get: for i = 1, n do local v = o.k end
 --   set: for i = 1, n do o.k = i end
+-- (context vars: the same loops with o:get() and o:set(i)).
+package.path = "lua/?.lua;" .. package.path -- the module's Lua half, from this checkout
 local threadlocal = require "threadlocal"
+local context = require "threadlocal.context"
 local floor = require "floor"
 local helper = require "tlhelper"
 local tb = require "tlbench"
@@ -71,6 +74,20 @@ function loops.nested(o)
     return clock() - t0
   end
 end
+function loops.var_get(o)
+  return function(n)
+    local t0 = clock()
+    for _ = 1, n do local v = o:get() end -- luacheck: ignore
+    return clock() - t0
+  end
+end
+function loops.var_set(o)
+  return function(n)
+    local t0 = clock()
+    for i = 1, n do o:set(i) end
+    return clock() - t0
+  end
+end
 -- One get on each of many objects: for first accesses.
 function loops.each(objs)
   return function()
@@ -124,6 +141,10 @@ local steady = {
         make = function() local sh = shared_with(1); sh.t = { k = 1 }; return sh end,
         floor_kind = "get" },
   row { name = "floor nested read (context)", kind = "nested", make = nested_floor, floor_kind = "get" },
+  row { name = "context var:get", kind = "var_get", target = 3.0, floor_kind = "get",
+        make = function() local var = context.var("k"); var:set(1); return var end },
+  row { name = "context var:set", kind = "var_set", floor_kind = "set",
+        make = function() return context.var("k") end },
 }
 
 -- --count ROW N: for callgrind.
@@ -430,10 +451,11 @@ local function callgrind_rows()
   local n = 200000
   local floors = {}
   for _, name in ipairs { "floor get", "floor set", "Local get", "Local set", "shared get (integer)",
-                          "shared set (integer)", "shared nested read sh.t.k" } do
+                          "shared set (integer)", "shared nested read sh.t.k", "context var:get",
+                          "context var:set" } do
     local a, b = count(name, 0), count(name, n)
     local per = (b - a) / n
-    local kind = rows_by_name[name].kind
+    local kind = rows_by_name[name].floor_kind or rows_by_name[name].kind
     if name:match("^floor") then floors[kind] = per end
     local base = floors[kind] or floors.get
     local ratio = per / base

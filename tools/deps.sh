@@ -41,6 +41,7 @@ if [ "$what" = test ]; then
   need_cmd luajit luajit
   need_file /usr/include/luajit-2.1/lua.h libluajit-5.1-dev
   need_cmd busted lua-busted
+  need_file /usr/share/lua/5.4/cqueues.lua lua-cqueues
   need_cmd luarocks luarocks
   need_cmd valgrind valgrind
   need_cmd cmake cmake
