@@ -17,7 +17,7 @@ static tl_sloc *tl_sloc_open(const char *name, size_t len) {
   tl_sloc *sl;
   pthread_mutex_lock(&tl_reg_lock);
   if (tl_reg_cap > 0)
-    for (sl = tl_reg[h & (tl_reg_cap - 1)]; sl != NULL; sl = sl->next)
+    for (sl = tl_reg[h & (tl_reg_cap - 1)]; sl != NULL; sl = sl->next, TL_STAT(tl_stat_probes++))
       if (sl->hash == h && sl->len == len && memcmp(sl->name, name, len) == 0) goto done;
   if (tl_reg_count == tl_reg_cap) { /* grow the buckets */
     uint32_t cap = tl_reg_cap ? 2 * tl_reg_cap : 16, i;

@@ -57,6 +57,17 @@
 
 #define TL_MAXDEPTH 100 /* nesting of shared tables */
 
+/* Counters for the hostile-input test (spec/c/hostile_test.c), which
+** defines TL_STATS; without it they compile to nothing. */
+#ifdef TL_STATS
+static size_t tl_stat_probes;   /* slots looked at: lookups, inserts, registry */
+static size_t tl_stat_rehashes; /* tables rebuilt */
+static size_t tl_stat_moved;    /* entries moved by those rebuilds */
+#define TL_STAT(x) ((void)(x))
+#else
+#define TL_STAT(x) ((void)0)
+#endif
+
 /* Shared values: plain data, copied in, owned by one thread. */
 enum { TL_TNIL, TL_TBOOL, TL_TINT, TL_TFLOAT, TL_TSTR, TL_TPTR, TL_TTAB };
 

@@ -159,6 +159,7 @@ static tl_entry *tl_tab_find(const tl_tab *t, const tl_key *k) {
   mask = t->cap - 1;
   for (i = k->hash & mask;; i = (i + 1) & mask) {
     tl_entry *e = &t->e[i];
+    TL_STAT(tl_stat_probes++);
     if (e->state == TL_EMPTY) return NULL;
     if (e->hash == k->hash && e->state == TL_LIVE && tl_key_eq(e, k)) return e;
   }
@@ -266,10 +267,12 @@ static int tl_tab_reserve(tl_tab *t) {
   while (cap < 2 * (t->count + 1)) cap *= 2; /* else: the same size, minus tombstones */
   ne = (tl_entry *)tl_calloc(cap, sizeof *ne);
   if (ne == NULL) return -1;
+  TL_STAT(tl_stat_rehashes++);
   for (i = 0; i < t->cap; i++) {
     tl_entry *e = &t->e[i];
     if (e->state == TL_LIVE) {
       uint32_t j = e->hash & (cap - 1);
+      TL_STAT(tl_stat_moved++);
       while (ne[j].state != TL_EMPTY) j = (j + 1) & (cap - 1);
       ne[j] = *e;
     }
@@ -317,7 +320,10 @@ static int tl_tab_put(tl_tab *t, const tl_key *k, tl_val *v, tl_val *old) {
       case TL_TFLOAT: key.u.f = k->u.f; break;
       default: key.u.b = k->u.b; break;
     }
-    while (t->e[i].state == TL_LIVE) i = (i + 1) & mask;
+    while (t->e[i].state == TL_LIVE) {
+      TL_STAT(tl_stat_probes++);
+      i = (i + 1) & mask;
+    }
     e = &t->e[i];
     if (e->state == TL_EMPTY) t->used++;
     e->state = TL_LIVE;
