@@ -75,8 +75,10 @@ static tl_tab *tl_shfields_start(tl_thread *t, tl_sloc *sl, int create, int *err
     t->shfields = ns;
     t->nshfields = n;
   }
-  tab = defaults ? tl_tab_clone(defaults, t) : tl_tab_new(t);
-  if (tab == NULL) goto fail;
+  if (defaults != NULL) {
+    if (tl_tab_clone(defaults, t, 0, &tab) != TL_COPY_OK) goto fail; /* fits: see tl_conv */
+  } else if ((tab = tl_tab_new(t, 0)) == NULL)
+    goto fail;
   t->shfields[sl->idx] = tab;
   return tab;
 fail:

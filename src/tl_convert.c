@@ -224,8 +224,9 @@ typedef struct tl_conv {
   tl_thread *owner; /* of the tables made; NULL for defaults */
   int mt;           /* proxy metatable, absolute index */
   int depth, ntables;
-  int keys[TL_MAXDEPTH + 1];       /* stack slots of the keys on the path */
-  const void *tables[TL_MAXDEPTH]; /* the tables on the path, for cycles */
+  uint32_t base;    /* the depth of a table made at ntables == 0 */
+  int keys[TL_MAXDEPTH + 2];           /* stack slots of the keys on the path */
+  const void *tables[TL_MAXDEPTH + 1]; /* the tables on the path, for cycles */
   int nomem;
   char msg[256];
 } tl_conv;
@@ -257,6 +258,27 @@ static int tl_conv_nomem(tl_conv *c) {
   return TL_CONV_FAIL;
 }
 
+/* The failures that name a type: kept out of the recursion's frames. */
+static TL_NOINLINE int tl_conv_badkey(tl_conv *c, int kt) {
+  char what[64];
+  if (kt == LUA_TNUMBER)
+    snprintf(what, sizeof what, "cannot use NaN as a key");
+  else
+    snprintf(what, sizeof what, "cannot use a %s as a key", lua_typename(c->L, kt));
+  return tl_conv_fail(c, what);
+}
+
+static TL_NOINLINE int tl_conv_badvalue(tl_conv *c, int t) {
+  char what[64];
+  snprintf(what, sizeof what, "cannot store a %s",
+           t == LUA_TTHREAD ? "coroutine" : lua_typename(c->L, t));
+  return tl_conv_fail(c, what);
+}
+
+static TL_NOINLINE int tl_conv_deep(tl_conv *c) {
+  return tl_conv_fail(c, "cannot store tables nested this deep");
+}
+
 static int tl_conv_value(tl_conv *c, int i, tl_val *out);
 
 static int tl_conv_table(tl_conv *c, int i, tl_tab **out) {
@@ -266,24 +288,19 @@ static int tl_conv_table(tl_conv *c, int i, tl_tab **out) {
   int d;
   for (d = 0; d < c->ntables; d++)
     if (c->tables[d] == self) return tl_conv_fail(c, "cannot store a table that contains itself");
-  if (c->ntables >= TL_MAXDEPTH || !lua_checkstack(L, 4))
-    return tl_conv_fail(c, "cannot store tables nested this deep");
-  if ((tab = tl_tab_new(c->owner)) == NULL) return tl_conv_nomem(c);
+  if (c->base + (uint32_t)c->ntables > TL_MAXDEPTH || !lua_checkstack(L, 4))
+    return tl_conv_deep(c);
+  if ((tab = tl_tab_new(c->owner, c->base + (uint32_t)c->ntables)) == NULL)
+    return tl_conv_nomem(c);
   c->tables[c->ntables++] = self;
   lua_pushnil(L);
   while (lua_next(L, i)) {
     tl_key k;
     tl_val v, old;
     int rc;
-    if (!tl_tokey(L, -2, &k)) {
-      char what[64];
-      int kt = lua_type(L, -2);
-      if (kt == LUA_TNUMBER)
-        snprintf(what, sizeof what, "cannot use NaN as a key");
-      else
-        snprintf(what, sizeof what, "cannot use a %s as a key", lua_typename(L, kt));
-      rc = tl_conv_fail(c, what);
-    } else {
+    if (!tl_tokey(L, -2, &k))
+      rc = tl_conv_badkey(c, lua_type(L, -2));
+    else {
       c->keys[c->depth++] = lua_gettop(L) - 1;
       rc = tl_conv_value(c, lua_gettop(L), &v);
       c->depth--;
@@ -306,7 +323,6 @@ static int tl_conv_table(tl_conv *c, int i, tl_tab **out) {
 
 static int tl_conv_value(tl_conv *c, int i, tl_val *out) {
   lua_State *L = c->L;
-  char what[64];
   out->type = TL_TNIL;
   switch (lua_type(L, i)) {
     case LUA_TSTRING: {
@@ -334,27 +350,28 @@ static int tl_conv_value(tl_conv *c, int i, tl_val *out) {
           const tl_tab *tab = tl_proxy_target(tl_me, (const tl_proxy *)lua_touserdata(L, i));
           if (tab == NULL)
             return tl_conv_fail(c, "cannot store a table proxy that is not valid on this thread");
-          if ((out->u.tab = tl_tab_clone(tab, c->owner)) == NULL) return tl_conv_nomem(c);
-          out->type = TL_TTAB;
-          return TL_CONV_OK;
+          switch (tl_tab_clone(tab, c->owner, c->base + (uint32_t)c->ntables, &out->u.tab)) {
+            case TL_COPY_OK: out->type = TL_TTAB; return TL_CONV_OK;
+            case TL_COPY_DEEP: return tl_conv_deep(c);
+            default: return tl_conv_nomem(c);
+          }
         }
       }
       /* FALLTHROUGH */
-    default: {
-      int t = lua_type(L, i);
+    default:
       if (tl_toscalar(L, i, out)) return TL_CONV_OK;
-      snprintf(what, sizeof what, "cannot store a %s",
-               t == LUA_TTHREAD ? "coroutine" : lua_typename(L, t));
-      return tl_conv_fail(c, what);
-    }
+      return tl_conv_badvalue(c, lua_type(L, i));
   }
 }
 
-/* Converts stack slot i into *out, or raises (having freed everything). */
-static void tl_tovalue(lua_State *L, int i, int key, tl_thread *owner, int mt, tl_val *out) {
+/* Converts stack slot i into *out, a value whose tables would be `depth`
+** levels below the fields table, or raises (having freed everything). */
+static void tl_tovalue(lua_State *L, int i, int key, tl_thread *owner, uint32_t depth, int mt,
+                       tl_val *out) {
   tl_conv c;
   c.L = L;
   c.owner = owner;
+  c.base = depth;
   c.mt = mt ? tl_absindex(L, mt) : 0;
   c.depth = key ? 1 : 0;
   c.ntables = 0;
@@ -370,7 +387,7 @@ static void tl_tab_assign_any(lua_State *L, tl_tab *tab) {
   tl_key k;
   tl_val v, old;
   tl_checkkey(L, 2, &k);
-  tl_tovalue(L, 3, 2, tab->owner, TL_UP_PROXYMT, &v);
+  tl_tovalue(L, 3, 2, tab->owner, tab->depth + 1, TL_UP_PROXYMT, &v);
   if (tl_tab_put(tab, &k, &v, &old) != 0) {
     tl_val_free(&v);
     tl_memerror(L);

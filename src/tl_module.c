@@ -94,7 +94,7 @@ static int tl_shared_new(lua_State *L) {
   lua_settop(L, 2);
   if (!lua_isnil(L, 2)) {
     tl_val v;
-    tl_tovalue(L, 2, 0, NULL, TL_UP_PROXYMT, &v);
+    tl_tovalue(L, 2, 0, NULL, 0, TL_UP_PROXYMT, &v); /* the defaults are the fields */
     defaults = v.u.tab;
   }
   if ((sl = tl_sloc_open(name, len)) == NULL) {

@@ -218,11 +218,13 @@ static void tl_slab_remove(tl_thread *t, tl_tab *tab) {
   t->slabfree[t->nslabfree++] = tab->slot;
 }
 
-/* A new empty table owned by t (NULL: not in any slab). */
-static tl_tab *tl_tab_new(tl_thread *owner) {
+/* A new empty table owned by t (NULL: not in any slab), `depth` levels
+** below the fields table (the caller checks the limit). */
+static tl_tab *tl_tab_new(tl_thread *owner, uint32_t depth) {
   tl_tab *tab = (tl_tab *)tl_calloc(1, sizeof *tab);
   if (tab == NULL) return NULL;
   tab->owner = owner;
+  tab->depth = depth;
   if (owner != NULL) tab->version = owner->clock++;
   if (owner != NULL && tl_slab_add(owner, tab) != 0) {
     tl_free(tab);
@@ -335,44 +337,56 @@ static int tl_tab_put(tl_tab *t, const tl_key *k, tl_val *v, tl_val *old) {
   return 0;
 }
 
-static int tl_val_clone(const tl_val *src, tl_val *dst, tl_thread *owner);
+/* What a copy returns. */
+enum { TL_COPY_OK, TL_COPY_NOMEM, TL_COPY_DEEP };
 
-/* A deep copy owned by `owner`; NULL when out of memory. */
-static tl_tab *tl_tab_clone(const tl_tab *src, tl_thread *owner) {
-  tl_tab *t = tl_tab_new(owner);
+static int tl_val_clone(const tl_val *src, tl_val *dst, tl_thread *owner, uint32_t depth);
+
+/*
+** A deep copy of src owned by `owner`, put `depth` levels below the fields
+** table, in *out.  Returns TL_COPY_OK; TL_COPY_DEEP when a table of the
+** copy would be deeper than TL_MAXDEPTH; TL_COPY_NOMEM when out of memory.
+** src obeys the limit at its own depth, so the recursion is bounded.
+*/
+static int tl_tab_clone(const tl_tab *src, tl_thread *owner, uint32_t depth, tl_tab **out) {
+  tl_tab *t;
   uint32_t i;
-  if (t == NULL) return NULL;
+  int rc = TL_COPY_NOMEM;
+  if (depth > TL_MAXDEPTH) return TL_COPY_DEEP;
+  if ((t = tl_tab_new(owner, depth)) == NULL) return TL_COPY_NOMEM;
   for (i = 0; i < src->cap; i++) {
     const tl_entry *e = &src->e[i];
     tl_key k;
     tl_val v, old;
     if (e->state != TL_LIVE) continue;
     tl_key_of(&k, &e->key);
-    if (tl_val_clone(&e->val, &v, owner) != 0) goto fail;
+    if ((rc = tl_val_clone(&e->val, &v, owner, depth + 1)) != TL_COPY_OK) goto fail;
     if (tl_tab_put(t, &k, &v, &old) != 0) {
       tl_val_free(&v);
+      rc = TL_COPY_NOMEM;
       goto fail;
     }
   }
-  return t;
+  *out = t;
+  return TL_COPY_OK;
 fail:
   tl_tab_free(t);
-  return NULL;
+  return rc;
 }
 
-/* A copy never takes a pointer's destructor: only the original runs it. */
-static int tl_val_clone(const tl_val *src, tl_val *dst, tl_thread *owner) {
+/* A copy never takes a pointer's destructor: only the original runs it.
+** A table value is put `depth` levels down.  Returns as tl_tab_clone. */
+static int tl_val_clone(const tl_val *src, tl_val *dst, tl_thread *owner, uint32_t depth) {
   *dst = *src;
   switch (src->type) {
     case TL_TSTR:
-      if ((dst->u.str.s = tl_strdup(src->u.str.s, src->u.str.len)) == NULL) return -1;
+      if ((dst->u.str.s = tl_strdup(src->u.str.s, src->u.str.len)) == NULL)
+        return TL_COPY_NOMEM;
       break;
     case TL_TPTR: dst->u.ptr.dtor = NULL; break;
-    case TL_TTAB:
-      if ((dst->u.tab = tl_tab_clone(src->u.tab, owner)) == NULL) return -1;
-      break;
+    case TL_TTAB: return tl_tab_clone(src->u.tab, owner, depth, &dst->u.tab);
   }
-  return 0;
+  return TL_COPY_OK;
 }
 
 static int tl_tab_equal(const tl_tab *a, const tl_tab *b);
