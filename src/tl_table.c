@@ -53,24 +53,118 @@ THREADLOCAL_API void threadlocal_set_allocator(threadlocal_alloc f, void *ud) {
 /* Shared tables (plain C: no Lua, no locks)                              */
 /* ---------------------------------------------------------------------- */
 
-/* Eight bytes at a time: keys are hashed on every shared access. */
+/*
+** Hashing.  Keys come from scripts and hosts that may be hostile, so the
+** hashes are keyed with a per-process random seed (tl_seed_init, at the
+** one-time set-up): without the seed, nobody can make many keys share a
+** slot.  The mixing is wyhash's: a 64x64->128-bit multiply, folded.
+*/
+static uint64_t tl_seed[4] = { /* replaced by random bits before any use */
+  0x2d358dccaa6c78a5u, 0x8bb84b93962eacc9u, 0x4b33a62ed433d4a3u, 0x4d5a2da51de1aa47u
+};
+
+#if defined(__SIZEOF_INT128__)
+__extension__ typedef unsigned __int128 tl_u128;
+
+static TL_HOT void tl_mum(uint64_t *a, uint64_t *b) { /* the two halves of a * b */
+  tl_u128 r = (tl_u128)*a * *b;
+  *a = (uint64_t)r;
+  *b = (uint64_t)(r >> 64);
+}
+#else
+static void tl_mum(uint64_t *a, uint64_t *b) {
+  uint64_t ha = *a >> 32, hb = *b >> 32, la = (uint32_t)*a, lb = (uint32_t)*b;
+  uint64_t rh = ha * hb, rm0 = ha * lb, rm1 = hb * la, rl = la * lb, t = rl + (rm0 << 32), c = t < rl;
+  uint64_t lo = t + (rm1 << 32);
+  c += lo < t;
+  *a = lo;
+  *b = rh + (rm0 >> 32) + (rm1 >> 32) + c;
+}
+#endif
+
+static TL_HOT uint64_t tl_mix(uint64_t a, uint64_t b) {
+  tl_mum(&a, &b);
+  return a ^ b;
+}
+
+static TL_HOT uint64_t tl_rd8(const char *p) {
+  uint64_t w;
+  memcpy(&w, p, 8);
+  return w;
+}
+
+static TL_HOT uint64_t tl_rd4(const char *p) {
+  uint32_t w;
+  memcpy(&w, p, 4);
+  return w;
+}
+
 static uint32_t tl_hash_bytes(const char *s, size_t len) {
-  uint64_t h = 0x9e3779b97f4a7c15u ^ (uint64_t)len, w;
-  while (len >= 8) {
-    memcpy(&w, s, 8);
-    h = (h ^ w) * 0xff51afd7ed558ccdu;
-    h ^= h >> 32;
-    s += 8;
-    len -= 8;
+  uint64_t a, b, seed = tl_seed[0];
+  if (len <= 16) {
+    if (len >= 4) { /* two overlapping pairs of 4-byte words */
+      size_t d = (len >> 3) << 2;
+      a = (tl_rd4(s) << 32) | tl_rd4(s + d);
+      b = (tl_rd4(s + len - 4) << 32) | tl_rd4(s + len - 4 - d);
+    } else if (len > 0) {
+      a = ((uint64_t)(unsigned char)s[0] << 16) | ((uint64_t)(unsigned char)s[len >> 1] << 8) |
+          (unsigned char)s[len - 1];
+      b = 0;
+    } else
+      a = b = 0;
+  } else {
+    size_t i = len;
+    for (; i > 16; i -= 16, s += 16) seed = tl_mix(tl_rd8(s) ^ tl_seed[1], tl_rd8(s + 8) ^ seed);
+    a = tl_rd8(s + i - 16);
+    b = tl_rd8(s + i - 8);
   }
-  for (w = 0; len > 0; len--) w = (w << 8) | (unsigned char)s[len - 1];
-  h = (h ^ w) * 0xc4ceb9fe1a85ec53u;
-  return (uint32_t)(h ^ (h >> 32));
+  a ^= tl_seed[1];
+  b ^= seed;
+  tl_mum(&a, &b);
+  a = tl_mix(a ^ tl_seed[2] ^ (uint64_t)len, b ^ tl_seed[1]);
+  return (uint32_t)(a ^ (a >> 32));
 }
 
 static uint32_t tl_hash_int(uint64_t x) {
-  x *= 0x9e3779b97f4a7c15u;
-  return (uint32_t)(x >> 32);
+  uint64_t h = tl_mix(x ^ tl_seed[2], tl_seed[3]);
+  return (uint32_t)(h ^ (h >> 32));
+}
+
+/*
+** Sets the seed from the system's random source: getrandom, else
+** /dev/urandom, else (both unavailable) the clock, addresses and the pid.
+** Called once, before any key is hashed.
+*/
+static void tl_seed_init(void) {
+  uint64_t k[4];
+  size_t got = 0, i;
+#ifdef TL_GETRANDOM
+  ssize_t n = getrandom(k, sizeof k, GRND_NONBLOCK);
+  if (n > 0) got = (size_t)n;
+#endif
+  if (got < sizeof k) {
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      ssize_t r;
+      while (got < sizeof k && (r = read(fd, (char *)k + got, sizeof k - got)) > 0)
+        got += (size_t)r;
+      close(fd);
+    }
+  }
+  if (got < sizeof k) {
+    struct timespec ts;
+    uint64_t x;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    x = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    memset(k, 0, sizeof k);
+    k[0] = x ^ (uint64_t)getpid();
+    k[1] = (uint64_t)(uintptr_t)&k ^ (uint64_t)(uintptr_t)&tl_seed_init;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    k[2] = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32);
+    k[3] = (uint64_t)(uintptr_t)k ^ x;
+  }
+  for (i = 0; i < 4; i++)
+    tl_seed[i] = tl_mix(tl_seed[i] ^ k[i], tl_seed[(i + 1) & 3] ^ k[(i + 2) & 3]) ^ k[i];
 }
 
 static void tl_key_str(tl_key *k, const char *s, size_t len) {

@@ -127,6 +127,7 @@ static void tl_fork_child(void) {
 
 static void tl_global_init(void) {
   Dl_info info;
+  tl_seed_init();
   if (pthread_key_create(&tl_exitkey, tl_thread_exit) != 0 ||
       pthread_atfork(tl_fork_prepare, tl_fork_unlock, tl_fork_child) != 0) {
     tl_once_err = 1;
