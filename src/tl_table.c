@@ -355,12 +355,23 @@ static void tl_tab_free(tl_tab *tab) {
   tl_free(tab);
 }
 
-/* Makes room for one more entry.  Returns 0, or -1 when out of memory. */
+#define TL_MAXCAP ((uint32_t)1 << 30) /* entries in one table */
+
+/*
+** Makes room for one more entry.  Live and dead entries fill at most half
+** the slots; past that, the table is rebuilt at the size that leaves it at
+** most a quarter full (larger, the same, or smaller), so at least cap/4
+** inserts separate two rebuilds and any mix of inserts and deletes costs
+** amortised O(1).  Returns 0, or -1 when out of memory.
+*/
 static int tl_tab_reserve(tl_tab *t) {
-  uint32_t cap = t->cap ? t->cap : 4, i;
+  uint32_t cap = 4, i;
   tl_entry *ne;
-  if ((t->used + 1) * 2 <= t->cap) return 0;
-  while (cap < 2 * (t->count + 1)) cap *= 2; /* else: the same size, minus tombstones */
+  if (((uint64_t)t->used + 1) * 2 <= t->cap) return 0;
+  while (cap < 4 * (uint64_t)t->count) {
+    if (cap >= TL_MAXCAP) return -1;
+    cap *= 2;
+  }
   ne = (tl_entry *)tl_calloc(cap, sizeof *ne);
   if (ne == NULL) return -1;
   TL_STAT(tl_stat_rehashes++);
