@@ -72,6 +72,10 @@ extern "C" {
 #define THREADLOCAL_API extern
 #endif
 
+/* The longest name of a shared local, and the longest string value, in
+** bytes; a longer length is a bad argument (THREADLOCAL_ERRARG). */
+#define THREADLOCAL_MAXLEN (SIZE_MAX / 2)
+
 /* Return codes. */
 #define THREADLOCAL_OK 0
 #define THREADLOCAL_ERRMEM 1

@@ -90,6 +90,7 @@ static int tl_shared_new(lua_State *L) {
   tl_tab *defaults = NULL, *current = NULL;
   tl_sloc *sl;
   tl_sref *ref;
+  luaL_argcheck(L, len <= THREADLOCAL_MAXLEN, 1, "name too long");
   if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   if (!lua_isnil(L, 2)) {

@@ -25,6 +25,11 @@ static void *tl_allocud;
 static void *tl_realloc(void *p, size_t size) { return tl_allocf(tl_allocud, p, size); }
 static void *tl_malloc(size_t size) { return tl_allocf(tl_allocud, NULL, size); }
 
+/* realloc of an array of n elements of `size` bytes; NULL on overflow. */
+static void *tl_reallocarray(void *p, size_t n, size_t size) {
+  return size != 0 && n > SIZE_MAX / size ? NULL : tl_realloc(p, n * size);
+}
+
 static void *tl_calloc(size_t n, size_t size) {
   void *p = size != 0 && n > SIZE_MAX / size ? NULL : tl_malloc(n * size);
   if (p != NULL) memset(p, 0, n * size);
@@ -287,14 +292,15 @@ static int tl_slab_add(tl_thread *t, tl_tab *tab) {
   else {
     if (t->nslab == t->capslab) {
       uint32_t cap = t->capslab ? 2 * t->capslab : 16;
-      tl_tab **slab = (tl_tab **)tl_realloc(t->slab, cap * sizeof *slab);
+      tl_tab **slab;
       uint32_t *gen, *freeslots;
-      if (slab == NULL) return -1;
+      if (t->capslab > UINT32_MAX / 2) return -1; /* cap would wrap */
+      if ((slab = (tl_tab **)tl_reallocarray(t->slab, cap, sizeof *slab)) == NULL) return -1;
       t->slab = slab;
-      if ((gen = (uint32_t *)tl_realloc(t->slabgen, cap * sizeof *gen)) == NULL) return -1;
+      if ((gen = (uint32_t *)tl_reallocarray(t->slabgen, cap, sizeof *gen)) == NULL) return -1;
       t->slabgen = gen;
-      if ((freeslots = (uint32_t *)tl_realloc(t->slabfree, cap * sizeof *freeslots)) == NULL)
-        return -1;
+      freeslots = (uint32_t *)tl_reallocarray(t->slabfree, cap, sizeof *freeslots);
+      if (freeslots == NULL) return -1;
       t->slabfree = freeslots;
       memset(gen + t->capslab, 0, (cap - t->capslab) * sizeof *gen);
       t->capslab = cap;

@@ -13,6 +13,8 @@
 **            integers, names in the registry) cost what random keys cost
 **   window   a steady-size window of deletes and inserts rebuilds a table
 **            only now and then, at every size
+**   lengths  impossible lengths from a C host are bad arguments, and sizes
+**            never overflow
 **
 ** Prints TAP lines; exits non-zero if any check failed.
 */
@@ -319,8 +321,43 @@ static void test_window(void) {
   check(amortised, "at every size up to 5000, rebuilds move at most 2 entries per insert");
 }
 
+/* ---------------------------------------------------------------------- */
+/* lengths                                                                 */
+/* ---------------------------------------------------------------------- */
+
+static void test_lengths(void) {
+  threadlocal_shared *sh = NULL, *empty = NULL, *again = NULL;
+  threadlocal_value v;
+  lua_State *L;
+  check(threadlocal_shared_open("short", SIZE_MAX, &sh) == THREADLOCAL_ERRARG && sh == NULL,
+        "shared_open: an impossible name length is a bad argument");
+  check(threadlocal_shared_open("short", THREADLOCAL_MAXLEN + 1, &sh) == THREADLOCAL_ERRARG,
+        "shared_open: a name longer than THREADLOCAL_MAXLEN is a bad argument");
+  check(threadlocal_shared_open(NULL, 1, &sh) == THREADLOCAL_ERRARG,
+        "shared_open: NULL with a length is a bad argument");
+  check(threadlocal_shared_open(NULL, 0, &empty) == THREADLOCAL_OK &&
+        threadlocal_shared_open("", 0, &again) == THREADLOCAL_OK && empty == again,
+        "shared_open: NULL with length 0 is the empty name");
+  if (empty == NULL) return;
+  check(threadlocal_set_string(empty, "s", "x", SIZE_MAX) == THREADLOCAL_ERRARG &&
+        threadlocal_set_string(empty, "s", "x", THREADLOCAL_MAXLEN + 1) == THREADLOCAL_ERRARG,
+        "set_string: an impossible length is a bad argument");
+  check(threadlocal_set_string(empty, "s", NULL, 0) == THREADLOCAL_OK &&
+        threadlocal_get(empty, "s", &v) == THREADLOCAL_OK && v.type == THREADLOCAL_STRING &&
+        v.u.string.len == 0 && v.u.string.ptr[0] == '\0',
+        "set_string: NULL with length 0 is the empty string");
+  check(tl_reallocarray(NULL, SIZE_MAX / 4, 8) == NULL && tl_calloc(SIZE_MAX / 4, 8) == NULL,
+        "array sizes that overflow are refused before allocating");
+  L = new_state(NULL);
+  check(L != NULL && run(L, "local sh = threadlocal.shared(''); return assert(sh.s == '')"),
+        "Lua sees the empty name's fields");
+  if (L != NULL) lua_close(L);
+  threadlocal_clear(empty);
+}
+
 int main(int argc, char **argv) {
   const char *only = argc > 1 ? argv[1] : NULL;
+  if (only == NULL || strcmp(only, "lengths") == 0) test_lengths();
   if (only == NULL || strcmp(only, "hash") == 0) test_hash();
   if (only == NULL || strcmp(only, "window") == 0) test_window();
   if (only == NULL || strcmp(only, "depth") == 0) test_depth();
