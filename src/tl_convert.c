@@ -27,6 +27,45 @@ static TL_NORETURN void tl_memerror(lua_State *L) {
   tl_error(L, "not enough memory");
 }
 
+/* "bad argument #i to 'f' (<tag> expected, got <type>)" */
+static TL_NORETURN TL_NOINLINE void tl_typeerror(lua_State *L, int i, const char *tag) {
+  luaL_argerror(L, i, lua_pushfstring(L, "%s expected, got %s", tag, luaL_typename(L, i)));
+  tl_unreachable();
+}
+
+/*
+** The userdata at slot i if it is one of the module's of the kind `tag`: a
+** full userdata of `size` bytes that starts with the tag; NULL otherwise
+** (a light userdata has length 0).  Cheap enough for the hot paths.
+*/
+static TL_HOT void *tl_testud(lua_State *L, int i, const char *tag, size_t size) {
+  void *p = lua_touserdata(L, i);
+  if (p == NULL || tl_rawlen(L, i) != size || *(const char *const *)p != tag) return NULL;
+  return p;
+}
+
+static void *tl_checkud(lua_State *L, int i, const char *tag, size_t size) {
+  void *p = tl_testud(L, i, tag, size);
+  if (p == NULL) tl_typeerror(L, i, tag);
+  return p;
+}
+
+/*
+** The same check for the hot metamethods (__index, __newindex), without
+** the length, which would cost one more call into Lua on every access.
+** Lua code reaches them only through debug.getmetatable, and whatever it
+** passes is caught, except a light userdata holding an address that
+** cannot be read, which only C code makes (as debug.setupvalue on
+** string.gmatch's iterator can crash Lua itself, the debug library is
+** outside what Lua code is kept from).  Nothing else is read from p before
+** the tag matched.
+*/
+static TL_HOT void *tl_checkud_hot(lua_State *L, int i, const char *tag) {
+  void *p = lua_touserdata(L, i);
+  if (tl_unlikely(p == NULL || *(const char *const *)p != tag)) tl_typeerror(L, i, tag);
+  return p;
+}
+
 static tl_thread *tl_self(lua_State *L) {
   tl_thread *t = tl_thread_get();
   if (t == NULL) tl_memerror(L);
@@ -140,6 +179,7 @@ static TL_HOT tl_tab *tl_proxy_target(const tl_thread *t, const tl_proxy *p) {
 /* Pushes a new proxy of tab, and remembers it in the cache (0: none). */
 static void tl_newproxy(lua_State *L, tl_tab *tab, int mt, int cache) {
   tl_proxy *p = (tl_proxy *)tl_newud(L, sizeof *p, 0);
+  p->tag = tl_proxy_tag;
   p->owner = tab->owner->id;
   p->slot = tab->slot;
   p->gen = tab->owner->slabgen[tab->slot];
@@ -206,9 +246,10 @@ static TL_NORETURN void tl_proxy_fail(lua_State *L, const tl_proxy *p) {
   tl_error(L, "threadlocal: table proxy is stale: its table was replaced, deleted or cleared");
 }
 
-/* The table a proxy at stack slot i stands for; raises if it is gone. */
+/* The table a proxy at stack slot i stands for; raises if it is gone, or
+** if slot i holds no proxy. */
 static TL_HOT tl_tab *tl_proxy_tab(lua_State *L, int i) {
-  const tl_proxy *p = (const tl_proxy *)lua_touserdata(L, i);
+  const tl_proxy *p = (const tl_proxy *)tl_checkud_hot(L, i, tl_proxy_tag);
   tl_tab *tab = tl_proxy_target(tl_me, p);
   if (tab == NULL) tl_proxy_fail(L, p);
   return tab;

@@ -12,17 +12,14 @@ enum { TL_KLOCAL = 1, TL_KSHARED = 2, TL_KPROXY = 4 };
 
 /* Which of the kinds in `kinds` the value at slot 1 is; raises otherwise. */
 static int tl_checkkind(lua_State *L, int kinds, const char *tname) {
-  if (tl_islocal(L, 1)) {
-    if (kinds & TL_KLOCAL) return TL_KLOCAL;
-  } else if (lua_type(L, 1) == LUA_TUSERDATA && lua_getmetatable(L, 1)) {
-    int k = 0;
-    luaL_getmetatable(L, THREADLOCAL_SHARED_MT);
-    if (lua_rawequal(L, -1, -2)) k = TL_KSHARED;
-    lua_pop(L, 1);
-    if (lua_rawequal(L, -1, TL_UP_PROXYMT)) k = TL_KPROXY;
-    lua_pop(L, 1);
-    if (k & kinds) return k;
-  }
+  int k = 0;
+  if (tl_islocal(L, 1))
+    k = TL_KLOCAL;
+  else if (tl_testud(L, 1, tl_sref_tag, sizeof(tl_sref)) != NULL)
+    k = TL_KSHARED;
+  else if (tl_testud(L, 1, tl_proxy_tag, sizeof(tl_proxy)) != NULL)
+    k = TL_KPROXY;
+  if (k & kinds) return k;
   return luaL_argerror(L, 1, lua_pushfstring(L, "%s expected, got %s", tname,
                                              luaL_typename(L, 1)));
 }
@@ -40,7 +37,8 @@ static void tl_pushupvalues(lua_State *L) {
 static void tl_local_closure(lua_State *L, int ud, lua_CFunction f, const char *name, int uv) {
   tl_pushupvalues(L);                   /* mt state proxymt cache */
   lua_pushnil(L);                       /* mt state proxymt cache fields */
-  lua_pushcclosure(L, f, TL_NUP + 1);   /* mt f */
+  lua_pushvalue(L, ud);                 /* mt state proxymt cache fields self */
+  lua_pushcclosure(L, f, TL_NUP + 2);   /* mt f */
   lua_pushvalue(L, -1);                 /* mt f f */
   tl_setuv(L, ud, uv);                  /* mt f */
   lua_setfield(L, -2, name);            /* mt */
@@ -54,6 +52,7 @@ static int tl_new(lua_State *L) {
   else if (n > 1)
     tl_error(L, "threadlocal: init arguments given without an init function");
   lo = (tl_local *)tl_newud(L, sizeof *lo, TL_LOCAL_NUV); /* args ud */
+  lo->tag = tl_local_tag;
   lo->get_id = lo->set_id = TL_NOCACHE;
   /* Its own metatable: the shared metamethods, and its own closures. */
   luaL_getmetatable(L, THREADLOCAL_LOCAL_MT);                  /* args ud localmt */
@@ -121,6 +120,7 @@ static int tl_shared_new(lua_State *L) {
   lua_pop(L, 1);
   ref = (tl_sref *)tl_newud(L, sizeof *ref, TL_SREF_NUV);
   memset(ref, 0, sizeof *ref);
+  ref->tag = tl_sref_tag;
   ref->sl = sl;
   luaL_getmetatable(L, THREADLOCAL_SHARED_MT);
   lua_setmetatable(L, -2);                   /* name defaults byname ref */

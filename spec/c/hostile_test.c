@@ -13,6 +13,7 @@
 **            integers, names in the registry) cost what random keys cost
 **   window   a steady-size window of deletes and inserts rebuilds a table
 **            only now and then, at every size
+**   metamethods  every metamethod checks its argument 1
 **   lengths  impossible lengths from a C host are bad arguments, and sizes
 **            never overflow
 **
@@ -355,9 +356,69 @@ static void test_lengths(void) {
   threadlocal_clear(empty);
 }
 
+/* ---------------------------------------------------------------------- */
+/* metamethods                                                             */
+/* ---------------------------------------------------------------------- */
+
+/* Every metamethod of the three kinds, reached through debug.getmetatable,
+** called with every wrong argument 1: each call must raise the standard
+** "bad argument" error, never crash. */
+static const char meta_code[] =
+  "local T = threadlocal\n"
+  "local lo, lo2 = T.new(), T.new()\n"
+  "local sh = T.shared('meta'); sh.t = {}\n"
+  "local kinds = {\n"
+  "  { name = 'threadlocal.local', obj = lo },\n"
+  "  { name = 'threadlocal.shared', obj = sh },\n"
+  "  { name = 'threadlocal.table', obj = sh.t },\n"
+  "}\n"
+  "local wrong = { 1, 'str', {}, true, io.stdout, LIGHT, lo2, sh, sh.t, coroutine.create(print) }\n"
+  "local n = 0\n"
+  "for _, kind in ipairs(kinds) do\n"
+  "  local mt = debug.getmetatable(kind.obj)\n"
+  "  for _, mm in ipairs { '__index', '__newindex', '__pairs', '__len', '__tostring' } do\n"
+  "    local f = mt[mm]\n"
+  "    for i = 1, #wrong + 1 do\n"
+  "      local arg = wrong[i]\n"
+  "      local isself = arg == kind.obj or (kind.obj == lo and arg == lo2)\n"
+  "      if not isself then\n"
+  "        local ok, err\n"
+  "        if i > #wrong then ok, err = pcall(f) else ok, err = pcall(f, arg, 'k', 1) end\n"
+  "        local want = 'bad argument #1 to .-%(' .. kind.name:gsub('%.', '%%.') .. ' expected, got '\n"
+  "        if ok or not tostring(err):find(want) then\n"
+  "          error(('%s %s(%s): %s'):format(kind.name, mm, tostring(arg), tostring(err)))\n"
+  "        end\n"
+  "        n = n + 1\n"
+  "      end\n"
+  "    end\n"
+  "  end\n"
+  "end\n"
+  "local ok, err = pcall(function() return debug.getmetatable(sh).__tostring(1) end)\n"
+  "assert(err:find(\"bad argument #1 to '__tostring' (threadlocal.shared expected, got number)\", 1, true), err)\n"
+  "lo.k = 5\n" /* another Local given to lo's own closures is refused */
+  "assert(not pcall(debug.getmetatable(lo).__newindex, lo2, 'k', 6))\n"
+  "assert(not pcall(debug.getmetatable(lo).__index, lo2, 'k'))\n"
+  "assert(lo.k == 5 and lo2.k == nil)\n"
+  "assert(#lo == 0 and #sh == 0 and #sh.t == 0 and tostring(sh):find('meta'))\n"
+  "return n\n";
+
+static void test_metamethods(void) {
+  static char buffer[64]; /* a light userdata that is readable, but no object */
+  lua_State *L = new_state(NULL);
+  int ok;
+  if (L == NULL) return;
+  lua_pushlightuserdata(L, buffer);
+  lua_setglobal(L, "LIGHT");
+  ok = run(L, meta_code);
+  check(ok && lua_tointeger(L, -1) > 100,
+        "every metamethod, given a wrong argument 1, raises a bad argument error");
+  lua_close(L);
+}
+
 int main(int argc, char **argv) {
   const char *only = argc > 1 ? argv[1] : NULL;
   if (only == NULL || strcmp(only, "lengths") == 0) test_lengths();
+  if (only == NULL || strcmp(only, "metamethods") == 0) test_metamethods();
   if (only == NULL || strcmp(only, "hash") == 0) test_hash();
   if (only == NULL || strcmp(only, "window") == 0) test_window();
   if (only == NULL || strcmp(only, "depth") == 0) test_depth();
