@@ -102,7 +102,12 @@ static int tl_state_gc(lua_State *L) {
 /* Locals                                                                 */
 /* ---------------------------------------------------------------------- */
 
-/* Record that the Local at `ud` holds fields for t, so a purge finds them. */
+/*
+** Record that the Local at `ud` holds fields for t, so a purge finds them.
+** Every allocation through the Lua API may run a finalizer that touches
+** another Local of this state on this thread, and so enrolls the thread
+** first: what was read before an allocation is read again after it.
+*/
 static void tl_enroll(lua_State *L, int ud, tl_thread *t) {
   tl_state *st = tl_state_at(L);
   tl_getuv(L, TL_UP_STATE, TL_STATE_BYTHREAD);
@@ -114,9 +119,15 @@ static void tl_enroll(lua_State *L, int ud, tl_thread *t) {
     lua_pushliteral(L, "k");
     lua_setfield(L, -2, "__mode");
     lua_setmetatable(L, -2);
-    if (st->home != NULL && tl_home_register(st->home, t) != 0) tl_memerror(L);
-    lua_pushvalue(L, -1);
-    tl_rawseti64(L, -3, t->id);
+    tl_rawgeti64(L, -2, t->id); /* did a finalizer enroll the thread meanwhile? */
+    if (!lua_isnil(L, -1))
+      lua_remove(L, -2); /* then use its set */
+    else { /* no allocation from here to the store */
+      lua_pop(L, 1);
+      if (st->home != NULL && tl_home_register(st->home, t) != 0) tl_memerror(L);
+      lua_pushvalue(L, -1);
+      tl_rawseti64(L, -3, t->id);
+    }
   }
   lua_pushvalue(L, ud);
   lua_pushboolean(L, 1);
@@ -179,8 +190,13 @@ static void tl_local_push(lua_State *L, int ud) {
     if (lua_isnil(L, -1)) { /* init cleared its own fields */
       lua_pop(L, 1);
       lua_newtable(L);
-      lua_pushvalue(L, -1);
-      tl_rawseti64(L, -3, t->id);
+      tl_rawgeti64(L, -2, t->id); /* a finalizer may have started it again */
+      if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        tl_rawseti64(L, -3, t->id);
+      } else
+        lua_remove(L, -2);
     }
   }
   lua_remove(L, -2);

@@ -124,6 +124,10 @@ static int tl_shared_new(lua_State *L) {
   ref->sl = sl;
   luaL_getmetatable(L, THREADLOCAL_SHARED_MT);
   lua_setmetatable(L, -2);                   /* name defaults byname ref */
+  lua_pushvalue(L, 1);                       /* a finalizer that ran in tl_newud */
+  lua_rawget(L, -3);                         /* may have made one */
+  if (!lua_isnil(L, -1)) return 1;
+  lua_pop(L, 1);
   lua_pushvalue(L, 1);
   lua_pushvalue(L, -2);
   lua_rawset(L, -4);                         /* byname[name] = ref */
@@ -280,6 +284,12 @@ static void tl_state_push(lua_State *L) {
   lua_pushcclosure(L, tl_sentinel_gc, 1);
   lua_setfield(L, -2, "__gc");
   tl_setuv(L, -2, TL_STATE_SENTINEL);                          /* st */
+  tl_rawgetp(L, LUA_REGISTRYINDEX, &tl_statekey); /* a finalizer that required */
+  if (!lua_isnil(L, -1)) {                         /* the module made one */
+    lua_remove(L, -2);
+    return;
+  }
+  lua_pop(L, 1);
   lua_pushvalue(L, -1);
   tl_rawsetp(L, LUA_REGISTRYINDEX, &tl_statekey);
 }

@@ -14,6 +14,8 @@
 **   window   a steady-size window of deletes and inserts rebuilds a table
 **            only now and then, at every size
 **   metamethods  every metamethod checks its argument 1
+**   enroll   finalizers that run inside the module's allocations and touch
+**            it lose no enrollment and make no second shared userdata
 **   lengths  impossible lengths from a C host are bad arguments, and sizes
 **            never overflow
 **
@@ -415,10 +417,79 @@ static void test_metamethods(void) {
   lua_close(L);
 }
 
+/* ---------------------------------------------------------------------- */
+/* enroll                                                                  */
+/* ---------------------------------------------------------------------- */
+
+/*
+** Finalizers that run inside the module's own allocations and touch the
+** module.  With a pause of 0 and a big step, Lua 5.4 runs a whole GC
+** cycle, finalizers included, in the first allocation step after a full
+** collection: objects dropped just before are finalized inside the first
+** allocation of the access that follows.  The functions are compiled in
+** advance and called from C, so that no allocation comes in between and
+** no stale stack slot keeps the objects alive.
+*/
+static const char enroll_setup[] =
+  "T = threadlocal\n"
+  "A, B = T.new(), T.new()\n"
+  "SHARED = {}\n"
+  "collectgarbage('setpause', 0); collectgarbage('incremental', 0, 1000, 20)\n"
+  "local function armed(f)\n" /* finalizers that call f, once dropped */
+  "  local objs = {}\n"
+  "  for i = 1, 3 do objs[i] = setmetatable({}, { __gc = f }) end\n"
+  "  collectgarbage('collect')\n"
+  "  return objs\n"
+  "end\n"
+  "function ARM_LOCAL() HOLD = armed(function() B.x = 1 end) end\n"
+  "function ACCESS_LOCAL() HOLD = nil; local _ = A.x end\n" /* enrolls this thread */
+  "function ARM_SHARED() HOLD = armed(function() SHARED[#SHARED + 1] = T.shared('enroll') end) end\n"
+  "function ACCESS_SHARED() HOLD = nil; local sh = T.shared('enroll'); SHARED[#SHARED + 1] = sh end\n";
+
+static lua_State *enroll_L;
+static int enroll_ok;
+
+static int call(lua_State *L, const char *f) {
+  lua_getglobal(L, f);
+  if (lua_pcall(L, 0, 0, 0) != 0) {
+    printf("# %s: %s\n", f, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return 0;
+  }
+  return 1;
+}
+
+static void *enroll_thread(void *arg) {
+  (void)arg;
+  enroll_ok += call(enroll_L, "ARM_LOCAL") && call(enroll_L, "ACCESS_LOCAL");
+  return NULL;
+}
+
+static void test_enroll(void) {
+  int i, n = 20, ran = 0;
+  lua_State *L = enroll_L = new_state(NULL);
+  if (L == NULL || !run(L, enroll_setup)) return;
+  for (i = 0; i < n; i++) ran += on_thread(enroll_thread, NULL, 0);
+  check(ran == n && enroll_ok == n, "threads whose finalizers touch the module mid-access");
+  check(run(L, "collectgarbage('setpause', 200); collectgarbage('incremental', 0, 100, 13)\n"
+               "collectgarbage(); collectgarbage()\n"
+               "local n = 0; for id in T.threads(B) do n = n + 1 end\n"
+               "assert(n == 1, n .. ' threads hold fields of B')"),
+        "a Local enrolled by a finalizer during another's enrollment is purged at exit");
+  check(run(L, "collectgarbage('setpause', 0); collectgarbage('incremental', 0, 1000, 20)") &&
+        call(L, "ARM_SHARED") &&
+        call(L, "ACCESS_SHARED") &&
+        run(L, "assert(#SHARED == 4, #SHARED)\n"
+               "for i = 2, #SHARED do assert(rawequal(SHARED[i], SHARED[1]), i) end"),
+        "one userdata per shared local name, even when a finalizer opens it meanwhile");
+  lua_close(L);
+}
+
 int main(int argc, char **argv) {
   const char *only = argc > 1 ? argv[1] : NULL;
   if (only == NULL || strcmp(only, "lengths") == 0) test_lengths();
   if (only == NULL || strcmp(only, "metamethods") == 0) test_metamethods();
+  if (only == NULL || strcmp(only, "enroll") == 0) test_enroll();
   if (only == NULL || strcmp(only, "hash") == 0) test_hash();
   if (only == NULL || strcmp(only, "window") == 0) test_window();
   if (only == NULL || strcmp(only, "depth") == 0) test_depth();
