@@ -274,23 +274,34 @@ typedef struct tl_conv {
 
 enum { TL_CONV_OK, TL_CONV_FAIL };
 
-/* Sets c->msg to "threadlocal: <what>[ in field '<path>']". */
+/*
+** Sets c->msg to "threadlocal: <what>[ in field '<path>']".  Integer keys
+** print as integers; a path too long for the message is cut, and then
+** ends "...'".
+*/
 static int tl_conv_fail(tl_conv *c, const char *what) {
+  const size_t room = sizeof c->msg - 4; /* for "...'" */
   size_t n = (size_t)snprintf(c->msg, sizeof c->msg, "threadlocal: %s", what);
   int i;
-  if (c->depth > 0 && n < sizeof c->msg)
-    n += (size_t)snprintf(c->msg + n, sizeof c->msg - n, " in field '");
-  for (i = 0; i < c->depth && n < sizeof c->msg; i++) {
+  if (c->depth == 0 || n >= room) return TL_CONV_FAIL;
+  n += (size_t)snprintf(c->msg + n, room - n, " in field '");
+  for (i = 0; i < c->depth && n < room; i++) {
     int k = c->keys[i];
-    if (lua_type(c->L, k) == LUA_TSTRING) {
-      const char *s = lua_tostring(c->L, k);
-      n += (size_t)snprintf(c->msg + n, sizeof c->msg - n, i ? ".%.40s" : "%.40s", s);
-    } else if (lua_type(c->L, k) == LUA_TNUMBER)
-      n += (size_t)snprintf(c->msg + n, sizeof c->msg - n, "[%.14g]", (double)lua_tonumber(c->L, k));
+    int64_t ik;
+    if (lua_type(c->L, k) == LUA_TSTRING)
+      n += (size_t)snprintf(c->msg + n, room - n, i ? ".%.40s" : "%.40s", lua_tostring(c->L, k));
+    else if (tl_toint(c->L, k, &ik) ||
+             (lua_type(c->L, k) == LUA_TNUMBER && tl_dbl_toint((double)lua_tonumber(c->L, k), &ik)))
+      n += (size_t)snprintf(c->msg + n, room - n, "[%lld]", (long long)ik);
+    else if (lua_type(c->L, k) == LUA_TNUMBER)
+      n += (size_t)snprintf(c->msg + n, room - n, "[%.14g]", (double)lua_tonumber(c->L, k));
     else
-      n += (size_t)snprintf(c->msg + n, sizeof c->msg - n, "[%s]", lua_toboolean(c->L, k) ? "true" : "false");
+      n += (size_t)snprintf(c->msg + n, room - n, "[%s]", lua_toboolean(c->L, k) ? "true" : "false");
   }
-  if (c->depth > 0 && n < sizeof c->msg) snprintf(c->msg + n, sizeof c->msg - n, "'");
+  if (n >= room) /* cut: snprintf stopped at room - 1 */
+    memcpy(c->msg + room - 1, "...'", 5);
+  else
+    memcpy(c->msg + n, "'", 2);
   return TL_CONV_FAIL;
 }
 
@@ -491,7 +502,8 @@ static lua_Integer tl_tab_len(const tl_tab *tab) { /* a border, as # finds one *
   return (lua_Integer)i;
 }
 
-/* Upvalues: a proxy of the table, the next slot to look at. */
+/* Upvalues: a proxy of the table, the next slot to look at, the state's
+** proxy cache (so that v == sh[k] holds for a table v in the loop). */
 static int tl_iter(lua_State *L) {
   tl_tab *tab = tl_proxy_tab(L, lua_upvalueindex(1));
   uint32_t i = (uint32_t)lua_tointeger(L, lua_upvalueindex(2));
@@ -502,7 +514,7 @@ static int tl_iter(lua_State *L) {
     lua_replace(L, lua_upvalueindex(2));
     tl_pushkey(L, &e->key);
     lua_getmetatable(L, lua_upvalueindex(1));
-    tl_pushval(L, &e->val, lua_gettop(L), 0);
+    tl_pushval(L, &e->val, lua_gettop(L), lua_upvalueindex(3));
     lua_remove(L, -2);
     return 2;
   }
@@ -523,8 +535,9 @@ static int tl_tab_pairs(lua_State *L, tl_tab *tab) {
     lua_pushcfunction(L, tl_iter_empty);
     return 1;
   }
-  tl_pushproxy(L, tab, TL_UP_PROXYMT, 0);
+  tl_pushproxy(L, tab, TL_UP_PROXYMT, TL_UP_CACHE);
   lua_pushinteger(L, 0);
-  lua_pushcclosure(L, tl_iter, 2);
+  lua_pushvalue(L, TL_UP_CACHE);
+  lua_pushcclosure(L, tl_iter, 3);
   return 1;
 }

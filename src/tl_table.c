@@ -508,7 +508,7 @@ static int tl_val_equal(const tl_val *a, const tl_val *b) {
     case TL_TNIL: return 1;
     case TL_TBOOL: return a->u.b == b->u.b;
     case TL_TINT: return a->u.i == b->u.i;
-    case TL_TFLOAT: return a->u.f == b->u.f;
+    case TL_TFLOAT: return a->u.f == b->u.f || (a->u.f != a->u.f && b->u.f != b->u.f); /* NaN */
     case TL_TSTR:
       return a->u.str.len == b->u.str.len && memcmp(a->u.str.s, b->u.str.s, a->u.str.len) == 0;
     case TL_TPTR: return a->u.ptr.p == b->u.ptr.p;
