@@ -19,7 +19,8 @@
 **   lengths  impossible lengths from a C host are bad arguments, and sizes
 **            never overflow
 **
-** Prints TAP lines; exits non-zero if any check failed.
+** hostile_test [SECTION] runs one section.  Prints TAP lines; exits
+** non-zero if any check failed.
 */
 #define TL_STATS
 #include "../../src/threadlocal.c"
@@ -29,15 +30,7 @@
 #define CTEST_NAME "hostile"
 #include "ctest.h"
 
-/* The small stack of the depth checks.  AddressSanitizer's red zones make
-** every frame several times bigger, so it gets a proportionally bigger one. */
-#if defined(__SANITIZE_ADDRESS__)
-#define SMALL_STACK (4 * 65536)
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SMALL_STACK (4 * 65536)
-#endif
-#endif
+/* The small stack of the depth checks (enough under AddressSanitizer too). */
 #ifndef SMALL_STACK
 #define SMALL_STACK 65536
 #endif
@@ -485,6 +478,13 @@ static void test_enroll(void) {
   lua_close(L);
 }
 
+static void *tables_thread(void *arg) {
+  (void)arg;
+  test_hash();
+  test_window();
+  return NULL;
+}
+
 int main(int argc, char **argv) {
   const char *only = argc > 1 ? argv[1] : NULL;
   if (only == NULL || strcmp(only, "lengths") == 0) test_lengths();
@@ -493,5 +493,7 @@ int main(int argc, char **argv) {
   if (only == NULL || strcmp(only, "hash") == 0) test_hash();
   if (only == NULL || strcmp(only, "window") == 0) test_window();
   if (only == NULL || strcmp(only, "depth") == 0) test_depth();
+  if (only == NULL || strcmp(only, "small") == 0) /* the table checks again */
+    check(on_thread(tables_thread, NULL, SMALL_STACK), "the table checks run on a small stack");
   return exit_status();
 }
