@@ -296,7 +296,8 @@ static int tl_conv_fail(tl_conv *c, const char *what) {
     else if (lua_type(c->L, k) == LUA_TNUMBER)
       n += (size_t)snprintf(c->msg + n, room - n, "[%.14g]", (double)lua_tonumber(c->L, k));
     else
-      n += (size_t)snprintf(c->msg + n, room - n, "[%s]", lua_toboolean(c->L, k) ? "true" : "false");
+      n += (size_t)snprintf(c->msg + n, room - n, "[%s]",
+                            lua_toboolean(c->L, k) ? "true" : "false");
   }
   if (n >= room) /* cut: snprintf stopped at room - 1 */
     memcpy(c->msg + room - 1, "...'", 5);

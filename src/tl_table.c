@@ -79,8 +79,8 @@ static TL_HOT void tl_mum(uint64_t *a, uint64_t *b) { /* the two halves of a * b
 #else
 static void tl_mum(uint64_t *a, uint64_t *b) {
   uint64_t ha = *a >> 32, hb = *b >> 32, la = (uint32_t)*a, lb = (uint32_t)*b;
-  uint64_t rh = ha * hb, rm0 = ha * lb, rm1 = hb * la, rl = la * lb, t = rl + (rm0 << 32), c = t < rl;
-  uint64_t lo = t + (rm1 << 32);
+  uint64_t rh = ha * hb, rm0 = ha * lb, rm1 = hb * la, rl = la * lb;
+  uint64_t t = rl + (rm0 << 32), c = t < rl, lo = t + (rm1 << 32);
   c += lo < t;
   *a = lo;
   *b = rh + (rm0 >> 32) + (rm1 >> 32) + c;
