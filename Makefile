@@ -92,14 +92,21 @@ $(HELPER): spec/c/tlhelper.c
 helper: $(MODULE) $(HELPER) $(BUILD)/spec_host $(BUILD)/capi_test
 
 # The reliability checks of make test, run on Lua 5.4 (some with sanitizers).
-RELIABILITY = $(BUILD)/fork_test $(BUILD)/churn_test $(BUILD)/stress_test $(BUILD)/oom_test
+RELIABILITY = $(BUILD)/fork_test $(BUILD)/churn_test $(BUILD)/stress_test $(BUILD)/oom_test \
+	$(BUILD)/hostile_test
 
 reliability: $(RELIABILITY)
 
 # C test programs that embed Lua and link the module in.
-$(BUILD)/capi_test $(RELIABILITY): $(BUILD)/%: spec/c/%.c spec/c/ctest.h $(SRC_PARTS)
+$(BUILD)/capi_test $(filter-out $(BUILD)/hostile_test,$(RELIABILITY)): $(BUILD)/%: spec/c/%.c \
+		spec/c/ctest.h $(SRC_PARTS)
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< src/threadlocal.c -l$(LUA_LIB) -lm $(LIBS)
+
+# The hostile-input test includes the module itself, with TL_STATS.
+$(BUILD)/hostile_test: spec/c/hostile_test.c spec/c/ctest.h $(SRC_PARTS)
+	@mkdir -p $(BUILD)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< -l$(LUA_LIB) -lm $(LIBS)
 
 $(BUILD)/spec_host: spec/c/spec_host.c
 	@mkdir -p $(BUILD)

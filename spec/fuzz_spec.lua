@@ -154,3 +154,123 @@ describe("hostile input (seed " .. SEED .. ", " .. OPS .. " operations)", functi
     assert.equal(2, sh.after)
   end)
 end)
+
+-- The deepest level a structure reaches below a table, Lua table or proxy.
+local function height(t)
+  local h = 0
+  local iter = type(t) == "table" and t or support.has_pairs and t or threadlocal.fields(t)
+  for _, v in pairs(iter) do
+    if type(v) == "table" or type(v) == "userdata" then
+      local c = height(v) + 1
+      if c > h then h = c end
+    end
+  end
+  return h
+end
+
+local TOODEEP = "threadlocal: cannot store tables nested this deep"
+
+describe("hostile structures and keys", function()
+  it("proxies deepen a structure only to the nesting limit", function()
+    local s = threadlocal.shared(support.unique("fuzz deep"))
+    s.a = {}
+    local p, n = s.a, 0
+    for _ = 1, 1000 do
+      local ok, err = pcall(function() p.x = {} end)
+      if not ok then
+        assert.equal(TOODEEP .. " in field 'x'", err)
+        break
+      end
+      p, n = p.x, n + 1
+    end
+    assert.equal(99, n) -- s.a is at depth 1: 100 levels in all
+    local ok, err = pcall(function() s.a.x = s.a end) -- a copy one level deeper
+    assert.is_false(ok)
+    assert.equal(TOODEEP .. " in field 'x'", err)
+    s.b = s.a -- the same depth is fine
+    assert.equal(100, height(threadlocal.fields(s)))
+    threadlocal.clear(s)
+    assert.is_nil(s.a)
+  end)
+
+  it("random copies of proxies between random depths keep the limit", function()
+    local s = threadlocal.shared(support.unique("fuzz copies"))
+    s.root = { {} }
+    local proxies = { s.root }
+    local refused = 0
+    for _ = 1, 400 do
+      local src = proxies[rand(#proxies)]
+      local dst = proxies[rand(#proxies)]
+      local ok, err = pcall(function()
+        local v = rand(3) == 1 and { src } or src
+        dst[rand(4)] = v
+      end)
+      if ok then
+        local ok2, child = pcall(function() return dst[1] end)
+        if ok2 and type(child) == "userdata" then proxies[#proxies + 1] = child end
+      else
+        assert.truthy(err:find(TOODEEP, 1, true) == 1 or err:find("stale", 1, true) or
+          err:find("not valid", 1, true), err)
+        refused = refused + 1
+      end
+      if #proxies > 40 then proxies = { s.root } end
+    end
+    assert.is_true(height(threadlocal.fields(s)) <= 100)
+    assert.is_true(refused > 0)
+    threadlocal.clear(s)
+  end)
+
+  it("keys crafted to collide under a simple hash are all kept apart", function()
+    local s = threadlocal.shared(support.unique("fuzz keys"))
+    local keys = {}
+    if math.type then -- integers: ((T << 32) | j) * C^-1 share T under (x * C) >> 32
+      keys = load("local keys, c, x = {}, 0x9e3779b97f4a7c15, 0x9e3779b97f4a7c15\n" ..
+        "for _ = 1, 6 do x = x * (2 - c * x) end\n" .. -- x = C^-1 mod 2^64
+        "for j = 1, 3000 do keys[j] = ((0x5eed << 32) | j) * x end return keys")()
+    else -- integral doubles, spaced by a power of two as a weak hash would bunch them
+      for j = 1, 3000 do keys[#keys + 1] = j * 2 ^ 32 end
+    end
+    for j = 1, 3000 do keys[#keys + 1] = ("\0"):rep(j % 7) .. string.char(j % 256, math.floor(j / 256)) end
+    for i, k in ipairs(keys) do s[k] = i end
+    for i, k in ipairs(keys) do assert.equal(i, s[k]) end
+    for i = 1, #keys, 2 do s[keys[i]] = nil end
+    for i, k in ipairs(keys) do assert.equal(i % 2 == 0 and i or nil, s[k]) end
+    threadlocal.clear(s)
+  end)
+
+  it("accepts the same defaults again when they hold NaN", function()
+    local name = support.unique("fuzz nan")
+    local a = threadlocal.shared(name, { x = 0 / 0, t = { y = 0 / 0 } })
+    local b = threadlocal.shared(name, { x = 0 / 0, t = { y = 0 / 0 } })
+    assert.equal(a, b)
+    assert.is_false(pcall(threadlocal.shared, name, { x = 1 }))
+  end)
+
+  it("hands out in pairs the proxies that indexing gives", function()
+    local s = threadlocal.shared(support.unique("fuzz pairs"))
+    s.a, s.b = { 1 }, { 2 }
+    local n = 0
+    if support.has_pairs then
+      for k, v in pairs(s) do
+        assert.is_true(v == s[k])
+        n = n + 1
+      end
+      for k, v in pairs(s.a) do assert.equal(v, s.a[k]) end
+    else
+      n = 2 -- no __pairs on this Lua: nothing to compare
+    end
+    assert.equal(2, n)
+  end)
+
+  it("prints integer keys as integers in refusals, and cuts long paths", function()
+    local s = threadlocal.shared(support.unique("fuzz messages"))
+    local ok, err = pcall(function() s.q = { [2 ^ 60] = print } end)
+    assert.is_false(ok)
+    assert.equal("threadlocal: cannot store a function in field 'q[1152921504606846976]'", err)
+    local t, name = print, ("k"):rep(40)
+    for _ = 1, 20 do t = { [name] = t } end
+    ok, err = pcall(function() s.long = t end)
+    assert.is_false(ok)
+    assert.is_true(#err < 256 and err:sub(-4) == "...'", err)
+  end)
+end)

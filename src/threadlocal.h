@@ -21,13 +21,23 @@
 **   called before any Lua state exists.
 **
 **   Keys are NUL-terminated strings; Lua sees them as string keys.  Values
-**   are copied in: nil, booleans, 64-bit integers, doubles, strings with a
-**   length (binary-safe), and pointers.  Lua reads a pointer as a light
-**   userdata.  A pointer may carry a destructor, which runs exactly once, on
-**   the owning thread: when the field is overwritten or deleted (from C or
-**   Lua), when the thread's fields are cleared or released, or while the
-**   thread exits.  A copy of the pointer (a Lua read, a table copy) never
-**   carries the destructor.
+**   are copied in: nil, booleans (set_boolean stores true for any non-zero
+**   value), 64-bit integers, doubles, strings with a length (binary-safe),
+**   and pointers.  Names and strings are at most THREADLOCAL_MAXLEN bytes;
+**   NULL with length 0 is the empty name or string.  Lua reads a pointer as
+**   a light userdata.
+**
+**   A pointer may carry a destructor, which runs exactly once, on the owning
+**   thread: when the field is overwritten or deleted (from C or Lua), when
+**   the thread's fields are cleared or released, or while the thread exits.
+**   Overwriting runs the destructor of the old value even when the new
+**   pointer is the same one: setting a pointer again with its destructor
+**   hands the field a pointer its destructor has just been given.  A NULL
+**   pointer may carry a destructor too; it is called with NULL.  A
+**   destructor may call back into this API (the fields are consistent when
+**   it runs); during the thread's exit such a call starts a fresh record,
+**   freed by the next round of thread-exit destructors.  A copy of the
+**   pointer (a Lua read, a table copy) never carries the destructor.
 **
 **   Functions return THREADLOCAL_OK, THREADLOCAL_ERRMEM (out of memory:
 **   nothing changed; a destructor passed in was not called) or
@@ -71,6 +81,10 @@ extern "C" {
 #ifndef THREADLOCAL_API
 #define THREADLOCAL_API extern
 #endif
+
+/* The longest name of a shared local, and the longest string value, in
+** bytes; a longer length is a bad argument (THREADLOCAL_ERRARG). */
+#define THREADLOCAL_MAXLEN (SIZE_MAX / 2)
 
 /* Return codes. */
 #define THREADLOCAL_OK 0
@@ -184,9 +198,15 @@ THREADLOCAL_API uint64_t threadlocal_id(void);
 ** Every allocation of the module goes through one function, realloc-like:
 ** f(ud, NULL, n) allocates, f(ud, p, n) resizes, f(ud, p, 0) frees (and
 ** returns NULL); returning NULL for n > 0 means out of memory, which the
-** module reports as an error and survives.  For embedders and tests: set
-** it before the module is first used (memory must be freed by the
-** allocator that made it).  NULL restores malloc.
+** module reports as an error and survives.  NULL restores malloc.
+**
+** The function is called from every thread at once, and from thread-exit
+** hooks (after the thread's other destructors may have run), so it must be
+** thread-safe and must not rely on the calling thread's own thread-local
+** state.  Set it before the module is first used: before the first
+** luaopen_threadlocal and the first call of any function of this header.
+** Setting it later is not allowed: memory made by one allocator would be
+** freed by the other.
 */
 typedef void *(*threadlocal_alloc)(void *ud, void *ptr, size_t size);
 THREADLOCAL_API void threadlocal_set_allocator(threadlocal_alloc f, void *ud);

@@ -11,17 +11,20 @@
 static tl_sloc **tl_reg;
 static uint32_t tl_reg_cap, tl_reg_count;
 
-/* Finds or creates; NULL when out of memory.  Takes the registry lock. */
+#define TL_MAXSLOCS ((uint32_t)1 << 30) /* shared locals: their indexes double in uint32_t */
+
+/* Finds or creates; NULL when out of memory.  Takes the registry lock.
+** len <= THREADLOCAL_MAXLEN, so that no size below overflows. */
 static tl_sloc *tl_sloc_open(const char *name, size_t len) {
   uint32_t h = tl_hash_bytes(name, len);
   tl_sloc *sl;
   pthread_mutex_lock(&tl_reg_lock);
   if (tl_reg_cap > 0)
-    for (sl = tl_reg[h & (tl_reg_cap - 1)]; sl != NULL; sl = sl->next)
+    for (sl = tl_reg[h & (tl_reg_cap - 1)]; sl != NULL; sl = sl->next, TL_STAT(tl_stat_probes++))
       if (sl->hash == h && sl->len == len && memcmp(sl->name, name, len) == 0) goto done;
   if (tl_reg_count == tl_reg_cap) { /* grow the buckets */
     uint32_t cap = tl_reg_cap ? 2 * tl_reg_cap : 16, i;
-    tl_sloc **nb = (tl_sloc **)tl_calloc(cap, sizeof *nb);
+    tl_sloc **nb = tl_reg_count < TL_MAXSLOCS ? (tl_sloc **)tl_calloc(cap, sizeof *nb) : NULL;
     if (nb == NULL) {
       sl = NULL;
       goto done;
@@ -61,8 +64,11 @@ static int tl_shfields_grow(tl_thread *t, uint32_t idx) {
   uint32_t n = t->nshfields ? t->nshfields : 4;
   tl_tab **ns;
   if (idx < t->nshfields) return 0;
-  while (n <= idx) n *= 2;
-  if ((ns = (tl_tab **)tl_realloc(t->shfields, n * sizeof *ns)) == NULL) return -1;
+  while (n <= idx) {
+    if (n > UINT32_MAX / 2) return -1;
+    n *= 2;
+  }
+  if ((ns = (tl_tab **)tl_reallocarray(t->shfields, n, sizeof *ns)) == NULL) return -1;
   memset(ns + t->nshfields, 0, (n - t->nshfields) * sizeof *ns);
   t->shfields = ns;
   t->nshfields = n;
@@ -80,8 +86,10 @@ static tl_tab *tl_shfields_start(tl_thread *t, tl_sloc *sl, int create, int *err
   *err = 0;
   if (!create && defaults == NULL) return NULL;
   if (tl_shfields_grow(t, sl->idx) != 0) goto fail;
-  tab = defaults ? tl_tab_clone(defaults, t) : tl_tab_new(t);
-  if (tab == NULL) goto fail;
+  if (defaults != NULL) {
+    if (tl_tab_clone(defaults, t, 0, &tab) != TL_COPY_OK) goto fail; /* fits: see tl_conv */
+  } else if ((tab = tl_tab_new(t, 0)) == NULL)
+    goto fail;
   t->shfields[sl->idx] = tab;
   return tab;
 fail:
@@ -105,7 +113,9 @@ static void tl_shfields_clear(tl_thread *t, const tl_sloc *sl) {
 THREADLOCAL_API int threadlocal_shared_open(const char *name, size_t len,
                                             threadlocal_shared **out) {
   tl_sloc *sl;
-  if (name == NULL || out == NULL) return THREADLOCAL_ERRARG;
+  if ((name == NULL && len > 0) || len > THREADLOCAL_MAXLEN || out == NULL)
+    return THREADLOCAL_ERRARG;
+  if (name == NULL) name = "";
   if (tl_init() != 0 || (sl = tl_sloc_open(name, len)) == NULL) return THREADLOCAL_ERRMEM;
   *out = sl;
   return THREADLOCAL_OK;
@@ -175,7 +185,7 @@ THREADLOCAL_API int threadlocal_set_string(threadlocal_shared *sl, const char *k
                                            const char *s, size_t len) {
   tl_val v;
   int rc;
-  if (s == NULL && len > 0) return THREADLOCAL_ERRARG;
+  if ((s == NULL && len > 0) || len > THREADLOCAL_MAXLEN) return THREADLOCAL_ERRARG;
   v.type = TL_TSTR;
   if ((v.u.str.s = tl_strdup(s, len)) == NULL) return THREADLOCAL_ERRMEM;
   v.u.str.len = len;

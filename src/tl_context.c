@@ -73,7 +73,7 @@ static void tl_scope_shared(lua_State *L, tl_scope *sc) {
   tl_val v;
   uint32_t i;
   size_t n = 0, left;
-  tl_tovalue(L, 2, 0, NULL, TL_UP_PROXYMT, &v); /* all checks first */
+  tl_tovalue(L, 2, 0, NULL, 0, TL_UP_PROXYMT, &v); /* all checks first */
   conv = v.u.tab;
   sc->sl = ref->sl;
   if ((sc->saved = (tl_saved *)tl_calloc(conv->count + 1u, sizeof *sc->saved)) == NULL ||
@@ -244,7 +244,7 @@ static int tl_with(lua_State *L) {
 static int tl_capture(lua_State *L) {
   int n = lua_gettop(L), i;
   tl_thread *t = tl_self(L);
-  for (i = 1; i <= n; i++) luaL_checkudata(L, i, THREADLOCAL_SHARED_MT);
+  for (i = 1; i <= n; i++) (void)tl_checkud(L, i, tl_sref_tag, sizeof(tl_sref));
   lua_newtable(L);
   if (n > 0) {
     for (i = 1; i <= n; i++) {
@@ -321,7 +321,7 @@ static int tl_run(lua_State *L) {
       tl_error(L, "threadlocal: a snapshot maps shared local names to tables of fields");
     name = lua_tolstring(L, -2, &len);
     if ((g->snap->e[i].sl = tl_sloc_open(name, len)) == NULL) tl_memerror(L);
-    tl_tovalue(L, -1, lua_gettop(L) - 1, NULL, TL_UP_PROXYMT, &v);
+    tl_tovalue(L, -1, lua_gettop(L) - 1, NULL, 0, TL_UP_PROXYMT, &v);
     g->snap->e[i++].fields = v.u.tab;
     lua_pop(L, 1);
   }

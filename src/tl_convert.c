@@ -27,6 +27,45 @@ static TL_NORETURN void tl_memerror(lua_State *L) {
   tl_error(L, "not enough memory");
 }
 
+/* "bad argument #i to 'f' (<tag> expected, got <type>)" */
+static TL_NORETURN TL_NOINLINE void tl_typeerror(lua_State *L, int i, const char *tag) {
+  luaL_argerror(L, i, lua_pushfstring(L, "%s expected, got %s", tag, luaL_typename(L, i)));
+  tl_unreachable();
+}
+
+/*
+** The userdata at slot i if it is one of the module's of the kind `tag`: a
+** full userdata of `size` bytes that starts with the tag; NULL otherwise
+** (a light userdata has length 0).  Cheap enough for the hot paths.
+*/
+static TL_HOT void *tl_testud(lua_State *L, int i, const char *tag, size_t size) {
+  void *p = lua_touserdata(L, i);
+  if (p == NULL || tl_rawlen(L, i) != size || *(const char *const *)p != tag) return NULL;
+  return p;
+}
+
+static void *tl_checkud(lua_State *L, int i, const char *tag, size_t size) {
+  void *p = tl_testud(L, i, tag, size);
+  if (p == NULL) tl_typeerror(L, i, tag);
+  return p;
+}
+
+/*
+** The same check for the hot metamethods (__index, __newindex), without
+** the length, which would cost one more call into Lua on every access.
+** Lua code reaches them only through debug.getmetatable, and whatever it
+** passes is caught, except a light userdata holding an address that
+** cannot be read, which only C code makes (as debug.setupvalue on
+** string.gmatch's iterator can crash Lua itself, the debug library is
+** outside what Lua code is kept from).  Nothing else is read from p before
+** the tag matched.
+*/
+static TL_HOT void *tl_checkud_hot(lua_State *L, int i, const char *tag) {
+  void *p = lua_touserdata(L, i);
+  if (tl_unlikely(p == NULL || *(const char *const *)p != tag)) tl_typeerror(L, i, tag);
+  return p;
+}
+
 static tl_thread *tl_self(lua_State *L) {
   tl_thread *t = tl_thread_get();
   if (t == NULL) tl_memerror(L);
@@ -140,6 +179,7 @@ static TL_HOT tl_tab *tl_proxy_target(const tl_thread *t, const tl_proxy *p) {
 /* Pushes a new proxy of tab, and remembers it in the cache (0: none). */
 static void tl_newproxy(lua_State *L, tl_tab *tab, int mt, int cache) {
   tl_proxy *p = (tl_proxy *)tl_newud(L, sizeof *p, 0);
+  p->tag = tl_proxy_tag;
   p->owner = tab->owner->id;
   p->slot = tab->slot;
   p->gen = tab->owner->slabgen[tab->slot];
@@ -206,9 +246,10 @@ static TL_NORETURN void tl_proxy_fail(lua_State *L, const tl_proxy *p) {
   tl_error(L, "threadlocal: table proxy is stale: its table was replaced, deleted or cleared");
 }
 
-/* The table a proxy at stack slot i stands for; raises if it is gone. */
+/* The table a proxy at stack slot i stands for; raises if it is gone, or
+** if slot i holds no proxy. */
 static TL_HOT tl_tab *tl_proxy_tab(lua_State *L, int i) {
-  const tl_proxy *p = (const tl_proxy *)lua_touserdata(L, i);
+  const tl_proxy *p = (const tl_proxy *)tl_checkud_hot(L, i, tl_proxy_tag);
   tl_tab *tab = tl_proxy_target(tl_me, p);
   if (tab == NULL) tl_proxy_fail(L, p);
   return tab;
@@ -224,37 +265,71 @@ typedef struct tl_conv {
   tl_thread *owner; /* of the tables made; NULL for defaults */
   int mt;           /* proxy metatable, absolute index */
   int depth, ntables;
-  int keys[TL_MAXDEPTH + 1];       /* stack slots of the keys on the path */
-  const void *tables[TL_MAXDEPTH]; /* the tables on the path, for cycles */
+  uint32_t base;    /* the depth of a table made at ntables == 0 */
+  int keys[TL_MAXDEPTH + 2];           /* stack slots of the keys on the path */
+  const void *tables[TL_MAXDEPTH + 1]; /* the tables on the path, for cycles */
   int nomem;
   char msg[256];
 } tl_conv;
 
 enum { TL_CONV_OK, TL_CONV_FAIL };
 
-/* Sets c->msg to "threadlocal: <what>[ in field '<path>']". */
+/*
+** Sets c->msg to "threadlocal: <what>[ in field '<path>']".  Integer keys
+** print as integers; a path too long for the message is cut, and then
+** ends "...'".
+*/
 static int tl_conv_fail(tl_conv *c, const char *what) {
+  const size_t room = sizeof c->msg - 4; /* for "...'" */
   size_t n = (size_t)snprintf(c->msg, sizeof c->msg, "threadlocal: %s", what);
   int i;
-  if (c->depth > 0 && n < sizeof c->msg)
-    n += (size_t)snprintf(c->msg + n, sizeof c->msg - n, " in field '");
-  for (i = 0; i < c->depth && n < sizeof c->msg; i++) {
+  if (c->depth == 0 || n >= room) return TL_CONV_FAIL;
+  n += (size_t)snprintf(c->msg + n, room - n, " in field '");
+  for (i = 0; i < c->depth && n < room; i++) {
     int k = c->keys[i];
-    if (lua_type(c->L, k) == LUA_TSTRING) {
-      const char *s = lua_tostring(c->L, k);
-      n += (size_t)snprintf(c->msg + n, sizeof c->msg - n, i ? ".%.40s" : "%.40s", s);
-    } else if (lua_type(c->L, k) == LUA_TNUMBER)
-      n += (size_t)snprintf(c->msg + n, sizeof c->msg - n, "[%.14g]", (double)lua_tonumber(c->L, k));
+    int64_t ik;
+    if (lua_type(c->L, k) == LUA_TSTRING)
+      n += (size_t)snprintf(c->msg + n, room - n, i ? ".%.40s" : "%.40s", lua_tostring(c->L, k));
+    else if (tl_toint(c->L, k, &ik) ||
+             (lua_type(c->L, k) == LUA_TNUMBER && tl_dbl_toint((double)lua_tonumber(c->L, k), &ik)))
+      n += (size_t)snprintf(c->msg + n, room - n, "[%lld]", (long long)ik);
+    else if (lua_type(c->L, k) == LUA_TNUMBER)
+      n += (size_t)snprintf(c->msg + n, room - n, "[%.14g]", (double)lua_tonumber(c->L, k));
     else
-      n += (size_t)snprintf(c->msg + n, sizeof c->msg - n, "[%s]", lua_toboolean(c->L, k) ? "true" : "false");
+      n += (size_t)snprintf(c->msg + n, room - n, "[%s]",
+                            lua_toboolean(c->L, k) ? "true" : "false");
   }
-  if (c->depth > 0 && n < sizeof c->msg) snprintf(c->msg + n, sizeof c->msg - n, "'");
+  if (n >= room) /* cut: snprintf stopped at room - 1 */
+    memcpy(c->msg + room - 1, "...'", 5);
+  else
+    memcpy(c->msg + n, "'", 2);
   return TL_CONV_FAIL;
 }
 
 static int tl_conv_nomem(tl_conv *c) {
   c->nomem = 1;
   return TL_CONV_FAIL;
+}
+
+/* The failures that name a type: kept out of the recursion's frames. */
+static TL_NOINLINE int tl_conv_badkey(tl_conv *c, int kt) {
+  char what[64];
+  if (kt == LUA_TNUMBER)
+    snprintf(what, sizeof what, "cannot use NaN as a key");
+  else
+    snprintf(what, sizeof what, "cannot use a %s as a key", lua_typename(c->L, kt));
+  return tl_conv_fail(c, what);
+}
+
+static TL_NOINLINE int tl_conv_badvalue(tl_conv *c, int t) {
+  char what[64];
+  snprintf(what, sizeof what, "cannot store a %s",
+           t == LUA_TTHREAD ? "coroutine" : lua_typename(c->L, t));
+  return tl_conv_fail(c, what);
+}
+
+static TL_NOINLINE int tl_conv_deep(tl_conv *c) {
+  return tl_conv_fail(c, "cannot store tables nested this deep");
 }
 
 static int tl_conv_value(tl_conv *c, int i, tl_val *out);
@@ -266,24 +341,19 @@ static int tl_conv_table(tl_conv *c, int i, tl_tab **out) {
   int d;
   for (d = 0; d < c->ntables; d++)
     if (c->tables[d] == self) return tl_conv_fail(c, "cannot store a table that contains itself");
-  if (c->ntables >= TL_MAXDEPTH || !lua_checkstack(L, 4))
-    return tl_conv_fail(c, "cannot store tables nested this deep");
-  if ((tab = tl_tab_new(c->owner)) == NULL) return tl_conv_nomem(c);
+  if (c->base + (uint32_t)c->ntables > TL_MAXDEPTH || !lua_checkstack(L, 4))
+    return tl_conv_deep(c);
+  if ((tab = tl_tab_new(c->owner, c->base + (uint32_t)c->ntables)) == NULL)
+    return tl_conv_nomem(c);
   c->tables[c->ntables++] = self;
   lua_pushnil(L);
   while (lua_next(L, i)) {
     tl_key k;
     tl_val v, old;
     int rc;
-    if (!tl_tokey(L, -2, &k)) {
-      char what[64];
-      int kt = lua_type(L, -2);
-      if (kt == LUA_TNUMBER)
-        snprintf(what, sizeof what, "cannot use NaN as a key");
-      else
-        snprintf(what, sizeof what, "cannot use a %s as a key", lua_typename(L, kt));
-      rc = tl_conv_fail(c, what);
-    } else {
+    if (!tl_tokey(L, -2, &k))
+      rc = tl_conv_badkey(c, lua_type(L, -2));
+    else {
       c->keys[c->depth++] = lua_gettop(L) - 1;
       rc = tl_conv_value(c, lua_gettop(L), &v);
       c->depth--;
@@ -306,7 +376,6 @@ static int tl_conv_table(tl_conv *c, int i, tl_tab **out) {
 
 static int tl_conv_value(tl_conv *c, int i, tl_val *out) {
   lua_State *L = c->L;
-  char what[64];
   out->type = TL_TNIL;
   switch (lua_type(L, i)) {
     case LUA_TSTRING: {
@@ -334,27 +403,28 @@ static int tl_conv_value(tl_conv *c, int i, tl_val *out) {
           const tl_tab *tab = tl_proxy_target(tl_me, (const tl_proxy *)lua_touserdata(L, i));
           if (tab == NULL)
             return tl_conv_fail(c, "cannot store a table proxy that is not valid on this thread");
-          if ((out->u.tab = tl_tab_clone(tab, c->owner)) == NULL) return tl_conv_nomem(c);
-          out->type = TL_TTAB;
-          return TL_CONV_OK;
+          switch (tl_tab_clone(tab, c->owner, c->base + (uint32_t)c->ntables, &out->u.tab)) {
+            case TL_COPY_OK: out->type = TL_TTAB; return TL_CONV_OK;
+            case TL_COPY_DEEP: return tl_conv_deep(c);
+            default: return tl_conv_nomem(c);
+          }
         }
       }
       /* FALLTHROUGH */
-    default: {
-      int t = lua_type(L, i);
+    default:
       if (tl_toscalar(L, i, out)) return TL_CONV_OK;
-      snprintf(what, sizeof what, "cannot store a %s",
-               t == LUA_TTHREAD ? "coroutine" : lua_typename(L, t));
-      return tl_conv_fail(c, what);
-    }
+      return tl_conv_badvalue(c, lua_type(L, i));
   }
 }
 
-/* Converts stack slot i into *out, or raises (having freed everything). */
-static void tl_tovalue(lua_State *L, int i, int key, tl_thread *owner, int mt, tl_val *out) {
+/* Converts stack slot i into *out, a value whose tables would be `depth`
+** levels below the fields table, or raises (having freed everything). */
+static void tl_tovalue(lua_State *L, int i, int key, tl_thread *owner, uint32_t depth, int mt,
+                       tl_val *out) {
   tl_conv c;
   c.L = L;
   c.owner = owner;
+  c.base = depth;
   c.mt = mt ? tl_absindex(L, mt) : 0;
   c.depth = key ? 1 : 0;
   c.ntables = 0;
@@ -370,7 +440,7 @@ static void tl_tab_assign_any(lua_State *L, tl_tab *tab) {
   tl_key k;
   tl_val v, old;
   tl_checkkey(L, 2, &k);
-  tl_tovalue(L, 3, 2, tab->owner, TL_UP_PROXYMT, &v);
+  tl_tovalue(L, 3, 2, tab->owner, tab->depth + 1, TL_UP_PROXYMT, &v);
   if (tl_tab_put(tab, &k, &v, &old) != 0) {
     tl_val_free(&v);
     tl_memerror(L);
@@ -433,7 +503,8 @@ static lua_Integer tl_tab_len(const tl_tab *tab) { /* a border, as # finds one *
   return (lua_Integer)i;
 }
 
-/* Upvalues: a proxy of the table, the next slot to look at. */
+/* Upvalues: a proxy of the table, the next slot to look at, the state's
+** proxy cache (so that v == sh[k] holds for a table v in the loop). */
 static int tl_iter(lua_State *L) {
   tl_tab *tab = tl_proxy_tab(L, lua_upvalueindex(1));
   uint32_t i = (uint32_t)lua_tointeger(L, lua_upvalueindex(2));
@@ -444,7 +515,7 @@ static int tl_iter(lua_State *L) {
     lua_replace(L, lua_upvalueindex(2));
     tl_pushkey(L, &e->key);
     lua_getmetatable(L, lua_upvalueindex(1));
-    tl_pushval(L, &e->val, lua_gettop(L), 0);
+    tl_pushval(L, &e->val, lua_gettop(L), lua_upvalueindex(3));
     lua_remove(L, -2);
     return 2;
   }
@@ -465,8 +536,9 @@ static int tl_tab_pairs(lua_State *L, tl_tab *tab) {
     lua_pushcfunction(L, tl_iter_empty);
     return 1;
   }
-  tl_pushproxy(L, tab, TL_UP_PROXYMT, 0);
+  tl_pushproxy(L, tab, TL_UP_PROXYMT, TL_UP_CACHE);
   lua_pushinteger(L, 0);
-  lua_pushcclosure(L, tl_iter, 2);
+  lua_pushvalue(L, TL_UP_CACHE);
+  lua_pushcclosure(L, tl_iter, 3);
   return 1;
 }

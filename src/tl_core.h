@@ -23,12 +23,20 @@
 #endif
 
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
+#if defined(__linux__) && defined(__GLIBC__) && \
+    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 25))
+#include <sys/random.h>
+#define TL_GETRANDOM 1
+#endif
 
 #include "threadlocal.h"
 
@@ -36,11 +44,13 @@
 #define tl_unlikely(x) __builtin_expect(!!(x), 0)
 #define TL_HOT inline __attribute__((always_inline)) /* on every shared access */
 #define TL_NORETURN __attribute__((noreturn))
+#define TL_NOINLINE __attribute__((noinline))
 #define tl_unreachable() __builtin_unreachable()
 #else
 #define tl_unlikely(x) (x)
 #define TL_HOT inline
 #define TL_NORETURN
+#define TL_NOINLINE
 #define tl_unreachable() ((void)0)
 #endif
 
@@ -55,7 +65,24 @@
 #define TL_TLS_MODEL
 #endif
 
-#define TL_MAXDEPTH 100 /* nesting of shared tables */
+/*
+** Nesting of shared tables: a table is at most TL_MAXDEPTH levels below its
+** thread's fields table, however it was built (from Lua tables, or copied
+** from proxies), so that every walk of a structure (free, copy, compare,
+** thread exit) recurses a bounded number of times.
+*/
+#define TL_MAXDEPTH 100
+
+/* Counters for the hostile-input test (spec/c/hostile_test.c), which
+** defines TL_STATS; without it they compile to nothing. */
+#ifdef TL_STATS
+static size_t tl_stat_probes;   /* slots looked at: lookups, inserts, registry */
+static size_t tl_stat_rehashes; /* tables rebuilt */
+static size_t tl_stat_moved;    /* entries moved by those rebuilds */
+#define TL_STAT(x) ((void)(x))
+#else
+#define TL_STAT(x) ((void)0)
+#endif
 
 /* Shared values: plain data, copied in, owned by one thread. */
 enum { TL_TNIL, TL_TBOOL, TL_TINT, TL_TFLOAT, TL_TSTR, TL_TPTR, TL_TTAB };
@@ -121,6 +148,7 @@ typedef struct tl_tab {
   uint32_t count; /* live entries */
   uint32_t used;  /* live + dead entries, <= cap / 2: short probes */
   uint32_t slot;  /* in the owner's slab */
+  uint32_t depth; /* levels below the fields table (0), <= TL_MAXDEPTH */
   uint64_t version;        /* changes with every write: see tl_sref */
   struct tl_thread *owner; /* NULL for a shared local's defaults */
 } tl_tab;

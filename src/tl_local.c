@@ -102,7 +102,12 @@ static int tl_state_gc(lua_State *L) {
 /* Locals                                                                 */
 /* ---------------------------------------------------------------------- */
 
-/* Record that the Local at `ud` holds fields for t, so a purge finds them. */
+/*
+** Record that the Local at `ud` holds fields for t, so a purge finds them.
+** Every allocation through the Lua API may run a finalizer that touches
+** another Local of this state on this thread, and so enrolls the thread
+** first: what was read before an allocation is read again after it.
+*/
 static void tl_enroll(lua_State *L, int ud, tl_thread *t) {
   tl_state *st = tl_state_at(L);
   tl_getuv(L, TL_UP_STATE, TL_STATE_BYTHREAD);
@@ -114,9 +119,15 @@ static void tl_enroll(lua_State *L, int ud, tl_thread *t) {
     lua_pushliteral(L, "k");
     lua_setfield(L, -2, "__mode");
     lua_setmetatable(L, -2);
-    if (st->home != NULL && tl_home_register(st->home, t) != 0) tl_memerror(L);
-    lua_pushvalue(L, -1);
-    tl_rawseti64(L, -3, t->id);
+    tl_rawgeti64(L, -2, t->id); /* did a finalizer enroll the thread meanwhile? */
+    if (!lua_isnil(L, -1))
+      lua_remove(L, -2); /* then use its set */
+    else { /* no allocation from here to the store */
+      lua_pop(L, 1);
+      if (st->home != NULL && tl_home_register(st->home, t) != 0) tl_memerror(L);
+      lua_pushvalue(L, -1);
+      tl_rawseti64(L, -3, t->id);
+    }
   }
   lua_pushvalue(L, ud);
   lua_pushboolean(L, 1);
@@ -179,8 +190,13 @@ static void tl_local_push(lua_State *L, int ud) {
     if (lua_isnil(L, -1)) { /* init cleared its own fields */
       lua_pop(L, 1);
       lua_newtable(L);
-      lua_pushvalue(L, -1);
-      tl_rawseti64(L, -3, t->id);
+      tl_rawgeti64(L, -2, t->id); /* a finalizer may have started it again */
+      if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        tl_rawseti64(L, -3, t->id);
+      } else
+        lua_remove(L, -2);
     }
   }
   lua_remove(L, -2);
@@ -189,22 +205,34 @@ static void tl_local_push(lua_State *L, int ud) {
 /* The slow path of the closures: the calling thread is not the one whose
 ** fields they hold, so make TL_UP_FIELDS that thread's fields. */
 static void tl_local_refresh(lua_State *L, uint64_t *cid) {
+  if (!lua_rawequal(L, 1, TL_UP_SELF)) /* called with another Local */
+    luaL_argerror(L, 1, "not the Local whose metamethod this is");
   tl_local_push(L, 1);
   lua_replace(L, TL_UP_FIELDS);
   *cid = tl_myid;
 }
 
-/* The hot path: called only as metamethods, so argument 1 is a Local. */
+/*
+** The hot path.  Argument 1 is checked cheaply (tl_checkud_hot): Lua code
+** can call these closures with anything through debug.getmetatable.
+** Another Local there is refused on the slow path, which compares it with
+** TL_UP_SELF, so the closure's fields and ids stay consistent; on the fast
+** path it is harmless: the closure answers from its own fields table.  With
+** no arguments, argument 1 is none and is refused; a
+** missing key is refused; without a value, the raw access takes the key
+** for the value and argument 1 for the key, within the call's arguments.
+*/
 static int tl_local_index(lua_State *L) {
-  tl_local *lo = (tl_local *)lua_touserdata(L, 1);
+  tl_local *lo = (tl_local *)tl_checkud_hot(L, 1, tl_local_tag);
   if (tl_unlikely(lo->get_id != tl_myid)) tl_local_refresh(L, &lo->get_id);
   lua_rawget(L, TL_UP_FIELDS);
   return 1;
 }
 
 static int tl_local_newindex(lua_State *L) {
-  tl_local *lo = (tl_local *)lua_touserdata(L, 1);
+  tl_local *lo = (tl_local *)tl_checkud_hot(L, 1, tl_local_tag);
   switch (lua_type(L, 2)) {
+    case LUA_TNONE:
     case LUA_TNIL:
       tl_error(L, "threadlocal: cannot use nil as a field name");
     case LUA_TNUMBER: {
@@ -219,17 +247,16 @@ static int tl_local_newindex(lua_State *L) {
 }
 
 static int tl_islocal(lua_State *L, int i) {
-  int is = 0;
-  if (lua_type(L, i) == LUA_TUSERDATA && lua_getmetatable(L, i)) {
-    lua_pushliteral(L, "__index");
-    lua_rawget(L, -2);
-    is = lua_tocfunction(L, -1) == tl_local_index;
-    lua_pop(L, 2);
-  }
-  return is;
+  return tl_testud(L, i, tl_local_tag, sizeof(tl_local)) != NULL;
+}
+
+/* The cold metamethods check argument 1 fully (see tl_local_index). */
+static void tl_local_check1(lua_State *L) {
+  (void)tl_checkud(L, 1, tl_local_tag, sizeof(tl_local));
 }
 
 static int tl_local_pairs(lua_State *L) {
+  tl_local_check1(L);
   tl_local_push(L, 1);
   lua_pushcfunction(L, tl_next);
   lua_insert(L, -2);
@@ -238,12 +265,14 @@ static int tl_local_pairs(lua_State *L) {
 }
 
 static int tl_local_len(lua_State *L) {
+  tl_local_check1(L);
   tl_local_push(L, 1);
   lua_pushinteger(L, (lua_Integer)tl_rawlen(L, -1));
   return 1;
 }
 
 static int tl_local_tostring(lua_State *L) {
+  tl_local_check1(L);
   lua_pushfstring(L, THREADLOCAL_LOCAL_MT ": %p", lua_touserdata(L, 1));
   return 1;
 }
@@ -252,17 +281,14 @@ enum { TL_KLOCAL = 1, TL_KSHARED = 2, TL_KPROXY = 4 };
 
 /* Which of the kinds in `kinds` the value at slot 1 is; raises otherwise. */
 static int tl_checkkind(lua_State *L, int kinds, const char *tname) {
-  if (tl_islocal(L, 1)) {
-    if (kinds & TL_KLOCAL) return TL_KLOCAL;
-  } else if (lua_type(L, 1) == LUA_TUSERDATA && lua_getmetatable(L, 1)) {
-    int k = 0;
-    luaL_getmetatable(L, THREADLOCAL_SHARED_MT);
-    if (lua_rawequal(L, -1, -2)) k = TL_KSHARED;
-    lua_pop(L, 1);
-    if (lua_rawequal(L, -1, TL_UP_PROXYMT)) k = TL_KPROXY;
-    lua_pop(L, 1);
-    if (k & kinds) return k;
-  }
+  int k = 0;
+  if (tl_islocal(L, 1))
+    k = TL_KLOCAL;
+  else if (tl_testud(L, 1, tl_sref_tag, sizeof(tl_sref)) != NULL)
+    k = TL_KSHARED;
+  else if (tl_testud(L, 1, tl_proxy_tag, sizeof(tl_proxy)) != NULL)
+    k = TL_KPROXY;
+  if (k & kinds) return k;
   return luaL_argerror(L, 1, lua_pushfstring(L, "%s expected, got %s", tname,
                                              luaL_typename(L, 1)));
 }

@@ -152,6 +152,7 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 **   upvalue 3  TL_UP_CACHE    the state's proxy cache (TL_STATE_PROXIES)
 **   upvalue 4  TL_UP_FIELDS   a Local's __index/__newindex only: the fields
 **                             table of the thread in get_id/set_id
+**   upvalue 5  TL_UP_SELF     a Local's __index/__newindex only: the Local
 ** Iterators have their own: tl_iter (a proxy, the next entry index),
 ** tl_threads_step (the Local, the ids to visit, the position).
 **
@@ -172,6 +173,7 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 #define TL_UP_PROXYMT lua_upvalueindex(2)
 #define TL_UP_CACHE lua_upvalueindex(3)
 #define TL_UP_FIELDS lua_upvalueindex(4)
+#define TL_UP_SELF lua_upvalueindex(5)
 #define TL_NUP 3 /* upvalues of every closure but a Local's own two */
 
 enum { TL_STATE_BYTHREAD = 1, TL_STATE_SENTINEL, TL_STATE_SHARED, TL_STATE_PROXIES,
@@ -189,11 +191,22 @@ typedef struct tl_state {
 } tl_state;
 
 /*
+** The userdata of the module start with a tag, the address of their type
+** name, so that a metamethod can check its argument without touching its
+** metatable (tl_testud): debug.getmetatable hands the metamethods to Lua
+** code, which may call them with anything.
+*/
+static const char tl_local_tag[] = THREADLOCAL_LOCAL_MT;
+static const char tl_sref_tag[] = THREADLOCAL_SHARED_MT;
+static const char tl_proxy_tag[] = THREADLOCAL_TABLE_MT;
+
+/*
 ** A Local.  Its __index and __newindex closures each keep one thread's
 ** fields table as upvalue TL_UP_FIELDS, so that a hit costs a rawget on a
 ** fixed table, as the floor does; get_id and set_id say whose.
 */
 typedef struct tl_local {
+  const char *tag; /* tl_local_tag */
   uint64_t get_id, set_id;
 } tl_local;
 
@@ -207,6 +220,7 @@ typedef struct tl_local {
 ** key is the same.
 */
 typedef struct tl_sref {
+  const char *tag; /* tl_sref_tag */
   tl_sloc *sl;
   uint64_t last_owner, last_version;
   const tl_tab *last_tab;
@@ -216,6 +230,7 @@ typedef struct tl_sref {
 
 /* A proxy of the table in slot `slot` of thread `owner`'s slab. */
 typedef struct tl_proxy {
+  const char *tag; /* tl_proxy_tag */
   uint64_t owner;
   uint32_t slot, gen;
 } tl_proxy;

@@ -14,7 +14,8 @@ static const char tl_statekey = 0; /* registry key of the tl_state */
 static void tl_local_closure(lua_State *L, int ud, lua_CFunction f, const char *name, int uv) {
   tl_pushupvalues(L);                   /* mt state proxymt cache */
   lua_pushnil(L);                       /* mt state proxymt cache fields */
-  lua_pushcclosure(L, f, TL_NUP + 1);   /* mt f */
+  lua_pushvalue(L, ud);                 /* mt state proxymt cache fields self */
+  lua_pushcclosure(L, f, TL_NUP + 2);   /* mt f */
   lua_pushvalue(L, -1);                 /* mt f f */
   tl_setuv(L, ud, uv);                  /* mt f */
   lua_setfield(L, -2, name);            /* mt */
@@ -28,6 +29,7 @@ static int tl_new(lua_State *L) {
   else if (n > 1)
     tl_error(L, "threadlocal: init arguments given without an init function");
   lo = (tl_local *)tl_newud(L, sizeof *lo, TL_LOCAL_NUV); /* args ud */
+  lo->tag = tl_local_tag;
   lo->get_id = lo->set_id = TL_NOCACHE;
   /* Its own metatable: the shared metamethods, and its own closures. */
   luaL_getmetatable(L, THREADLOCAL_LOCAL_MT);                  /* args ud localmt */
@@ -64,11 +66,12 @@ static int tl_shared_new(lua_State *L) {
   tl_tab *defaults = NULL, *current = NULL;
   tl_sloc *sl;
   tl_sref *ref;
+  luaL_argcheck(L, len <= THREADLOCAL_MAXLEN, 1, "name too long");
   if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   if (!lua_isnil(L, 2)) {
     tl_val v;
-    tl_tovalue(L, 2, 0, NULL, TL_UP_PROXYMT, &v);
+    tl_tovalue(L, 2, 0, NULL, 0, TL_UP_PROXYMT, &v); /* the defaults are the fields */
     defaults = v.u.tab;
   }
   if ((sl = tl_sloc_open(name, len)) == NULL) {
@@ -94,9 +97,14 @@ static int tl_shared_new(lua_State *L) {
   lua_pop(L, 1);
   ref = (tl_sref *)tl_newud(L, sizeof *ref, TL_SREF_NUV);
   memset(ref, 0, sizeof *ref);
+  ref->tag = tl_sref_tag;
   ref->sl = sl;
   luaL_getmetatable(L, THREADLOCAL_SHARED_MT);
   lua_setmetatable(L, -2);                   /* name defaults byname ref */
+  lua_pushvalue(L, 1);                       /* a finalizer that ran in tl_newud */
+  lua_rawget(L, -3);                         /* may have made one */
+  if (!lua_isnil(L, -1)) return 1;
+  lua_pop(L, 1);
   lua_pushvalue(L, 1);
   lua_pushvalue(L, -2);
   lua_rawset(L, -4);                         /* byname[name] = ref */
@@ -258,6 +266,12 @@ static void tl_state_push(lua_State *L) {
   lua_pushcclosure(L, tl_sentinel_gc, 1);
   lua_setfield(L, -2, "__gc");
   tl_setuv(L, -2, TL_STATE_SENTINEL);                          /* st */
+  tl_rawgetp(L, LUA_REGISTRYINDEX, &tl_statekey); /* a finalizer that required */
+  if (!lua_isnil(L, -1)) {                         /* the module made one */
+    lua_remove(L, -2);
+    return;
+  }
+  lua_pop(L, 1);
   lua_pushvalue(L, -1);
   tl_rawsetp(L, LUA_REGISTRYINDEX, &tl_statekey);
 }

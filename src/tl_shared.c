@@ -20,14 +20,19 @@ static TL_HOT tl_tab *tl_sref_fields(lua_State *L, const tl_sref *ref, int creat
   return tab != NULL ? tab : tl_sref_start(L, ref, create);
 }
 
-/* The fields of the shared local at slot 1. */
-static TL_HOT tl_tab *tl_sref_fields1(lua_State *L, int create) {
-  return tl_sref_fields(L, (const tl_sref *)lua_touserdata(L, 1), create);
+/* The shared local at slot 1, checked: debug.getmetatable hands its
+** metamethods to Lua code, which may call them with anything. */
+static TL_HOT tl_sref *tl_sref_check1(lua_State *L) {
+  return (tl_sref *)tl_checkud_hot(L, 1, tl_sref_tag);
 }
 
-/* Called only as metamethods, so argument 1 is a shared local. */
+/* The fields of the shared local at slot 1. */
+static TL_HOT tl_tab *tl_sref_fields1(lua_State *L, int create) {
+  return tl_sref_fields(L, tl_sref_check1(L), create);
+}
+
 static int tl_shared_index(lua_State *L) {
-  tl_sref *ref = (tl_sref *)lua_touserdata(L, 1);
+  tl_sref *ref = tl_sref_check1(L);
   tl_tab *tab = tl_sref_fields(L, ref, 0);
   if (tab != NULL && lua_type(L, 2) == LUA_TSTRING) {
     size_t len;
@@ -71,16 +76,18 @@ static int tl_shared_newindex(lua_State *L) {
 }
 
 static int tl_shared_pairs(lua_State *L) {
+  (void)tl_checkud(L, 1, tl_sref_tag, sizeof(tl_sref)); /* the cold ones check fully */
   return tl_tab_pairs(L, tl_sref_fields1(L, 0));
 }
 
 static int tl_shared_len(lua_State *L) {
+  (void)tl_checkud(L, 1, tl_sref_tag, sizeof(tl_sref));
   lua_pushinteger(L, tl_tab_len(tl_sref_fields1(L, 0)));
   return 1;
 }
 
 static int tl_shared_tostring(lua_State *L) {
-  const tl_sloc *sl = ((tl_sref *)lua_touserdata(L, 1))->sl;
+  const tl_sloc *sl = ((tl_sref *)tl_checkud(L, 1, tl_sref_tag, sizeof(tl_sref)))->sl;
   lua_pushliteral(L, THREADLOCAL_SHARED_MT " '");
   lua_pushlstring(L, sl->name, sl->len);
   lua_pushfstring(L, "': %p", lua_touserdata(L, 1));
@@ -98,15 +105,17 @@ static int tl_proxy_newindex(lua_State *L) {
 }
 
 static int tl_proxy_pairs(lua_State *L) {
+  (void)tl_checkud(L, 1, tl_proxy_tag, sizeof(tl_proxy));
   return tl_tab_pairs(L, tl_proxy_tab(L, 1));
 }
 
 static int tl_proxy_len(lua_State *L) {
+  (void)tl_checkud(L, 1, tl_proxy_tag, sizeof(tl_proxy));
   lua_pushinteger(L, tl_tab_len(tl_proxy_tab(L, 1)));
   return 1;
 }
 
 static int tl_proxy_tostring(lua_State *L) {
-  lua_pushfstring(L, THREADLOCAL_TABLE_MT ": %p", lua_touserdata(L, 1));
+  lua_pushfstring(L, THREADLOCAL_TABLE_MT ": %p", tl_checkud(L, 1, tl_proxy_tag, sizeof(tl_proxy)));
   return 1;
 }

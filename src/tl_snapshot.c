@@ -170,7 +170,7 @@ THREADLOCAL_API int threadlocal_snapshot_capture(threadlocal_shared *const *loca
     for (i = 0; i < n; i++) {
       const tl_tab *f = tl_shfields_peek(t, locals[i]);
       s->e[i].sl = locals[i];
-      if (f != NULL && (s->e[i].fields = tl_tab_clone(f, NULL)) == NULL) {
+      if (f != NULL && tl_tab_clone(f, NULL, 0, &s->e[i].fields) != TL_COPY_OK) {
         tl_snap_free(s);
         s = NULL;
         break;

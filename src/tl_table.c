@@ -25,6 +25,11 @@ static void *tl_allocud;
 static void *tl_realloc(void *p, size_t size) { return tl_allocf(tl_allocud, p, size); }
 static void *tl_malloc(size_t size) { return tl_allocf(tl_allocud, NULL, size); }
 
+/* realloc of an array of n elements of `size` bytes; NULL on overflow. */
+static void *tl_reallocarray(void *p, size_t n, size_t size) {
+  return size != 0 && n > SIZE_MAX / size ? NULL : tl_realloc(p, n * size);
+}
+
 static void *tl_calloc(size_t n, size_t size) {
   void *p = size != 0 && n > SIZE_MAX / size ? NULL : tl_malloc(n * size);
   if (p != NULL) memset(p, 0, n * size);
@@ -53,24 +58,118 @@ THREADLOCAL_API void threadlocal_set_allocator(threadlocal_alloc f, void *ud) {
 /* Shared tables (plain C: no Lua, no locks)                              */
 /* ---------------------------------------------------------------------- */
 
-/* Eight bytes at a time: keys are hashed on every shared access. */
+/*
+** Hashing.  Keys come from scripts and hosts that may be hostile, so the
+** hashes are keyed with a per-process random seed (tl_seed_init, at the
+** one-time set-up): without the seed, nobody can make many keys share a
+** slot.  The mixing is wyhash's: a 64x64->128-bit multiply, folded.
+*/
+static uint64_t tl_seed[4] = { /* replaced by random bits before any use */
+  0x2d358dccaa6c78a5u, 0x8bb84b93962eacc9u, 0x4b33a62ed433d4a3u, 0x4d5a2da51de1aa47u
+};
+
+#if defined(__SIZEOF_INT128__)
+__extension__ typedef unsigned __int128 tl_u128;
+
+static TL_HOT void tl_mum(uint64_t *a, uint64_t *b) { /* the two halves of a * b */
+  tl_u128 r = (tl_u128)*a * *b;
+  *a = (uint64_t)r;
+  *b = (uint64_t)(r >> 64);
+}
+#else
+static void tl_mum(uint64_t *a, uint64_t *b) {
+  uint64_t ha = *a >> 32, hb = *b >> 32, la = (uint32_t)*a, lb = (uint32_t)*b;
+  uint64_t rh = ha * hb, rm0 = ha * lb, rm1 = hb * la, rl = la * lb;
+  uint64_t t = rl + (rm0 << 32), c = t < rl, lo = t + (rm1 << 32);
+  c += lo < t;
+  *a = lo;
+  *b = rh + (rm0 >> 32) + (rm1 >> 32) + c;
+}
+#endif
+
+static TL_HOT uint64_t tl_mix(uint64_t a, uint64_t b) {
+  tl_mum(&a, &b);
+  return a ^ b;
+}
+
+static TL_HOT uint64_t tl_rd8(const char *p) {
+  uint64_t w;
+  memcpy(&w, p, 8);
+  return w;
+}
+
+static TL_HOT uint64_t tl_rd4(const char *p) {
+  uint32_t w;
+  memcpy(&w, p, 4);
+  return w;
+}
+
 static uint32_t tl_hash_bytes(const char *s, size_t len) {
-  uint64_t h = 0x9e3779b97f4a7c15u ^ (uint64_t)len, w;
-  while (len >= 8) {
-    memcpy(&w, s, 8);
-    h = (h ^ w) * 0xff51afd7ed558ccdu;
-    h ^= h >> 32;
-    s += 8;
-    len -= 8;
+  uint64_t a, b, seed = tl_seed[0];
+  if (len <= 16) {
+    if (len >= 4) { /* two overlapping pairs of 4-byte words */
+      size_t d = (len >> 3) << 2;
+      a = (tl_rd4(s) << 32) | tl_rd4(s + d);
+      b = (tl_rd4(s + len - 4) << 32) | tl_rd4(s + len - 4 - d);
+    } else if (len > 0) {
+      a = ((uint64_t)(unsigned char)s[0] << 16) | ((uint64_t)(unsigned char)s[len >> 1] << 8) |
+          (unsigned char)s[len - 1];
+      b = 0;
+    } else
+      a = b = 0;
+  } else {
+    size_t i = len;
+    for (; i > 16; i -= 16, s += 16) seed = tl_mix(tl_rd8(s) ^ tl_seed[1], tl_rd8(s + 8) ^ seed);
+    a = tl_rd8(s + i - 16);
+    b = tl_rd8(s + i - 8);
   }
-  for (w = 0; len > 0; len--) w = (w << 8) | (unsigned char)s[len - 1];
-  h = (h ^ w) * 0xc4ceb9fe1a85ec53u;
-  return (uint32_t)(h ^ (h >> 32));
+  a ^= tl_seed[1];
+  b ^= seed;
+  tl_mum(&a, &b);
+  a = tl_mix(a ^ tl_seed[2] ^ (uint64_t)len, b ^ tl_seed[1]);
+  return (uint32_t)(a ^ (a >> 32));
 }
 
 static uint32_t tl_hash_int(uint64_t x) {
-  x *= 0x9e3779b97f4a7c15u;
-  return (uint32_t)(x >> 32);
+  uint64_t h = tl_mix(x ^ tl_seed[2], tl_seed[3]);
+  return (uint32_t)(h ^ (h >> 32));
+}
+
+/*
+** Sets the seed from the system's random source: getrandom, else
+** /dev/urandom, else (both unavailable) the clock, addresses and the pid.
+** Called once, before any key is hashed.
+*/
+static void tl_seed_init(void) {
+  uint64_t k[4];
+  size_t got = 0, i;
+#ifdef TL_GETRANDOM
+  ssize_t n = getrandom(k, sizeof k, GRND_NONBLOCK);
+  if (n > 0) got = (size_t)n;
+#endif
+  if (got < sizeof k) {
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      ssize_t r;
+      while (got < sizeof k && (r = read(fd, (char *)k + got, sizeof k - got)) > 0)
+        got += (size_t)r;
+      close(fd);
+    }
+  }
+  if (got < sizeof k) {
+    struct timespec ts;
+    uint64_t x;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    x = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    memset(k, 0, sizeof k);
+    k[0] = x ^ (uint64_t)getpid();
+    k[1] = (uint64_t)(uintptr_t)&k ^ (uint64_t)(uintptr_t)&tl_seed_init;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    k[2] = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32);
+    k[3] = (uint64_t)(uintptr_t)k ^ x;
+  }
+  for (i = 0; i < 4; i++)
+    tl_seed[i] = tl_mix(tl_seed[i] ^ k[i], tl_seed[(i + 1) & 3] ^ k[(i + 2) & 3]) ^ k[i];
 }
 
 static void tl_key_str(tl_key *k, const char *s, size_t len) {
@@ -159,6 +258,7 @@ static tl_entry *tl_tab_find(const tl_tab *t, const tl_key *k) {
   mask = t->cap - 1;
   for (i = k->hash & mask;; i = (i + 1) & mask) {
     tl_entry *e = &t->e[i];
+    TL_STAT(tl_stat_probes++);
     if (e->state == TL_EMPTY) return NULL;
     if (e->hash == k->hash && e->state == TL_LIVE && tl_key_eq(e, k)) return e;
   }
@@ -194,11 +294,11 @@ static int tl_slab_grow(tl_thread *t, uint32_t need) {
     cap *= 2;
   }
   if (cap == t->capslab) return 0;
-  if ((slab = (tl_tab **)tl_realloc(t->slab, cap * sizeof *slab)) == NULL) return -1;
+  if ((slab = (tl_tab **)tl_reallocarray(t->slab, cap, sizeof *slab)) == NULL) return -1;
   t->slab = slab;
-  if ((gen = (uint32_t *)tl_realloc(t->slabgen, cap * sizeof *gen)) == NULL) return -1;
+  if ((gen = (uint32_t *)tl_reallocarray(t->slabgen, cap, sizeof *gen)) == NULL) return -1;
   t->slabgen = gen;
-  if ((freeslots = (uint32_t *)tl_realloc(t->slabfree, cap * sizeof *freeslots)) == NULL)
+  if ((freeslots = (uint32_t *)tl_reallocarray(t->slabfree, cap, sizeof *freeslots)) == NULL)
     return -1;
   t->slabfree = freeslots;
   memset(gen + t->capslab, 0, (cap - t->capslab) * sizeof *gen);
@@ -225,11 +325,13 @@ static void tl_slab_remove(tl_thread *t, tl_tab *tab) {
   t->slabfree[t->nslabfree++] = tab->slot;
 }
 
-/* A new empty table owned by t (NULL: not in any slab). */
-static tl_tab *tl_tab_new(tl_thread *owner) {
+/* A new empty table owned by t (NULL: not in any slab), `depth` levels
+** below the fields table (the caller checks the limit). */
+static tl_tab *tl_tab_new(tl_thread *owner, uint32_t depth) {
   tl_tab *tab = (tl_tab *)tl_calloc(1, sizeof *tab);
   if (tab == NULL) return NULL;
   tab->owner = owner;
+  tab->depth = depth;
   if (owner != NULL) tab->version = owner->clock++;
   if (owner != NULL && tl_slab_add(owner, tab) != 0) {
     tl_free(tab);
@@ -266,18 +368,31 @@ static void tl_tab_free(tl_tab *tab) {
   tl_free(tab);
 }
 
-/* Makes room for one more entry.  Returns 0, or -1 when out of memory. */
+#define TL_MAXCAP ((uint32_t)1 << 30) /* entries in one table */
+
+/*
+** Makes room for one more entry.  Live and dead entries fill at most half
+** the slots; past that, the table is rebuilt at the size that leaves it at
+** most a quarter full (larger, the same, or smaller), so at least cap/4
+** inserts separate two rebuilds and any mix of inserts and deletes costs
+** amortised O(1).  Returns 0, or -1 when out of memory.
+*/
 static int tl_tab_reserve(tl_tab *t) {
-  uint32_t cap = t->cap ? t->cap : 4, i;
+  uint32_t cap = 4, i;
   tl_entry *ne;
-  if ((t->used + 1) * 2 <= t->cap) return 0;
-  while (cap < 2 * (t->count + 1)) cap *= 2; /* else: the same size, minus tombstones */
+  if (((uint64_t)t->used + 1) * 2 <= t->cap) return 0;
+  while (cap < 4 * (uint64_t)t->count) {
+    if (cap >= TL_MAXCAP) return -1;
+    cap *= 2;
+  }
   ne = (tl_entry *)tl_calloc(cap, sizeof *ne);
   if (ne == NULL) return -1;
+  TL_STAT(tl_stat_rehashes++);
   for (i = 0; i < t->cap; i++) {
     tl_entry *e = &t->e[i];
     if (e->state == TL_LIVE) {
       uint32_t j = e->hash & (cap - 1);
+      TL_STAT(tl_stat_moved++);
       while (ne[j].state != TL_EMPTY) j = (j + 1) & (cap - 1);
       ne[j] = *e;
     }
@@ -325,7 +440,10 @@ static int tl_tab_put(tl_tab *t, const tl_key *k, tl_val *v, tl_val *old) {
       case TL_TFLOAT: key.u.f = k->u.f; break;
       default: key.u.b = k->u.b; break;
     }
-    while (t->e[i].state == TL_LIVE) i = (i + 1) & mask;
+    while (t->e[i].state == TL_LIVE) {
+      TL_STAT(tl_stat_probes++);
+      i = (i + 1) & mask;
+    }
     e = &t->e[i];
     if (e->state == TL_EMPTY) t->used++;
     e->state = TL_LIVE;
@@ -337,44 +455,56 @@ static int tl_tab_put(tl_tab *t, const tl_key *k, tl_val *v, tl_val *old) {
   return 0;
 }
 
-static int tl_val_clone(const tl_val *src, tl_val *dst, tl_thread *owner);
+/* What a copy returns. */
+enum { TL_COPY_OK, TL_COPY_NOMEM, TL_COPY_DEEP };
 
-/* A deep copy owned by `owner`; NULL when out of memory. */
-static tl_tab *tl_tab_clone(const tl_tab *src, tl_thread *owner) {
-  tl_tab *t = tl_tab_new(owner);
+static int tl_val_clone(const tl_val *src, tl_val *dst, tl_thread *owner, uint32_t depth);
+
+/*
+** A deep copy of src owned by `owner`, put `depth` levels below the fields
+** table, in *out.  Returns TL_COPY_OK; TL_COPY_DEEP when a table of the
+** copy would be deeper than TL_MAXDEPTH; TL_COPY_NOMEM when out of memory.
+** src obeys the limit at its own depth, so the recursion is bounded.
+*/
+static int tl_tab_clone(const tl_tab *src, tl_thread *owner, uint32_t depth, tl_tab **out) {
+  tl_tab *t;
   uint32_t i;
-  if (t == NULL) return NULL;
+  int rc = TL_COPY_NOMEM;
+  if (depth > TL_MAXDEPTH) return TL_COPY_DEEP;
+  if ((t = tl_tab_new(owner, depth)) == NULL) return TL_COPY_NOMEM;
   for (i = 0; i < src->cap; i++) {
     const tl_entry *e = &src->e[i];
     tl_key k;
     tl_val v, old;
     if (e->state != TL_LIVE) continue;
     tl_key_of(&k, &e->key);
-    if (tl_val_clone(&e->val, &v, owner) != 0) goto fail;
+    if ((rc = tl_val_clone(&e->val, &v, owner, depth + 1)) != TL_COPY_OK) goto fail;
     if (tl_tab_put(t, &k, &v, &old) != 0) {
       tl_val_free(&v);
+      rc = TL_COPY_NOMEM;
       goto fail;
     }
   }
-  return t;
+  *out = t;
+  return TL_COPY_OK;
 fail:
   tl_tab_free(t);
-  return NULL;
+  return rc;
 }
 
-/* A copy never takes a pointer's destructor: only the original runs it. */
-static int tl_val_clone(const tl_val *src, tl_val *dst, tl_thread *owner) {
+/* A copy never takes a pointer's destructor: only the original runs it.
+** A table value is put `depth` levels down.  Returns as tl_tab_clone. */
+static int tl_val_clone(const tl_val *src, tl_val *dst, tl_thread *owner, uint32_t depth) {
   *dst = *src;
   switch (src->type) {
     case TL_TSTR:
-      if ((dst->u.str.s = tl_strdup(src->u.str.s, src->u.str.len)) == NULL) return -1;
+      if ((dst->u.str.s = tl_strdup(src->u.str.s, src->u.str.len)) == NULL)
+        return TL_COPY_NOMEM;
       break;
     case TL_TPTR: dst->u.ptr.dtor = NULL; break;
-    case TL_TTAB:
-      if ((dst->u.tab = tl_tab_clone(src->u.tab, owner)) == NULL) return -1;
-      break;
+    case TL_TTAB: return tl_tab_clone(src->u.tab, owner, depth, &dst->u.tab);
   }
-  return 0;
+  return TL_COPY_OK;
 }
 
 static int tl_tab_equal(const tl_tab *a, const tl_tab *b);
@@ -385,7 +515,7 @@ static int tl_val_equal(const tl_val *a, const tl_val *b) {
     case TL_TNIL: return 1;
     case TL_TBOOL: return a->u.b == b->u.b;
     case TL_TINT: return a->u.i == b->u.i;
-    case TL_TFLOAT: return a->u.f == b->u.f;
+    case TL_TFLOAT: return a->u.f == b->u.f || (a->u.f != a->u.f && b->u.f != b->u.f); /* NaN */
     case TL_TSTR:
       return a->u.str.len == b->u.str.len && memcmp(a->u.str.s, b->u.str.s, a->u.str.len) == 0;
     case TL_TPTR: return a->u.ptr.p == b->u.ptr.p;

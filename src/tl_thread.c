@@ -127,6 +127,7 @@ static void tl_fork_child(void) {
 
 static void tl_global_init(void) {
   Dl_info info;
+  tl_seed_init();
   if (pthread_key_create(&tl_exitkey, tl_thread_exit) != 0 ||
       pthread_atfork(tl_fork_prepare, tl_fork_unlock, tl_fork_child) != 0) {
     tl_once_err = 1;
@@ -203,7 +204,7 @@ static int tl_home_register(tl_home *h, tl_thread *t) {
     t->nhomes = j;
     if (j == t->caphomes) {
       cap = t->caphomes ? 2 * t->caphomes : 4;
-      nh = (tl_home **)tl_realloc(t->homes, cap * sizeof *nh);
+      nh = (tl_home **)tl_reallocarray(t->homes, cap, sizeof *nh);
       if (nh == NULL) return -1;
       t->homes = nh;
       t->caphomes = cap;
@@ -212,7 +213,7 @@ static int tl_home_register(tl_home *h, tl_thread *t) {
   pthread_mutex_lock(&h->lock);
   if (h->nreserved == h->cap) {
     size_t cap = h->cap ? 2 * h->cap : 8;
-    uint64_t *nd = (uint64_t *)tl_realloc(h->dead, cap * sizeof *nd);
+    uint64_t *nd = (uint64_t *)tl_reallocarray(h->dead, cap, sizeof *nd);
     if (nd == NULL) {
       pthread_mutex_unlock(&h->lock);
       return -1;

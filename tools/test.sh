@@ -141,6 +141,7 @@ elif make --no-print-directory LUA=lua5.4 BUILD=build/asan CFLAGS="-O1 -g -Werro
     --cpath='build/asan/?.so' spec
   tap_run "asan+ubsan" "$out/asan-fork.tap" build/asan/fork_test
   tap_run "asan+ubsan" "$out/asan-oom.tap" build/asan/oom_test
+  tap_run "asan+ubsan" "$out/asan-hostile.tap" build/asan/hostile_test
 else
   result FAIL "build with AddressSanitizer and UndefinedBehaviorSanitizer" "$log"
 fi
@@ -156,6 +157,7 @@ else
 fi
 if make --no-print-directory LUA=lua5.4 BUILD=build/lua5.4 CFLAGS="-O2 -g -Werror" reliability >"$out/churn-build.log" 2>&1; then
   tap_run "lua5.4" "$out/churn.tap" build/lua5.4/churn_test "$CHURN_THREADS"
+  tap_run "lua5.4" "$out/hostile.tap" build/lua5.4/hostile_test
 else
   result FAIL "build the reliability checks" "$out/churn-build.log"
 fi

@@ -28,9 +28,9 @@ static int calls(int tag) { return atomic_load(&dtor_calls[tag]); }
 static void test_arguments(void) {
   threadlocal_shared *a, *b;
   threadlocal_value v;
-  check(threadlocal_shared_open(NULL, 0, &a) == THREADLOCAL_ERRARG &&
+  check(threadlocal_shared_open(NULL, 1, &a) == THREADLOCAL_ERRARG &&
             threadlocal_shared_open("x", 1, NULL) == THREADLOCAL_ERRARG,
-        "open refuses NULL arguments");
+        "open refuses NULL arguments (NULL is a name only with length 0)");
   check(threadlocal_shared_open("args", 4, &a) == THREADLOCAL_OK &&
             threadlocal_shared_open("args", 4, &b) == THREADLOCAL_OK && a == b,
         "open finds the same shared local by name");
