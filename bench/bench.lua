@@ -88,6 +88,23 @@ function loops.var_set(o)
     return clock() - t0
   end
 end
+-- Context: a scope opened and closed, a snapshot captured and run under.
+function loops.scope(o)
+  local scope, loc, fields = threadlocal.scope, o.loc, o.fields
+  return function(n)
+    local t0 = clock()
+    for _ = 1, n do scope(loc, fields):close() end
+    return clock() - t0
+  end
+end
+function loops.handoff(o)
+  local capture, run, sh, fn = threadlocal.capture, threadlocal.run, o.sh, o.fn
+  return function(n)
+    local t0 = clock()
+    for _ = 1, n do run(capture(sh), fn) end
+    return clock() - t0
+  end
+end
 -- One get on each of many objects: for first accesses.
 function loops.each(objs)
   return function()
@@ -147,6 +164,22 @@ local steady = {
         make = function() return context.var("k") end },
 }
 
+-- Compound operations: fewer of them per slice; the ratio is to one floor get.
+local compound = {
+  row { name = "scope open+close (Local, 1 field)", kind = "scope", floor_kind = "get", n = N / 20,
+        make = function()
+          local tl = threadlocal.new(); tl.db = "primary"
+          return { loc = tl, fields = { db = "replica" } }
+        end },
+  row { name = "scope open+close (shared, 1 field)", kind = "scope", floor_kind = "get", n = N / 20,
+        make = function() return { loc = shared_with("primary"), fields = { k = "replica" } } end },
+  row { name = "capture+run (shared local, 2 fields)", kind = "handoff", floor_kind = "get", n = N / 50,
+        make = function()
+          local sh = shared_with(1); sh.user = "alice"
+          return { sh = sh, fn = function() return sh.k end }
+        end },
+}
+
 -- --count ROW N: for callgrind.
 if arg[1] == "--count" then
   local r = assert(rows_by_name[arg[2]], "no row " .. tostring(arg[2]))
@@ -183,15 +216,16 @@ local function time_rows(rows, title, section)
       local o = r.make()
       local f = loops[r.kind](o)
       local b = loops[r.floor_kind or (r.kind == "setstr" and "set" or r.kind)](floor_with(1))
-      f(math.floor(N / 20)) -- warm
+      local n = r.n or N
+      f(math.floor(n / 20)) -- warm
       full_gc()
       local tb_, tr = 0, 0
       for _ = 1, CHUNKS do
-        tb_ = tb_ + b(N / CHUNKS)
-        tr = tr + f(N / CHUNKS)
+        tb_ = tb_ + b(n / CHUNKS)
+        tr = tr + f(n / CHUNKS)
       end
       local s = samples[r]
-      s.ns[#s.ns + 1], s.base[#s.base + 1], s.ratio[#s.ratio + 1] = tr / N, tb_ / N, tr / tb_
+      s.ns[#s.ns + 1], s.base[#s.base + 1], s.ratio[#s.ratio + 1] = tr / n, tb_ / n, tr / tb_
     end
   end
   for _, r in ipairs(rows) do
@@ -466,6 +500,7 @@ end
 io.write(("threadlocal %s bench on %s, %d runs of %d operations per row, medians\n")
   :format(threadlocal.version, _VERSION .. (jit and (" / " .. jit.version) or ""), REPS, N))
 time_rows(steady, "Steady-state access (one state, one thread)", "access")
+time_rows(compound, "Context: scopes and hand-off (one state, one thread)", "context")
 thread_rows()
 capi_rows()
 python_rows()

@@ -372,12 +372,52 @@ __asm__(".pushsection .rodata\n"
 extern const char tl_lua_context[] __attribute__((visibility("hidden")));
 extern const char tl_lua_context_end[] __attribute__((visibility("hidden")));
 
-/* package.preload["threadlocal.context"]: require's loader. */
+/*
+** var:get for the built-in threadlocal.context, in C: one call finds the
+** current context (the OS thread's for the main coroutine, else the
+** coroutine's own) and reads the var in it.  Anything else (no context
+** recorded yet, the var not set, a bad self) goes to the Lua version.
+** Upvalues: by_coroutine, by_thread (by thread id), the Lua get.
+*/
+static int tl_ctx_get(lua_State *L) {
+  if (lua_pushthread(L)) {             /* the main coroutine */
+    lua_pop(L, 1);
+    tl_rawgeti64(L, lua_upvalueindex(2), tl_myid);
+  } else
+    lua_rawget(L, lua_upvalueindex(1));
+  if (lua_istable(L, -1)) {
+    lua_pushvalue(L, 1);
+    lua_rawget(L, -2);
+    if (!lua_isnil(L, -1)) return 1;
+  }
+  lua_settop(L, 2);
+  lua_pushvalue(L, lua_upvalueindex(3));
+  lua_insert(L, 1);
+  lua_call(L, 2, 1);
+  return 1;
+}
+
+/* internals.context_getter(by_coroutine, by_thread, get) */
+static int tl_ctx_getter(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  lua_settop(L, 3);
+  lua_pushcclosure(L, tl_ctx_get, 3);
+  return 1;
+}
+
+/* package.preload["threadlocal.context"]: require's loader.  The chunk gets
+** require's arguments and a third: the C helpers only it may use. */
 static int tl_load_context(lua_State *L) {
   size_t len = (size_t)(tl_lua_context_end - tl_lua_context);
+  lua_settop(L, 2);
   if (luaL_loadbuffer(L, tl_lua_context, len, "@lua/threadlocal/context.lua") != 0) tl_raise(L);
-  lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, 1);
+  lua_insert(L, 1);                         /* chunk name extra */
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, tl_ctx_getter);
+  lua_setfield(L, -2, "context_getter");    /* chunk name extra internals */
+  lua_call(L, 3, 1);
   return 1;
 }
 #endif

@@ -23,6 +23,9 @@
 --     state never see each other's.
 -- A context maps vars to values (nil: not set); copies are shallow.
 local threadlocal = require "threadlocal"
+-- Built into the module, this file is loaded with a third argument: C helpers
+-- (see src/tl_context.c); loaded from package.path, it has none.
+local internals = select(3, ...)
 
 local error, getmetatable, next, pcall, rawget, setmetatable, tostring, type =
   error, getmetatable, next, pcall, rawget, setmetatable, tostring, type
@@ -268,6 +271,11 @@ local function reset(self, token)
   end
   ctx[self] = token[3]
   token[4] = true
+end
+
+-- The built-in module reads a set var in one C call; it falls back to `get`.
+if type(internals) == "table" and internals.context_getter then
+  get = internals.context_getter(by_coroutine, by_thread, get)
 end
 
 function Var.__tostring(self)
