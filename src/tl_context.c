@@ -380,6 +380,7 @@ extern const char tl_lua_context_end[] __attribute__((visibility("hidden")));
 ** Upvalues: by_coroutine, by_thread (by thread id), the Lua get.
 */
 static int tl_ctx_get(lua_State *L) {
+  lua_settop(L, 2);                    /* self default */
   if (lua_pushthread(L)) {             /* the main coroutine */
     lua_pop(L, 1);
     tl_rawgeti64(L, lua_upvalueindex(2), tl_myid);

@@ -24,8 +24,15 @@
 -- A context maps vars to values (nil: not set); copies are shallow.
 local threadlocal = require "threadlocal"
 -- Built into the module, this file is loaded with a third argument: C helpers
--- (see src/tl_context.c); loaded from package.path, it has none.
+-- (see src/tl_context.c).  Found on package.path instead (required before the
+-- module registered its copy), it hands over to the built-in copy if there is
+-- one; a third argument false keeps this one, without helpers (the specs).
 local internals = select(3, ...)
+if internals == nil then
+  local builtin = type(package) == "table" and type(package.preload) == "table"
+    and package.preload["threadlocal.context"]
+  if builtin then return builtin(...) end
+end
 
 local error, getmetatable, next, pcall, rawget, setmetatable, tostring, type =
   error, getmetatable, next, pcall, rawget, setmetatable, tostring, type
