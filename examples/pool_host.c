@@ -10,6 +10,15 @@
 ** threadlocal runs when the worker thread exits).  Every job, in whatever
 ** state, reads that context.
 **
+** Requests arrive on another thread, the acceptor (main), which runs
+** examples/accept.lua: for each job it sets the request's context (the
+** shared local "request") in a scope and calls host.submit, which captures
+** it into a snapshot (threadlocal_snapshot_capture) that travels with the
+** job.  The worker installs the snapshot before the job
+** (threadlocal_snapshot_install), so the job reads its request's context,
+** also from the coroutines it starts with threadlocal.context, and puts
+** its own fields back after (install what was handed back, free the job's).
+**
 ** The jobs use examples/orm.lua, whose current database lives in a shared
 ** local (the Peewee case).  Job SWITCH_JOB tells whichever worker runs it to
 ** switch to the "archive" database; that worker keeps writing there in its
@@ -53,6 +62,8 @@ static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static pool_row pool_rows[NJOBS];
 static int pool_nrows, pool_errors, pool_conns_closed;
 static pthread_barrier_t pool_start; /* every worker has its context */
+static threadlocal_snapshot *pool_requests[NJOBS + 1]; /* by job: its request */
+static int pool_handed, pool_spans; /* jobs that saw their request, coroutines */
 
 static _Thread_local int pool_worker; /* the host's own idea of who runs */
 
@@ -81,14 +92,33 @@ static int pool_insert(lua_State *L) {
   return 0;
 }
 
-/* Runs one job in a fresh state, closed after. */
-static void pool_run_job(int job) {
-  char script[1100];
+/* host.submit(job), on the acceptor: the request context goes with the job. */
+static int pool_submit(lua_State *L) {
+  int job = (int)luaL_checkinteger(L, 1);
+  threadlocal_shared *req;
+  luaL_argcheck(L, job >= 1 && job <= NJOBS && pool_requests[job] == NULL, 1, "bad job");
+  if (threadlocal_shared_open("request", 7, &req) != THREADLOCAL_OK ||
+      threadlocal_snapshot_capture(&req, 1, &pool_requests[job]) != THREADLOCAL_OK)
+    return luaL_error(L, "pool_host: cannot capture the request of job %d", job);
+  return 0;
+}
+
+/* host.seen(job, request id, coroutines that kept their span), from a job. */
+static int pool_seen(lua_State *L) {
+  int job = (int)luaL_checkinteger(L, 1), id = (int)luaL_checkinteger(L, 2);
+  int spans = (int)luaL_checkinteger(L, 3);
+  pthread_mutex_lock(&pool_lock);
+  if (id == job) pool_handed++; else pool_errors++;
+  pool_spans += spans;
+  pthread_mutex_unlock(&pool_lock);
+  return 0;
+}
+
+/* A fresh state whose require "threadlocal" opens the linked-in module, with
+** the host's functions in the global `host`; NULL when out of memory. */
+static lua_State *pool_new_state(void) {
   lua_State *L = luaL_newstate();
-  if (L == NULL) {
-    pool_errors++;
-    return;
-  }
+  if (L == NULL) return NULL;
   luaL_openlibs(L);
   lua_getglobal(L, "package"); /* require "threadlocal" opens the linked-in module */
   lua_getfield(L, -1, "preload");
@@ -101,7 +131,22 @@ static void pool_run_job(int job) {
   lua_newtable(L);
   lua_pushcfunction(L, pool_insert);
   lua_setfield(L, -2, "insert");
+  lua_pushcfunction(L, pool_submit);
+  lua_setfield(L, -2, "submit");
+  lua_pushcfunction(L, pool_seen);
+  lua_setfield(L, -2, "seen");
   lua_setglobal(L, "host");
+  return L;
+}
+
+/* Runs one job in a fresh state, closed after. */
+static void pool_run_job(int job) {
+  char script[1100];
+  lua_State *L = pool_new_state();
+  if (L == NULL) {
+    pool_errors++;
+    return;
+  }
   snprintf(script, sizeof script, "%s/job.lua", pool_dir);
   if (luaL_loadfile(L, script) == 0) {
     lua_pushinteger(L, job);
@@ -121,15 +166,25 @@ static void pool_run_job(int job) {
   lua_close(L);
 }
 
+/* After a job: the worker's own request fields are back, the job's gone. */
+static int pool_own_back(threadlocal_shared *req) {
+  threadlocal_value v, id;
+  return threadlocal_get(req, "worker", &v) == THREADLOCAL_OK && v.type == THREADLOCAL_INTEGER &&
+         v.u.integer == pool_worker && threadlocal_get(req, "id", &id) == THREADLOCAL_OK &&
+         id.type == THREADLOCAL_NIL;
+}
+
 static void *pool_worker_main(void *p) {
-  threadlocal_shared *ctx;
+  threadlocal_shared *ctx, *req;
   pool_conn *conn = (pool_conn *)malloc(sizeof *conn);
   int job;
   pool_worker = (int)(intptr_t)p;
   if (conn != NULL) conn->worker = pool_worker;
   if (conn == NULL || threadlocal_shared_open("worker", 6, &ctx) != THREADLOCAL_OK ||
       threadlocal_set_integer(ctx, "index", pool_worker) != THREADLOCAL_OK ||
-      threadlocal_set_pointer(ctx, "conn", conn, pool_conn_close) != THREADLOCAL_OK) {
+      threadlocal_set_pointer(ctx, "conn", conn, pool_conn_close) != THREADLOCAL_OK ||
+      threadlocal_shared_open("request", 7, &req) != THREADLOCAL_OK ||
+      threadlocal_set_integer(req, "worker", pool_worker) != THREADLOCAL_OK) {
     free(conn);
     pthread_mutex_lock(&pool_lock);
     pool_errors++;
@@ -138,7 +193,24 @@ static void *pool_worker_main(void *p) {
     return NULL;
   }
   pthread_barrier_wait(&pool_start);
-  for (job = pool_worker; job <= NJOBS; job += NWORKERS) pool_run_job(job);
+  for (job = pool_worker; job <= NJOBS; job += NWORKERS) {
+    threadlocal_snapshot *own, *done;
+    if (threadlocal_snapshot_install(pool_requests[job], &own) != THREADLOCAL_OK) {
+      pthread_mutex_lock(&pool_lock);
+      pool_errors++;
+      pthread_mutex_unlock(&pool_lock);
+      continue;
+    }
+    pool_requests[job] = NULL; /* installed: the worker has it now */
+    pool_run_job(job);
+    if (threadlocal_snapshot_install(own, &done) != THREADLOCAL_OK || !pool_own_back(req)) {
+      pthread_mutex_lock(&pool_lock);
+      pool_errors++;
+      pthread_mutex_unlock(&pool_lock);
+      continue;
+    }
+    threadlocal_snapshot_free(done); /* the job's request context */
+  }
   return NULL; /* threadlocal frees the context and closes conn now */
 }
 
@@ -173,6 +245,17 @@ int main(int argc, char **argv) {
   snprintf(pool_path, sizeof pool_path, "%s/?.lua", pool_dir);
   printf("pool: %d workers, %d jobs, a fresh Lua state per job\n", NWORKERS, NJOBS);
   fflush(stdout);
+  { /* the acceptor: a request context per job, handed over as a snapshot */
+    char script[1100];
+    lua_State *L = pool_new_state();
+    snprintf(script, sizeof script, "%s/accept.lua", pool_dir);
+    if (L == NULL || luaL_loadfile(L, script) != 0 ||
+        (lua_pushinteger(L, NJOBS), lua_pcall(L, 1, 0, 0)) != 0) {
+      fprintf(stderr, "pool_host: accept: %s\n", L ? lua_tostring(L, -1) : "out of memory");
+      return 1;
+    }
+    lua_close(L);
+  }
   pthread_barrier_init(&pool_start, NULL, NWORKERS);
   for (i = 0; i < NWORKERS; i++)
     if (pthread_create(&th[i], NULL, pool_worker_main, (void *)(intptr_t)(i + 1)) != 0) {
@@ -196,8 +279,11 @@ int main(int argc, char **argv) {
   printf("primary: %d rows, archive: %d rows, %d of %d jobs\n", primary, archive, pool_nrows, NJOBS);
   printf("worker contexts closed by threadlocal at thread exit: %d of %d\n", pool_conns_closed,
          NWORKERS);
+  printf("request contexts handed from the acceptor to the workers: %d of %d jobs; "
+         "coroutines that kept their own span: %d of %d\n", pool_handed, NJOBS, pool_spans,
+         3 * NJOBS);
   if (wrong == 0 && pool_errors == 0 && switcher != 0 && pool_nrows == NJOBS &&
-      pool_conns_closed == NWORKERS) {
+      pool_conns_closed == NWORKERS && pool_handed == NJOBS && pool_spans == 3 * NJOBS) {
     printf("ok: only worker %d switched, and no write went to a wrong database\n", switcher);
     return 0;
   }

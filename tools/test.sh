@@ -205,9 +205,9 @@ fi
 # The pool host: per-worker context from C, and the Peewee case.
 log="$out/pool.log"
 if build/lua5.4/pool_host examples >"$log" 2>&1 && grep -q '^ok: only worker [0-9] switched' "$log"; then
-  result OK "pool host: per-worker context from C; one worker switched database, no wrong writes"
+  result OK "pool host: per-worker context from C, request contexts handed from the acceptor, one worker switched database, no wrong writes"
 else
-  result FAIL "pool host: per-worker context from C; one worker switched database, no wrong writes" "$log"
+  result FAIL "pool host: per-worker context from C, request contexts handed from the acceptor, one worker switched database, no wrong writes" "$log"
 fi
 
 # HAProxy runs the example services from 4 threads (examples/haproxy/run.sh
