@@ -281,3 +281,39 @@ describe("bad input", function()
     assert.equal("threadlocal.local", getmetatable(tl))
   end)
 end)
+
+describe("threadlocal.table", function()
+  local helper = require "tlhelper"
+
+  it("gives the calling thread's live fields table, not a copy", function()
+    local tl = threadlocal.new()
+    tl.a = 1
+    local t = threadlocal.table(tl)
+    assert.equal(1, t.a)
+    t.b = 2            -- writes through the table are the Local's fields
+    assert.equal(2, tl.b)
+    tl.c = 3           -- and the other way round
+    assert.equal(3, t.c)
+    assert.equal(t, threadlocal.table(tl))
+    assert.is_nil(getmetatable(t))
+  end)
+
+  it("runs init first on a thread that has no fields yet, and is that thread's own", function()
+    local tl = threadlocal.new(function(self, n) self.n = n end, 7)
+    local main = threadlocal.table(tl)
+    main.n = 8
+    local other_n, same = helper.on_thread(function()
+      local t = threadlocal.table(tl)
+      return t.n, t == main
+    end)
+    assert.equal(7, other_n)
+    assert.is_false(same)
+    assert.equal(8, tl.n)
+  end)
+
+  it("refuses anything but a Local", function()
+    assert.matches("bad argument #1 to '.-' %(threadlocal.local expected, got table%)",
+      select(2, pcall(threadlocal.table, {})))
+    assert.matches("bad argument #1", select(2, pcall(threadlocal.table, threadlocal.shared("x"))))
+  end)
+end)

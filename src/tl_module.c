@@ -126,6 +126,15 @@ static int tl_clear(lua_State *L) {
   return 0;
 }
 
+/* threadlocal.table(loc): the calling thread's live fields table of a Local
+** (init runs first if the thread has none), for hot loops on this thread. */
+static int tl_table(lua_State *L) {
+  tl_checkkind(L, TL_KLOCAL, THREADLOCAL_LOCAL_MT);
+  lua_settop(L, 1);
+  tl_local_push(L, 1);
+  return 1;
+}
+
 /* threadlocal.fields: a copy of the calling thread's fields. */
 static int tl_fields_copy(lua_State *L) {
   const tl_tab *tab;
@@ -222,6 +231,7 @@ static const luaL_Reg tl_funcs[] = {
   {"shared", tl_shared_new},
   {"clear", tl_clear},
   {"fields", tl_fields_copy},
+  {"table", tl_table},
   {"threads", tl_threads},
   {"id", tl_id},
   {"scope", tl_scope_open},
