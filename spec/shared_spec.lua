@@ -367,3 +367,21 @@ describe("fields and clear on a shared local", function()
     assert.same({}, threadlocal.fields(sh))
   end)
 end)
+
+describe("a shared string field overwritten", function()
+  it("reads back every value, shorter, the same size or longer, binary included", function()
+    local sh = threadlocal.shared(support.unique("overwrite"))
+    local values = { "short", "s", "", "exactly 15 byte", "exactly 16 bytes",
+                     ("x"):rep(100), "tiny", "a\0b\0c", ("y"):rep(31), "z" }
+    for _, v in ipairs(values) do
+      sh.s = v
+      assert.equal(v, sh.s)
+      assert.equal(#v, #sh.s)
+    end
+    sh.s = 42 -- a string field can still become a number, and back
+    assert.equal(42, sh.s)
+    sh.s = "again"
+    assert.equal("again", sh.s)
+    assert.same({ s = "again" }, threadlocal.fields(sh))
+  end)
+end)

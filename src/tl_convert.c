@@ -456,10 +456,24 @@ static TL_HOT void tl_tab_assign(lua_State *L, tl_tab *tab) {
     const char *s = lua_tolstring(L, 2, &len);
     tl_entry *e = tl_tab_findstr(tab, s, len);
     tl_val v;
-    if (e != NULL && e->val.type < TL_TSTR && tl_toscalar(L, 3, &v) && v.type != TL_TNIL) {
-      tab->version = tab->owner->clock++;
-      e->val = v;
-      return;
+    if (e == NULL) {
+      /* a new field: below */
+    } else if (e->val.type < TL_TSTR) {
+      if (tl_toscalar(L, 3, &v) && v.type != TL_TNIL) {
+        tab->version = tab->owner->clock++;
+        e->val = v;
+        return;
+      }
+    } else if (e->val.type == TL_TSTR && lua_type(L, 3) == LUA_TSTRING) {
+      size_t n;
+      const char *str = lua_tolstring(L, 3, &n);
+      if (tl_strcap(n) <= tl_strcap(e->val.u.str.len)) { /* fits: no malloc */
+        tab->version = tab->owner->clock++;
+        memcpy(e->val.u.str.s, str, n);
+        e->val.u.str.s[n] = '\0';
+        e->val.u.str.len = n;
+        return;
+      }
     }
   }
   tl_tab_assign_any(L, tab);

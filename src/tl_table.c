@@ -41,8 +41,16 @@ static void tl_free(void *p) {
 }
 
 /* A NUL-terminated copy of s[0..len); NULL when out of memory. */
+/* The bytes a string of len takes: len + 1 rounded up to 16 (what malloc
+** gives anyway), so that a string of the same size class can be
+** overwritten in place.  0 for impossible lengths. */
+static size_t tl_strcap(size_t len) {
+  return len <= SIZE_MAX - 16 ? (len + 16) & ~(size_t)15 : 0;
+}
+
 static char *tl_strdup(const char *s, size_t len) {
-  char *p = len < SIZE_MAX ? (char *)tl_malloc(len + 1) : NULL;
+  size_t cap = tl_strcap(len);
+  char *p = cap != 0 ? (char *)tl_malloc(cap) : NULL;
   if (p == NULL) return NULL;
   if (len > 0) memcpy(p, s, len);
   p[len] = '\0';
