@@ -105,6 +105,10 @@ function loops.handoff(o)
     return clock() - t0
   end
 end
+-- Short-lived states, as a host makes one per request (bench/tlbench.c).
+function loops.lifecycle(o)
+  return function(n) return tb.lifecycle(n, o.with) end
+end
 -- One get on each of many objects: for first accesses.
 function loops.each(objs)
   return function()
@@ -180,6 +184,12 @@ local compound = {
         end },
 }
 
+-- Per-request states: timed by lifecycle_rows, counted by callgrind_rows.
+row { name = "per-request state, no module", kind = "lifecycle",
+      make = function() return { with = false } end }
+row { name = "per-request state, module", kind = "lifecycle",
+      make = function() return { with = true } end }
+
 -- --count ROW N: for callgrind.
 if arg[1] == "--count" then
   local r = assert(rows_by_name[arg[2]], "no row " .. tostring(arg[2]))
@@ -197,7 +207,7 @@ local function report(section, name, ns, base, ratio, target, extra)
                             target = target, status = status, extra = extra or "" }
   io.write(("%-46s %9s %9s %8s %8s  %s %s\n"):format(name,
     ns and ("%.1f"):format(ns) or "", base and ("%.1f"):format(base) or "",
-    ratio and ("%.2fx"):format(ratio) or "", target and ("<= %.1fx"):format(target) or "",
+    ratio and ("%.2fx"):format(ratio) or "", target and ("<= %gx"):format(target) or "",
     status, extra or ""))
   io.flush()
 end
@@ -306,6 +316,26 @@ local function thread_rows()
       median(ns), median(base), median(ratio))
   end
   w:stop()
+end
+
+-- A state per request: new state, open libs, a chunk, close; with the
+-- module (require it, touch a shared local) against the same without it.
+local LIFECYCLES = 2000
+
+local function lifecycle_rows()
+  header("Per-request states (a fresh state per job, as the pool host makes)")
+  local ns, base, ratio = {}, {}, {}
+  tb.lifecycle(LIFECYCLES / 10, true) -- warm
+  for _ = 1, REPS do
+    local tr, tb_ = 0, 0
+    for _ = 1, CHUNKS do
+      tb_ = tb_ + tb.lifecycle(LIFECYCLES / CHUNKS, false)
+      tr = tr + tb.lifecycle(LIFECYCLES / CHUNKS, true)
+    end
+    ns[#ns + 1], base[#base + 1], ratio[#ratio + 1] = tr / LIFECYCLES, tb_ / LIFECYCLES, tr / tb_
+  end
+  report("lifecycle", "require, touch a shared local, close", median(ns), median(base), median(ratio),
+         1.05, "floor: the same lifecycle without the module")
 end
 
 local function capi_rows()
@@ -495,12 +525,20 @@ local function callgrind_rows()
     local ratio = per / base
     report("callgrind", name, nil, nil, ratio, nil, ("%.1f instructions/op"):format(per))
   end
+  local m, per = 100, {}
+  for _, name in ipairs { "per-request state, no module", "per-request state, module" } do
+    per[name] = (count(name, m) - count(name, 0)) / m
+  end
+  local with, without = per["per-request state, module"], per["per-request state, no module"]
+  report("callgrind", "per-request state", nil, nil, with / without, nil,
+         ("%.0f instructions/lifecycle (%.0f without the module)"):format(with, without))
 end
 
 io.write(("threadlocal %s bench on %s, %d runs of %d operations per row, medians\n")
   :format(threadlocal.version, _VERSION .. (jit and (" / " .. jit.version) or ""), REPS, N))
 time_rows(steady, "Steady-state access (one state, one thread)", "access")
 time_rows(compound, "Context: scopes and hand-off (one state, one thread)", "context")
+lifecycle_rows()
 thread_rows()
 capi_rows()
 python_rows()

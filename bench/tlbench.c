@@ -12,6 +12,13 @@
 **   tlbench.capi(op, n)        ns for n C API calls from a C loop: op is
 **                              "get" (threadlocal_get) or "set"
 **                              (threadlocal_set_integer), on one field
+**   tlbench.lifecycle(n, with) ns for n short-lived states, as a host that
+**                              makes one per request: new state, open the
+**                              standard libraries, run a chunk, close.  With
+**                              the module, the host opens it (luaL_requiref)
+**                              and the chunk requires it and touches a shared
+**                              local; without, the same chunk shape touches
+**                              a standard library instead
 **
 ** The C API runs on the copy of threadlocal compiled into this module.
 */
@@ -147,7 +154,41 @@ static int tb_capi(lua_State *L) {
   return 2;
 }
 
+static const char *const tb_chunks[2] = {
+  "local tl = require 'table'; local sh = tl.pack('req'); sh.n = (sh.n or 0) + 1",
+  "local tl = require 'threadlocal'; local sh = tl.shared('req'); sh.n = (sh.n or 0) + 1",
+};
+
+static int tb_lifecycle(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1), i, t0;
+  int with = lua_toboolean(L, 2);
+  t0 = tb_now();
+  for (i = 0; i < n; i++) {
+    lua_State *S = luaL_newstate();
+    if (S == NULL) return luaL_error(L, "tlbench.lifecycle: out of memory");
+    luaL_openlibs(S);
+    if (with) {
+      lua_pushcfunction(S, luaopen_threadlocal); /* luaL_requiref, on every version */
+      lua_pushliteral(S, "threadlocal");
+      lua_call(S, 1, 1);
+      lua_getfield(S, LUA_REGISTRYINDEX, "_LOADED");
+      lua_pushvalue(S, -2);
+      lua_setfield(S, -2, "threadlocal");
+      lua_pop(S, 2);
+    }
+    if (luaL_dostring(S, tb_chunks[with]) != 0) {
+      lua_pushstring(L, lua_tostring(S, -1));
+      lua_close(S);
+      return lua_error(L);
+    }
+    lua_close(S);
+  }
+  lua_pushnumber(L, (lua_Number)(tb_now() - t0));
+  return 1;
+}
+
 static const luaL_Reg tb_funcs[] = {
+  {"lifecycle", tb_lifecycle},
   {"clock", tb_clock},
   {"scale", tb_scale},
   {"rss", tb_rss},

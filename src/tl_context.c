@@ -73,7 +73,7 @@ static void tl_scope_shared(lua_State *L, tl_scope *sc) {
   tl_val v;
   uint32_t i;
   size_t n = 0, left;
-  tl_tovalue(L, 2, 0, NULL, 0, TL_UP_PROXYMT, &v); /* all checks first */
+  tl_tovalue(L, 2, 0, NULL, 0, &v); /* all checks first */
   conv = v.u.tab;
   sc->sl = ref->sl;
   if ((sc->saved = (tl_saved *)tl_calloc(conv->count + 1u, sizeof *sc->saved)) == NULL ||
@@ -109,7 +109,7 @@ static void tl_scope_shared(lua_State *L, tl_scope *sc) {
 static void tl_scope_local(lua_State *L, tl_scope *sc, int scope) {
   int fields, old;
   size_t n = 0;
-  tl_local_push(L, 1);                /* ... F */
+  tl_local_push1(L, 1);               /* ... F */
   fields = lua_gettop(L);
   lua_newtable(L);                    /* ... F old */
   old = fields + 1;
@@ -176,7 +176,7 @@ static int tl_scope_close(lua_State *L) {
     size_t i;
     int fields;
     tl_getuv(L, 1, TL_SCOPE_LOCAL);
-    tl_local_push(L, lua_gettop(L));      /* sc lo F */
+    tl_local_push1(L, lua_gettop(L));     /* sc lo F */
     fields = lua_gettop(L);
     tl_getuv(L, 1, TL_SCOPE_OLD);         /* sc lo F old */
     for (i = sc->n; i > 0; i--) {
@@ -214,12 +214,10 @@ static const luaL_Reg tl_scope_meta[] = {
   {NULL, NULL}
 };
 
-/* Pushes the scope metatable, making it on first use (its methods get the
-** module's upvalues: this runs in a closure of the module).  [-0, +1] */
+/* Pushes the scope metatable, making it on first use.  [-0, +1] */
 static void tl_scope_pushmeta(lua_State *L) {
   if (luaL_newmetatable(L, TL_SCOPE_MT)) {
-    tl_pushupvalues(L);
-    tl_setfuncs(L, tl_scope_meta, TL_NUP);
+    tl_setfuncs(L, tl_scope_meta, 0);
     lua_pushvalue(L, -1);
     lua_setfield(L, -2, "__index");
     lua_pushliteral(L, TL_SCOPE_MT);
@@ -321,7 +319,7 @@ static int tl_run(lua_State *L) {
       tl_error(L, "threadlocal: a snapshot maps shared local names to tables of fields");
     name = lua_tolstring(L, -2, &len);
     if ((g->snap->e[i].sl = tl_sloc_open(name, len)) == NULL) tl_memerror(L);
-    tl_tovalue(L, -1, lua_gettop(L) - 1, NULL, 0, TL_UP_PROXYMT, &v);
+    tl_tovalue(L, -1, lua_gettop(L) - 1, NULL, 0, &v);
     g->snap->e[i++].fields = v.u.tab;
     lua_pop(L, 1);
   }
@@ -437,12 +435,15 @@ static void tl_preload(lua_State *L) {
     }
   }
   if (lua_istable(L, -1)) {
-    lua_getfield(L, -1, "threadlocal.context");
+    lua_pushliteral(L, "threadlocal.context");   /* preload name */
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);                           /* preload name loader? */
     if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
       lua_pushcfunction(L, tl_load_context);
-      lua_setfield(L, -3, "threadlocal.context");
-    }
-    lua_pop(L, 1);
+      lua_rawset(L, -3);
+    } else
+      lua_pop(L, 2);
   }
   lua_pop(L, 1);
 #else

@@ -72,6 +72,111 @@ static tl_thread *tl_self(lua_State *L) {
   return t;
 }
 
+/* ---------------------------------------------------------------------- */
+/* The per-state anchor, made on first need                               */
+/* ---------------------------------------------------------------------- */
+
+static const char tl_statekey = 0; /* registry key of the tl_state */
+
+static int tl_sentinel_gc(lua_State *L);
+
+static int tl_state_gc(lua_State *L) {
+  tl_state *st = (tl_state *)lua_touserdata(L, 1);
+  st->closed = 1;
+  if (st->home != NULL) {
+    tl_home_close(st->home);
+    st->home = NULL;
+  }
+  return 0;
+}
+
+/* Pushes this state's tl_state, making it on first need; returns its index. */
+static int tl_pushstate(lua_State *L) {
+  tl_state *st;
+  tl_rawgetp(L, LUA_REGISTRYINDEX, &tl_statekey);
+  if (!lua_isnil(L, -1)) return lua_gettop(L);
+  lua_pop(L, 1);
+  st = (tl_state *)tl_newud(L, sizeof *st, TL_STATE_NUV);
+  st->home = NULL;
+  st->closed = st->sentinel = 0;
+  tl_rawgetp(L, LUA_REGISTRYINDEX, &tl_statekey); /* a finalizer may have made one */
+  if (!lua_isnil(L, -1)) {
+    lua_remove(L, -2);
+    return lua_gettop(L);
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, -1);
+  tl_rawsetp(L, LUA_REGISTRYINDEX, &tl_statekey);
+  return lua_gettop(L);
+}
+
+/* The home of the tl_state at st, made with the first Local, when the state
+** also gets the finalizer that closes it. */
+static tl_home *tl_state_home(lua_State *L, int st) {
+  tl_state *s = tl_state_at(L, st);
+  if (s->home == NULL) {
+    if (s->closed) tl_error(L, "threadlocal: the state is closing");
+    st = tl_absindex(L, st);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, tl_state_gc);
+    lua_setfield(L, -2, "__gc");
+    if (s->home == NULL && (s->home = tl_home_new()) == NULL) tl_memerror(L);
+    lua_setmetatable(L, st); /* no Lua allocation between making and owning it */
+  }
+  return s->home;
+}
+
+/* Pushes user value n of the tl_state at st, a table made on first need. */
+static void tl_state_uv(lua_State *L, int st, int n) {
+  tl_getuv(L, st, n);
+  if (!lua_isnil(L, -1)) return;
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 1);
+  if (n == TL_STATE_PROXIES) { /* weak values */
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+  } else if (n == TL_STATE_SENTINEL) { /* the sentinel's metatable */
+    lua_pushvalue(L, st);
+    lua_pushcclosure(L, tl_sentinel_gc, 1);
+    lua_setfield(L, -2, "__gc");
+  }
+  tl_getuv(L, st, n); /* a finalizer may have made one */
+  if (!lua_isnil(L, -1)) {
+    lua_remove(L, -2);
+    return;
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, -1);
+  tl_setuv(L, st, n);
+}
+
+/* Pushes the metatable `name`, made on first use in this state from funcs
+** (plain C functions), sized once, hidden, and registered under its name
+** as luaL_newmetatable does.  [-0, +1] */
+static void tl_pushmeta(lua_State *L, const char *name, const luaL_Reg *funcs) {
+  lua_getfield(L, LUA_REGISTRYINDEX, name);
+  if (!lua_isnil(L, -1)) return;
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 8);
+  tl_setfuncs(L, funcs, 0);
+  lua_pushstring(L, name);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "__name");
+  lua_setfield(L, -2, "__metatable");
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, name);
+}
+
+/* Pushes this state's proxy cache; returns its index. */
+static int tl_pushcache(lua_State *L) {
+  int st = tl_pushstate(L);
+  tl_state_uv(L, st, TL_STATE_PROXIES);
+  lua_remove(L, st);
+  return lua_gettop(L);
+}
+
 /* t[id] = nil, without inserting a dead key (which can allocate) */
 static void tl_delid(lua_State *L, int t, uint64_t id) {
   t = tl_absindex(L, t);
@@ -177,40 +282,45 @@ static TL_HOT tl_tab *tl_proxy_target(const tl_thread *t, const tl_proxy *p) {
 }
 
 /* Pushes a new proxy of tab, and remembers it in the cache (0: none). */
-static void tl_newproxy(lua_State *L, tl_tab *tab, int mt, int cache) {
+static void tl_pushproxymt(lua_State *L);
+
+/* A new proxy of tab, remembered in the cache. */
+static void tl_newproxy(lua_State *L, tl_tab *tab, int cache) {
   tl_proxy *p = (tl_proxy *)tl_newud(L, sizeof *p, 0);
   p->tag = tl_proxy_tag;
   p->owner = tab->owner->id;
   p->slot = tab->slot;
   p->gen = tab->owner->slabgen[tab->slot];
-  lua_pushvalue(L, mt);
+  tl_pushproxymt(L);
   lua_setmetatable(L, -2);
-  if (cache != 0) {
-    lua_pushvalue(L, -1);
-    tl_rawseti64(L, cache, tab->slot + 1u);
-  }
+  lua_pushvalue(L, -1);
+  tl_rawseti64(L, cache, tab->slot + 1u);
 }
 
 /*
-** Pushes a proxy of tab (owned by the calling thread); mt is the proxy
-** metatable.  With a cache (0: none), a table read again in a loop gets
-** the same proxy back instead of a new userdata each time.  The cache is
+** Pushes a proxy of tab (owned by the calling thread).  Through the
+** state's proxy cache (at index cache, or found when 0), a table read again
+** in a loop gets the same proxy back instead of a new userdata each time.  The cache is
 ** keyed by slab index (dense: its array part), and a proxy found there is
 ** checked, since another thread's or an older table may have had the slot.
 ** mt and cache are absolute or pseudo-indices.
 */
-static TL_HOT void tl_pushproxy(lua_State *L, tl_tab *tab, int mt, int cache) {
-  if (cache != 0) {
-    const tl_proxy *p;
-    tl_rawgeti64(L, cache, tab->slot + 1u);
-    p = (const tl_proxy *)lua_touserdata(L, -1);
-    if (p != NULL && tl_proxy_target(tab->owner, p) == tab) return;
+static void tl_pushproxy(lua_State *L, tl_tab *tab, int cache) {
+  const tl_proxy *p;
+  int found = cache == 0;
+  if (found) cache = tl_pushcache(L);
+  tl_rawgeti64(L, cache, tab->slot + 1u);
+  p = (const tl_proxy *)lua_touserdata(L, -1);
+  if (p == NULL || tl_proxy_target(tab->owner, p) != tab) {
     lua_pop(L, 1);
+    tl_newproxy(L, tab, cache);
   }
-  tl_newproxy(L, tab, mt, cache);
+  if (found) lua_remove(L, cache);
 }
 
-static TL_HOT void tl_pushval(lua_State *L, const tl_val *v, int mt, int cache) {
+/* Pushes v; a table as its proxy, through the cache at index cache (0: the
+** state's, found). */
+static TL_HOT void tl_pushval(lua_State *L, const tl_val *v, int cache) {
   switch (v->type) {
     case TL_TNIL: lua_pushnil(L); break;
     case TL_TBOOL: lua_pushboolean(L, v->u.b); break;
@@ -218,7 +328,7 @@ static TL_HOT void tl_pushval(lua_State *L, const tl_val *v, int mt, int cache) 
     case TL_TFLOAT: lua_pushnumber(L, (lua_Number)v->u.f); break;
     case TL_TSTR: lua_pushlstring(L, v->u.str.s, v->u.str.len); break;
     case TL_TPTR: lua_pushlightuserdata(L, v->u.ptr.p); break;
-    default: tl_pushproxy(L, v->u.tab, mt, cache); break;
+    default: tl_pushproxy(L, v->u.tab, cache); break;
   }
 }
 
@@ -234,7 +344,7 @@ static void tl_pushcopy(lua_State *L, const tl_tab *tab) {
     if (e->val.type == TL_TTAB)
       tl_pushcopy(L, e->val.u.tab);
     else
-      tl_pushval(L, &e->val, 0, 0);
+      tl_pushval(L, &e->val, 0); /* not a table: no proxy */
     lua_rawset(L, -3);
   }
 }
@@ -263,7 +373,6 @@ static TL_HOT tl_tab *tl_proxy_tab(lua_State *L, int i) {
 typedef struct tl_conv {
   lua_State *L;
   tl_thread *owner; /* of the tables made; NULL for defaults */
-  int mt;           /* proxy metatable, absolute index */
   int depth, ntables;
   uint32_t base;    /* the depth of a table made at ntables == 0 */
   int keys[TL_MAXDEPTH + 2];           /* stack slots of the keys on the path */
@@ -396,18 +505,14 @@ static int tl_conv_value(tl_conv *c, int i, tl_val *out) {
       out->type = TL_TTAB;
       return TL_CONV_OK;
     case LUA_TUSERDATA:
-      if (c->mt != 0 && lua_getmetatable(L, i)) {
-        int isproxy = lua_rawequal(L, -1, c->mt);
-        lua_pop(L, 1);
-        if (isproxy) {
-          const tl_tab *tab = tl_proxy_target(tl_me, (const tl_proxy *)lua_touserdata(L, i));
-          if (tab == NULL)
-            return tl_conv_fail(c, "cannot store a table proxy that is not valid on this thread");
-          switch (tl_tab_clone(tab, c->owner, c->base + (uint32_t)c->ntables, &out->u.tab)) {
-            case TL_COPY_OK: out->type = TL_TTAB; return TL_CONV_OK;
-            case TL_COPY_DEEP: return tl_conv_deep(c);
-            default: return tl_conv_nomem(c);
-          }
+      if (tl_testud(L, i, tl_proxy_tag, sizeof(tl_proxy)) != NULL) {
+        const tl_tab *tab = tl_proxy_target(tl_me, (const tl_proxy *)lua_touserdata(L, i));
+        if (tab == NULL)
+          return tl_conv_fail(c, "cannot store a table proxy that is not valid on this thread");
+        switch (tl_tab_clone(tab, c->owner, c->base + (uint32_t)c->ntables, &out->u.tab)) {
+          case TL_COPY_OK: out->type = TL_TTAB; return TL_CONV_OK;
+          case TL_COPY_DEEP: return tl_conv_deep(c);
+          default: return tl_conv_nomem(c);
         }
       }
       /* FALLTHROUGH */
@@ -419,13 +524,12 @@ static int tl_conv_value(tl_conv *c, int i, tl_val *out) {
 
 /* Converts stack slot i into *out, a value whose tables would be `depth`
 ** levels below the fields table, or raises (having freed everything). */
-static void tl_tovalue(lua_State *L, int i, int key, tl_thread *owner, uint32_t depth, int mt,
+static void tl_tovalue(lua_State *L, int i, int key, tl_thread *owner, uint32_t depth,
                        tl_val *out) {
   tl_conv c;
   c.L = L;
   c.owner = owner;
   c.base = depth;
-  c.mt = mt ? tl_absindex(L, mt) : 0;
   c.depth = key ? 1 : 0;
   c.ntables = 0;
   c.keys[0] = key;
@@ -440,7 +544,7 @@ static void tl_tab_assign_any(lua_State *L, tl_tab *tab) {
   tl_key k;
   tl_val v, old;
   tl_checkkey(L, 2, &k);
-  tl_tovalue(L, 3, 2, tab->owner, tab->depth + 1, TL_UP_PROXYMT, &v);
+  tl_tovalue(L, 3, 2, tab->owner, tab->depth + 1, &v);
   if (tl_tab_put(tab, &k, &v, &old) != 0) {
     tl_val_free(&v);
     tl_memerror(L);
@@ -492,7 +596,7 @@ static TL_HOT int tl_tab_index(lua_State *L, tl_tab *tab) {
       e = tl_tab_find(tab, &k);
   }
   if (e != NULL)
-    tl_pushval(L, &e->val, TL_UP_PROXYMT, TL_UP_CACHE);
+    tl_pushval(L, &e->val, 0);
   else
     lua_pushnil(L);
   return 1;
@@ -528,9 +632,7 @@ static int tl_iter(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)i + 1);
     lua_replace(L, lua_upvalueindex(2));
     tl_pushkey(L, &e->key);
-    lua_getmetatable(L, lua_upvalueindex(1));
-    tl_pushval(L, &e->val, lua_gettop(L), lua_upvalueindex(3));
-    lua_remove(L, -2);
+    tl_pushval(L, &e->val, lua_upvalueindex(3));
     return 2;
   }
   lua_pushinteger(L, (lua_Integer)tab->cap);
@@ -550,9 +652,9 @@ static int tl_tab_pairs(lua_State *L, tl_tab *tab) {
     lua_pushcfunction(L, tl_iter_empty);
     return 1;
   }
-  tl_pushproxy(L, tab, TL_UP_PROXYMT, TL_UP_CACHE);
-  lua_pushinteger(L, 0);
-  lua_pushvalue(L, TL_UP_CACHE);
+  tl_pushproxy(L, tab, tl_pushcache(L)); /* cache proxy */
+  lua_pushinteger(L, 0);        /* cache proxy 0 */
+  lua_pushvalue(L, -3);         /* cache proxy 0 cache */
   lua_pushcclosure(L, tl_iter, 3);
   return 1;
 }

@@ -19,7 +19,7 @@ static void tl_uncache(lua_State *L, int ud, tl_local *lo) {
   for (uv = TL_LOCAL_GET; uv <= TL_LOCAL_SET; uv++) {
     tl_getuv(L, ud, uv);
     lua_pushnil(L);
-    lua_setupvalue(L, -2, 4); /* TL_UP_FIELDS */
+    lua_setupvalue(L, -2, 2); /* TL_UP_FIELDS */
     lua_pop(L, 1);
   }
 }
@@ -44,14 +44,14 @@ static void tl_purge_id(lua_State *L, int bythread, uint64_t id) {
     lua_pop(L, 1);
 }
 
-static void tl_purge(lua_State *L) {
-  tl_state *st = tl_state_at(L);
-  tl_home *h = st->home;
+/* st: the index (or upvalue) of the tl_state. */
+static void tl_purge(lua_State *L, int st) {
+  tl_home *h = tl_state_at(L, st)->home;
   uint64_t ids[32];
   size_t n, i;
   if (h == NULL || atomic_load_explicit(&h->ndead, memory_order_relaxed) == 0)
     return;
-  tl_getuv(L, TL_UP_STATE, TL_STATE_BYTHREAD);
+  tl_state_uv(L, st, TL_STATE_BYTHREAD);
   do {
     size_t nd;
     pthread_mutex_lock(&h->lock);
@@ -71,29 +71,22 @@ static void tl_purge(lua_State *L) {
 ** makes the next sentinel.  So a dead thread's values become garbage in
 ** one cycle and are collected in the next, even if no Local is touched.
 */
-static void tl_sentinel_new(lua_State *L) {
+static void tl_sentinel_new(lua_State *L, int st) {
+  st = tl_absindex(L, st);
   tl_newud(L, 1, 0);
-  tl_getuv(L, TL_UP_STATE, TL_STATE_SENTINEL);
+  tl_state_uv(L, st, TL_STATE_SENTINEL);
   lua_setmetatable(L, -2);
   lua_pop(L, 1);
+  tl_state_at(L, st)->sentinel = 1;
 }
 
+/* Upvalue 1: the tl_state. */
 static int tl_sentinel_gc(lua_State *L) {
-  tl_state *st = tl_state_at(L);
+  tl_state *st = tl_state_at(L, TL_UP_STATE);
   if (st->home == NULL) return 0; /* the state is closing */
-  tl_purge(L);
-  st->nosentinel = 1; /* until the next one exists: see tl_local_push */
-  tl_sentinel_new(L);
-  st->nosentinel = 0;
-  return 0;
-}
-
-static int tl_state_gc(lua_State *L) {
-  tl_state *st = (tl_state *)lua_touserdata(L, 1);
-  if (st->home != NULL) {
-    tl_home_close(st->home);
-    st->home = NULL;
-  }
+  tl_purge(L, TL_UP_STATE);
+  st->sentinel = 0; /* until the next one exists: see tl_local_push */
+  tl_sentinel_new(L, TL_UP_STATE);
   return 0;
 }
 
@@ -108,9 +101,9 @@ static int tl_state_gc(lua_State *L) {
 ** another Local of this state on this thread, and so enrolls the thread
 ** first: what was read before an allocation is read again after it.
 */
-static void tl_enroll(lua_State *L, int ud, tl_thread *t) {
-  tl_state *st = tl_state_at(L);
-  tl_getuv(L, TL_UP_STATE, TL_STATE_BYTHREAD);
+static void tl_enroll(lua_State *L, int ud, tl_thread *t, int st) {
+  tl_home *home = tl_state_at(L, st)->home;
+  tl_state_uv(L, st, TL_STATE_BYTHREAD);
   tl_rawgeti64(L, -1, t->id);
   if (lua_isnil(L, -1)) { /* first Local of this state on this thread */
     lua_pop(L, 1);
@@ -124,7 +117,7 @@ static void tl_enroll(lua_State *L, int ud, tl_thread *t) {
       lua_remove(L, -2); /* then use its set */
     else { /* no allocation from here to the store */
       lua_pop(L, 1);
-      if (st->home != NULL && tl_home_register(st->home, t) != 0) tl_memerror(L);
+      if (home != NULL && tl_home_register(home, t) != 0) tl_memerror(L);
       lua_pushvalue(L, -1);
       tl_rawseti64(L, -3, t->id);
     }
@@ -137,9 +130,9 @@ static void tl_enroll(lua_State *L, int ud, tl_thread *t) {
 
 /* Gives the calling thread t its fields table and runs init for it.
 ** Leaves the stack as it was. */
-static void tl_local_start(lua_State *L, int ud, tl_thread *t) {
+static void tl_local_start(lua_State *L, int ud, tl_thread *t, int st) {
   int map, top = lua_gettop(L);
-  tl_enroll(L, ud, t);
+  tl_enroll(L, ud, t, st);
   tl_getuv(L, ud, TL_LOCAL_MAP);
   map = lua_gettop(L);
   lua_newtable(L);
@@ -171,21 +164,20 @@ static void tl_local_start(lua_State *L, int ud, tl_thread *t) {
 }
 
 /* Pushes the calling thread's fields table of the Local at ud, starting
-** the thread (init) if it has none. */
-static void tl_local_push(lua_State *L, int ud) {
+** the thread (init) if it has none.  st: the index (or upvalue) of the
+** tl_state. */
+static void tl_local_push(lua_State *L, int ud, int st) {
   tl_thread *t = tl_self(L);
-  tl_state *st = tl_state_at(L);
   ud = tl_absindex(L, ud);
-  tl_purge(L);
-  if (tl_unlikely(st->nosentinel)) { /* a finalizer ran out of memory: mend */
-    tl_sentinel_new(L);
-    st->nosentinel = 0;
-  }
+  st = tl_absindex(L, st);
+  tl_purge(L, st);
+  if (tl_unlikely(!tl_state_at(L, st)->sentinel)) /* the first Local, or a finalizer */
+    tl_sentinel_new(L, st);                       /* ran out of memory: mend */
   tl_getuv(L, ud, TL_LOCAL_MAP);
   tl_rawgeti64(L, -1, t->id);
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
-    tl_local_start(L, ud, t);
+    tl_local_start(L, ud, t, st);
     tl_rawgeti64(L, -1, t->id);
     if (lua_isnil(L, -1)) { /* init cleared its own fields */
       lua_pop(L, 1);
@@ -202,12 +194,21 @@ static void tl_local_push(lua_State *L, int ud) {
   lua_remove(L, -2);
 }
 
+/* The same, from a function without the state as an upvalue. */
+static void tl_local_push1(lua_State *L, int ud) {
+  int st;
+  ud = tl_absindex(L, ud);
+  st = tl_pushstate(L);
+  tl_local_push(L, ud, st);
+  lua_remove(L, st);
+}
+
 /* The slow path of the closures: the calling thread is not the one whose
 ** fields they hold, so make TL_UP_FIELDS that thread's fields. */
 static void tl_local_refresh(lua_State *L, uint64_t *cid) {
   if (!lua_rawequal(L, 1, TL_UP_SELF)) /* called with another Local */
     luaL_argerror(L, 1, "not the Local whose metamethod this is");
-  tl_local_push(L, 1);
+  tl_local_push(L, 1, TL_UP_STATE);
   lua_replace(L, TL_UP_FIELDS);
   *cid = tl_myid;
 }
@@ -257,7 +258,7 @@ static void tl_local_check1(lua_State *L) {
 
 static int tl_local_pairs(lua_State *L) {
   tl_local_check1(L);
-  tl_local_push(L, 1);
+  tl_local_push1(L, 1);
   lua_pushcfunction(L, tl_next);
   lua_insert(L, -2);
   lua_pushnil(L);
@@ -266,7 +267,7 @@ static int tl_local_pairs(lua_State *L) {
 
 static int tl_local_len(lua_State *L) {
   tl_local_check1(L);
-  tl_local_push(L, 1);
+  tl_local_push1(L, 1);
   lua_pushinteger(L, (lua_Integer)tl_rawlen(L, -1));
   return 1;
 }
@@ -291,11 +292,4 @@ static int tl_checkkind(lua_State *L, int kinds, const char *tname) {
   if (k & kinds) return k;
   return luaL_argerror(L, 1, lua_pushfstring(L, "%s expected, got %s", tname,
                                              luaL_typename(L, 1)));
-}
-
-/* Pushes the three upvalues every closure of the module has. */
-static void tl_pushupvalues(lua_State *L) {
-  lua_pushvalue(L, TL_UP_STATE);
-  lua_pushvalue(L, TL_UP_PROXYMT);
-  lua_pushvalue(L, TL_UP_CACHE);
 }

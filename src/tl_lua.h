@@ -145,18 +145,22 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 /*
 ** Upvalues and user values, in one place.
 **
-** Closures of the module (its functions, the shared local and proxy
-** metamethods, each Local's __index and __newindex):
-**   upvalue 1  TL_UP_STATE    the state's tl_state userdata
-**   upvalue 2  TL_UP_PROXYMT  the proxy metatable (threadlocal.table)
-**   upvalue 3  TL_UP_CACHE    the state's proxy cache (TL_STATE_PROXIES)
-**   upvalue 4  TL_UP_FIELDS   a Local's __index/__newindex only: the fields
-**                             table of the thread in get_id/set_id
-**   upvalue 5  TL_UP_SELF     a Local's __index/__newindex only: the Local
-** Iterators have their own: tl_iter (a proxy, the next entry index),
-** tl_threads_step (the Local, the ids to visit, the position).
+** Opening the module in a state builds only its table of plain C functions:
+** short-lived states that require the module and touch a shared local pay
+** for little more.  Everything else of a state is made on first need (see
+** tl_pushstate).  The module's functions and the metamethods of shared
+** locals, proxies and Locals have no upvalues: those that need the state
+** find it in the registry.  Closures with upvalues:
+**   a Local's own __index and __newindex (the hot path):
+**     upvalue 1  TL_UP_STATE   the state's tl_state userdata
+**     upvalue 2  TL_UP_FIELDS  the fields table of the thread in get_id/set_id
+**     upvalue 3  TL_UP_SELF    the Local
+**   the GC sentinel's __gc: upvalue 1, the tl_state;
+**   tl_iter: a proxy, the next entry index, the proxy cache;
+**   tl_threads_step: the Local, the ids to visit, the position.
 **
-** User values of the tl_state (one per state, in the registry):
+** User values of the tl_state (one per state, in the registry), each made
+** on first need:
 **   TL_STATE_BYTHREAD  thread id -> weak set of Locals holding its fields
 **   TL_STATE_SENTINEL  metatable of the per-cycle GC sentinel
 **   TL_STATE_SHARED    name -> this state's shared local userdata
@@ -170,11 +174,9 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 **   TL_SREF_LAST       the proxy of the table field read last
 */
 #define TL_UP_STATE lua_upvalueindex(1)
-#define TL_UP_PROXYMT lua_upvalueindex(2)
-#define TL_UP_CACHE lua_upvalueindex(3)
-#define TL_UP_FIELDS lua_upvalueindex(4)
-#define TL_UP_SELF lua_upvalueindex(5)
-#define TL_NUP 3 /* upvalues of every closure but a Local's own two */
+#define TL_UP_FIELDS lua_upvalueindex(2)
+#define TL_UP_SELF lua_upvalueindex(3)
+#define TL_LOCAL_NUP 3
 
 enum { TL_STATE_BYTHREAD = 1, TL_STATE_SENTINEL, TL_STATE_SHARED, TL_STATE_PROXIES,
        TL_STATE_NUV = TL_STATE_PROXIES };
@@ -182,12 +184,13 @@ enum { TL_LOCAL_MAP = 1, TL_LOCAL_INIT, TL_LOCAL_GET, TL_LOCAL_SET,
        TL_LOCAL_NUV = TL_LOCAL_SET };
 enum { TL_SREF_LAST = 1, TL_SREF_NUV = TL_SREF_LAST };
 
-#define TL_STATE_MT "threadlocal.state"
 
-/* The per-state anchor. */
+/* The per-state anchor, made on first need. */
 typedef struct tl_state {
-  tl_home *home;  /* NULL once the state is closing */
-  int nosentinel; /* making the next GC sentinel ran out of memory */
+  tl_home *home; /* made with the first Local; NULL again once closed */
+  int closed;    /* the state is closing */
+  int sentinel;  /* 1: a GC sentinel is live; 0: none yet (no Local), or
+                 ** making the next one ran out of memory */
 } tl_state;
 
 /*
@@ -235,6 +238,7 @@ typedef struct tl_proxy {
   uint32_t slot, gen;
 } tl_proxy;
 
-#define tl_state_at(L) ((tl_state *)lua_touserdata(L, TL_UP_STATE))
+/* The tl_state at stack index (or upvalue) st. */
+#define tl_state_at(L, st) ((tl_state *)lua_touserdata(L, st))
 
 #endif

@@ -6,38 +6,48 @@
 #error "compile threadlocal.c, which includes this file"
 #endif
 
-static const char tl_statekey = 0; /* registry key of the tl_state */
+/* Shared by every Local; each also gets its own __index and __newindex. */
+static const luaL_Reg tl_local_meta[] = {
+  {"__pairs", tl_local_pairs},
+  {"__len", tl_local_len},
+  {"__tostring", tl_local_tostring},
+  {NULL, NULL}
+};
 
-/* Sets mt[name] to a new closure f over the module's upvalues and no
-** fields yet, and keeps it in user value uv of the Local at ud.
+/* Sets mt[name] to a new closure f over (the state at st, no fields yet,
+** the Local at ud), and keeps it in user value uv of the Local.
 ** [-0, +0] with mt on top. */
-static void tl_local_closure(lua_State *L, int ud, lua_CFunction f, const char *name, int uv) {
-  tl_pushupvalues(L);                   /* mt state proxymt cache */
-  lua_pushnil(L);                       /* mt state proxymt cache fields */
-  lua_pushvalue(L, ud);                 /* mt state proxymt cache fields self */
-  lua_pushcclosure(L, f, TL_NUP + 2);   /* mt f */
+static void tl_local_closure(lua_State *L, int st, int ud, lua_CFunction f, const char *name,
+                             int uv) {
+  lua_pushvalue(L, st);                 /* mt state */
+  lua_pushnil(L);                       /* mt state fields */
+  lua_pushvalue(L, ud);                 /* mt state fields self */
+  lua_pushcclosure(L, f, TL_LOCAL_NUP); /* mt f */
   lua_pushvalue(L, -1);                 /* mt f f */
   tl_setuv(L, ud, uv);                  /* mt f */
   lua_setfield(L, -2, name);            /* mt */
 }
 
 static int tl_new(lua_State *L) {
-  int n = lua_gettop(L), i, ud = n + 1;
+  int n = lua_gettop(L), i, st, ud;
   tl_local *lo;
   if (!lua_isnoneornil(L, 1))
     luaL_checktype(L, 1, LUA_TFUNCTION);
   else if (n > 1)
     tl_error(L, "threadlocal: init arguments given without an init function");
-  lo = (tl_local *)tl_newud(L, sizeof *lo, TL_LOCAL_NUV); /* args ud */
+  st = tl_pushstate(L);                                        /* args st */
+  tl_state_home(L, st);
+  lo = (tl_local *)tl_newud(L, sizeof *lo, TL_LOCAL_NUV);      /* args st ud */
+  ud = lua_gettop(L);
   lo->tag = tl_local_tag;
   lo->get_id = lo->set_id = TL_NOCACHE;
   /* Its own metatable: the shared metamethods, and its own closures. */
-  luaL_getmetatable(L, THREADLOCAL_LOCAL_MT);                  /* args ud localmt */
-  tl_copytable(L, -1);                                         /* args ud localmt mt */
-  lua_remove(L, -2);                                           /* args ud mt */
-  tl_local_closure(L, ud, tl_local_index, "__index", TL_LOCAL_GET);
-  tl_local_closure(L, ud, tl_local_newindex, "__newindex", TL_LOCAL_SET);
-  lua_setmetatable(L, ud);                                     /* args ud */
+  tl_pushmeta(L, THREADLOCAL_LOCAL_MT, tl_local_meta);         /* args st ud localmt */
+  tl_copytable(L, -1);                                         /* args st ud localmt mt */
+  lua_remove(L, -2);                                           /* args st ud mt */
+  tl_local_closure(L, st, ud, tl_local_index, "__index", TL_LOCAL_GET);
+  tl_local_closure(L, st, ud, tl_local_newindex, "__newindex", TL_LOCAL_SET);
+  lua_setmetatable(L, ud);                                     /* args st ud */
   lua_newtable(L);
   tl_setuv(L, ud, TL_LOCAL_MAP);
   if (n > 0 && !lua_isnil(L, 1)) {
@@ -48,9 +58,9 @@ static int tl_new(lua_State *L) {
     }
     lua_pushinteger(L, n);
     lua_setfield(L, -2, "n");
-    tl_setuv(L, ud, TL_LOCAL_INIT);                            /* args ud */
+    tl_setuv(L, ud, TL_LOCAL_INIT);                            /* args st ud */
   }
-  tl_local_push(L, ud); /* init runs in the creating thread now */
+  tl_local_push(L, ud, st); /* init runs in the creating thread now */
   lua_settop(L, ud);
   return 1;
 }
@@ -66,12 +76,13 @@ static int tl_shared_new(lua_State *L) {
   tl_tab *defaults = NULL, *current = NULL;
   tl_sloc *sl;
   tl_sref *ref;
+  int st;
   luaL_argcheck(L, len <= THREADLOCAL_MAXLEN, 1, "name too long");
   if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   if (!lua_isnil(L, 2)) {
     tl_val v;
-    tl_tovalue(L, 2, 0, NULL, 0, TL_UP_PROXYMT, &v); /* the defaults are the fields */
+    tl_tovalue(L, 2, 0, NULL, 0, &v); /* the defaults are the fields */
     defaults = v.u.tab;
   }
   if ((sl = tl_sloc_open(name, len)) == NULL) {
@@ -90,7 +101,8 @@ static int tl_shared_new(lua_State *L) {
       tl_raise(L);
     }
   }
-  tl_getuv(L, TL_UP_STATE, TL_STATE_SHARED); /* name defaults byname */
+  st = tl_pushstate(L);
+  tl_state_uv(L, st, TL_STATE_SHARED);       /* name defaults st byname */
   lua_pushvalue(L, 1);
   lua_rawget(L, -2);                         /* name defaults byname ref? */
   if (!lua_isnil(L, -1)) return 1;           /* one userdata per name */
@@ -99,8 +111,8 @@ static int tl_shared_new(lua_State *L) {
   memset(ref, 0, sizeof *ref);
   ref->tag = tl_sref_tag;
   ref->sl = sl;
-  luaL_getmetatable(L, THREADLOCAL_SHARED_MT);
-  lua_setmetatable(L, -2);                   /* name defaults byname ref */
+  tl_pushsharedmt(L);
+  lua_setmetatable(L, -2);                   /* name defaults st byname ref */
   lua_pushvalue(L, 1);                       /* a finalizer that ran in tl_newud */
   lua_rawget(L, -3);                         /* may have made one */
   if (!lua_isnil(L, -1)) return 1;
@@ -131,7 +143,7 @@ static int tl_clear(lua_State *L) {
 static int tl_table(lua_State *L) {
   tl_checkkind(L, TL_KLOCAL, THREADLOCAL_LOCAL_MT);
   lua_settop(L, 1);
-  tl_local_push(L, 1);
+  tl_local_push1(L, 1);
   return 1;
 }
 
@@ -141,7 +153,7 @@ static int tl_fields_copy(lua_State *L) {
   switch (tl_checkkind(L, TL_KLOCAL | TL_KSHARED | TL_KPROXY,
                        "threadlocal.local, threadlocal.shared or threadlocal.table")) {
     case TL_KLOCAL:
-      tl_local_push(L, 1);
+      tl_local_push1(L, 1);
       tl_copytable(L, -1);
       return 1;
     case TL_KSHARED: tab = tl_sref_fields1(L, 0); break;
@@ -179,7 +191,8 @@ static int tl_threads(lua_State *L) {
   int n = 0;
   tl_checkkind(L, TL_KLOCAL, THREADLOCAL_LOCAL_MT);
   lua_settop(L, 1);
-  tl_purge(L);
+  tl_purge(L, tl_pushstate(L));
+  lua_settop(L, 1);
   tl_getuv(L, 1, TL_LOCAL_MAP);  /* lo map */
   lua_newtable(L);               /* lo map ids */
   lua_pushnil(L);
@@ -199,32 +212,6 @@ static int tl_id(lua_State *L) {
   return 1;
 }
 
-/* Shared by every Local; each also gets its own __index and __newindex. */
-static const luaL_Reg tl_local_meta[] = {
-  {"__pairs", tl_local_pairs},
-  {"__len", tl_local_len},
-  {"__tostring", tl_local_tostring},
-  {NULL, NULL}
-};
-
-static const luaL_Reg tl_shared_meta[] = {
-  {"__index", tl_shared_index},
-  {"__newindex", tl_shared_newindex},
-  {"__pairs", tl_shared_pairs},
-  {"__len", tl_shared_len},
-  {"__tostring", tl_shared_tostring},
-  {NULL, NULL}
-};
-
-static const luaL_Reg tl_proxy_meta[] = {
-  {"__index", tl_proxy_index},
-  {"__newindex", tl_proxy_newindex},
-  {"__pairs", tl_proxy_pairs},
-  {"__len", tl_proxy_len},
-  {"__tostring", tl_proxy_tostring},
-  {NULL, NULL}
-};
-
 static const luaL_Reg tl_funcs[] = {
   {"new", tl_new},
   {"local", tl_new},
@@ -242,96 +229,55 @@ static const luaL_Reg tl_funcs[] = {
   {NULL, NULL}
 };
 
-static const luaL_Reg tl_module_meta[] = {
-  {"__call", tl_call},
-  {NULL, NULL}
-};
-
-/* Pushes this state's tl_state, creating it on the first require. */
-static void tl_state_push(lua_State *L) {
-  tl_state *st;
-  tl_rawgetp(L, LUA_REGISTRYINDEX, &tl_statekey);
-  if (!lua_isnil(L, -1)) return;
-  lua_pop(L, 1);
-  st = (tl_state *)tl_newud(L, sizeof *st, TL_STATE_NUV);    /* st */
-  st->home = NULL;
-  st->nosentinel = 0;
-  luaL_newmetatable(L, TL_STATE_MT);
-  lua_pushcfunction(L, tl_state_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_setmetatable(L, -2);
-  if ((st->home = tl_home_new()) == NULL) tl_memerror(L);
-  lua_newtable(L);
-  tl_setuv(L, -2, TL_STATE_BYTHREAD);
-  lua_newtable(L);
-  tl_setuv(L, -2, TL_STATE_SHARED);
-  lua_createtable(L, 0, 0);                                    /* st proxies */
-  lua_createtable(L, 0, 1);                                    /* st proxies weak */
-  lua_pushliteral(L, "v");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  tl_setuv(L, -2, TL_STATE_PROXIES);                           /* st */
-  lua_createtable(L, 0, 1);                                    /* st sentinelmt */
-  lua_pushvalue(L, -2);
-  lua_pushcclosure(L, tl_sentinel_gc, 1);
-  lua_setfield(L, -2, "__gc");
-  tl_setuv(L, -2, TL_STATE_SENTINEL);                          /* st */
-  tl_rawgetp(L, LUA_REGISTRYINDEX, &tl_statekey); /* a finalizer that required */
-  if (!lua_isnil(L, -1)) {                         /* the module made one */
-    lua_remove(L, -2);
-    return;
+/*
+** The module's functions (and `version`) are filled in on first read: a
+** state that requires the module pays only for those it uses (each costs a
+** string and a table slot per state).  pairs(threadlocal) lists those read
+** so far.
+*/
+static int tl_module_index(lua_State *L) {
+  const luaL_Reg *f;
+  const char *name = lua_tostring(L, 2);
+  if (lua_type(L, 2) != LUA_TSTRING) return 0;
+  if (strcmp(name, "version") == 0) {
+    lua_settop(L, 2);
+    lua_pushliteral(L, THREADLOCAL_VERSION);
+    lua_pushvalue(L, -1);
+    lua_insert(L, 2);
+    lua_rawset(L, 1);
+    return 1;
   }
-  lua_pop(L, 1);
-  lua_pushvalue(L, -1);
-  tl_rawsetp(L, LUA_REGISTRYINDEX, &tl_statekey);
-}
-
-static int tl_open_sentinel(lua_State *L) { /* upvalue 1: the tl_state */
-  tl_sentinel_new(L);
+  for (f = tl_funcs; f->name != NULL; f++)
+    if (strcmp(f->name, name) == 0) {
+      lua_settop(L, 2);
+      lua_pushcfunction(L, f->func);
+      lua_pushvalue(L, -1);
+      lua_insert(L, 2);      /* M f name f */
+      lua_rawset(L, 1);
+      return 1;
+    }
   return 0;
 }
 
-/* Sets funcs into the table at the top, closed over the module's three
-** upvalues at stack slots base, base+1, base+2.  [-0, +0] */
-static void tl_setfuncs3(lua_State *L, int base, const luaL_Reg *funcs) {
-  lua_pushvalue(L, base);
-  lua_pushvalue(L, base + 1);
-  lua_pushvalue(L, base + 2);
-  tl_setfuncs(L, funcs, TL_NUP);
-}
+static const luaL_Reg tl_module_meta[] = {
+  {"__call", tl_call},
+  {"__index", tl_module_index},
+  {NULL, NULL}
+};
 
-/* Fills and hides the metatable `name`.  [-0, +0] */
-static void tl_newmeta(lua_State *L, int base, const char *name, const luaL_Reg *funcs) {
-  luaL_newmetatable(L, name);
-  tl_setfuncs3(L, base, funcs);
-  lua_pushstring(L, name);
-  lua_setfield(L, -2, "__metatable");
-  lua_pop(L, 1);
-}
-
+/*
+** Opening the module makes its table (functions come on first read) and
+** registers the Lua companions; the state's own data is made on first need (see
+** tl_pushstate), so a short-lived state that requires the module and
+** touches a shared local pays for little more.
+*/
 THREADLOCAL_API int luaopen_threadlocal(lua_State *L) {
-  int base;
   tl_checkversion(L);
   if (tl_init() != 0) tl_error(L, "threadlocal: cannot create the thread key");
-  tl_state_push(L);                                  /* st */
-  base = lua_gettop(L);
-  lua_pushvalue(L, -1);
-  lua_pushcclosure(L, tl_open_sentinel, 1);
-  lua_call(L, 0, 0);
-  luaL_newmetatable(L, THREADLOCAL_TABLE_MT);        /* st proxymt */
-  tl_getuv(L, base, TL_STATE_PROXIES);               /* st proxymt cache */
-
-  tl_newmeta(L, base, THREADLOCAL_TABLE_MT, tl_proxy_meta);
-  tl_newmeta(L, base, THREADLOCAL_LOCAL_MT, tl_local_meta);
-  tl_newmeta(L, base, THREADLOCAL_SHARED_MT, tl_shared_meta);
-
-  lua_createtable(L, 0, (int)(sizeof tl_funcs / sizeof *tl_funcs) + 1); /* ... M */
-  tl_setfuncs3(L, base, tl_funcs);
-  lua_pushliteral(L, THREADLOCAL_VERSION);
-  lua_setfield(L, -2, "version");
-  lua_createtable(L, 0, 1);                          /* ... M meta */
-  tl_setfuncs3(L, base, tl_module_meta);
-  lua_setmetatable(L, -2);                           /* ... M */
+  lua_createtable(L, 0, 4);                          /* M */
+  lua_createtable(L, 0, 2);                          /* M meta */
+  tl_setfuncs(L, tl_module_meta, 0);
+  lua_setmetatable(L, -2);                           /* M */
   tl_preload(L);
   return 1;
 }

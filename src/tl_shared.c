@@ -48,7 +48,7 @@ static int tl_shared_index(lua_State *L) {
       lua_pushnil(L);
       return 1;
     }
-    tl_pushval(L, &e->val, TL_UP_PROXYMT, TL_UP_CACHE);
+    tl_pushval(L, &e->val, 0);
     if (e->val.type == TL_TTAB) {
       ref->last_key = s;
       ref->last_tab = tab;
@@ -118,4 +118,30 @@ static int tl_proxy_len(lua_State *L) {
 static int tl_proxy_tostring(lua_State *L) {
   lua_pushfstring(L, THREADLOCAL_TABLE_MT ": %p", tl_checkud(L, 1, tl_proxy_tag, sizeof(tl_proxy)));
   return 1;
+}
+
+static const luaL_Reg tl_shared_meta[] = {
+  {"__index", tl_shared_index},
+  {"__newindex", tl_shared_newindex},
+  {"__pairs", tl_shared_pairs},
+  {"__len", tl_shared_len},
+  {"__tostring", tl_shared_tostring},
+  {NULL, NULL}
+};
+
+static const luaL_Reg tl_proxy_meta[] = {
+  {"__index", tl_proxy_index},
+  {"__newindex", tl_proxy_newindex},
+  {"__pairs", tl_proxy_pairs},
+  {"__len", tl_proxy_len},
+  {"__tostring", tl_proxy_tostring},
+  {NULL, NULL}
+};
+
+static void tl_pushsharedmt(lua_State *L) {
+  tl_pushmeta(L, THREADLOCAL_SHARED_MT, tl_shared_meta);
+}
+
+static void tl_pushproxymt(lua_State *L) {
+  tl_pushmeta(L, THREADLOCAL_TABLE_MT, tl_proxy_meta);
 }
