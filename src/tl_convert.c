@@ -178,16 +178,19 @@ static TL_HOT tl_tab *tl_proxy_target(const tl_thread *t, const tl_proxy *p) {
 
 /* Pushes a new proxy of tab, and remembers it in the cache (0: none). */
 static void tl_newproxy(lua_State *L, tl_tab *tab, int mt, int cache) {
+  uint64_t owner = tab->owner->id; /* read first: the allocation may run a */
+  uint32_t slot = tab->slot;       /* finalizer that frees tab */
+  uint32_t gen = tab->owner->slabgen[slot];
   tl_proxy *p = (tl_proxy *)tl_newud(L, sizeof *p, 0);
   p->tag = tl_proxy_tag;
-  p->owner = tab->owner->id;
-  p->slot = tab->slot;
-  p->gen = tab->owner->slabgen[tab->slot];
+  p->owner = owner;
+  p->slot = slot;
+  p->gen = gen;
   lua_pushvalue(L, mt);
   lua_setmetatable(L, -2);
   if (cache != 0) {
     lua_pushvalue(L, -1);
-    tl_rawseti64(L, cache, tab->slot + 1u);
+    tl_rawseti64(L, cache, slot + 1u);
   }
 }
 
@@ -510,12 +513,22 @@ static int tl_iter(lua_State *L) {
   uint32_t i = (uint32_t)lua_tointeger(L, lua_upvalueindex(2));
   for (; i < tab->cap; i++) {
     tl_entry *e = &tab->e[i];
+    uint64_t version = tab->version;
     if (e->state != TL_LIVE) continue;
     lua_pushinteger(L, (lua_Integer)i + 1);
     lua_replace(L, lua_upvalueindex(2));
-    tl_pushkey(L, &e->key);
+    tl_pushkey(L, &e->key); /* may run a finalizer that changes tab */
+    tab = tl_proxy_tab(L, lua_upvalueindex(1));
+    if (tab->version != version) { /* find the key again */
+      tl_key k;
+      (void)tl_tokey(L, -1, &k);
+      e = tl_tab_find(tab, &k);
+    }
     lua_getmetatable(L, lua_upvalueindex(1));
-    tl_pushval(L, &e->val, lua_gettop(L), lua_upvalueindex(3));
+    if (e == NULL)
+      lua_pushnil(L);
+    else
+      tl_pushval(L, &e->val, lua_gettop(L), lua_upvalueindex(3));
     lua_remove(L, -2);
     return 2;
   }
