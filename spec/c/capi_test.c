@@ -321,6 +321,33 @@ static void test_snapshots(void) {
   threadlocal_snapshot_free(NULL);
 }
 
+/* A shared local named twice in one capture: installing it and then what
+** it handed back leaves the worker with its own fields again. */
+static void test_snapshot_twice(void) {
+  threadlocal_shared *sh, *two[2];
+  threadlocal_snapshot *snap, *own, *job;
+  threadlocal_value v;
+  int ok;
+  threadlocal_shared_open("twice", 5, &sh);
+  two[0] = two[1] = sh;
+  threadlocal_set_string(sh, "user", "job", 3);
+  ok = threadlocal_snapshot_capture(two, 2, &snap) == THREADLOCAL_OK;
+  threadlocal_set_string(sh, "user", "own", 3);
+  threadlocal_set_pointer(sh, "conn", &dtor_tags[53], count_dtor);
+  ok = ok && threadlocal_snapshot_install(snap, &own) == THREADLOCAL_OK &&
+       threadlocal_get(sh, "user", &v) == THREADLOCAL_OK && v.type == THREADLOCAL_STRING &&
+       strcmp(v.u.string.ptr, "job") == 0 &&
+       threadlocal_snapshot_install(own, &job) == THREADLOCAL_OK;
+  threadlocal_snapshot_free(job);
+  check(ok && threadlocal_get(sh, "user", &v) == THREADLOCAL_OK &&
+        v.type == THREADLOCAL_STRING && strcmp(v.u.string.ptr, "own") == 0 &&
+        threadlocal_get(sh, "conn", &v) == THREADLOCAL_OK && v.u.pointer == &dtor_tags[53] &&
+        calls(53) == 0,
+        "a shared local named twice in a snapshot: the worker's own fields come back");
+  threadlocal_clear(sh);
+  check(calls(53) == 1, "and its destructor runs once, when they are cleared");
+}
+
 int main(void) {
   int i;
   for (i = 0; i < 64; i++) atomic_init(&dtor_calls[i], 0);
@@ -336,5 +363,6 @@ int main(void) {
   test_threads();
   test_lifetimes();
   test_snapshots();
+  test_snapshot_twice();
   return exit_status();
 }
