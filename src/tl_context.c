@@ -42,27 +42,31 @@ static void tl_saved_free(tl_scope *sc) {
   sc->n = 0;
 }
 
-/* Puts back saved[i] for i < n, last first; what they replace is freed.
-** Returns the number still to restore: 0, or more when out of memory. */
+/* Puts back saved[i] for i < n, last first; what they replace is freed
+** after, once fields is consistent, since a destructor may call back in
+** (and clear it).  Returns the number still to restore: 0, or more when
+** out of memory. */
 static size_t tl_scope_restore(tl_thread *t, tl_tab *fields, tl_saved *saved, size_t n) {
-  size_t need = 0, i;
+  size_t need = 0, i, left;
   for (i = 0; i < n; i++) need += tl_val_ntables(&saved[i].old);
   if (tl_slab_reserve(t, need) != 0) return n;
-  for (; n > 0; n--) {
-    tl_saved *s = &saved[n - 1];
+  for (left = n; left > 0; left--) {
+    tl_saved *s = &saved[left - 1];
     tl_key k;
     tl_val cur;
     tl_key_of(&k, &s->key);
     tl_val_adopt(&s->old, t);
     if (tl_tab_put(fields, &k, &s->old, &cur) != 0) {
       tl_val_disown(&s->old);
-      return n;
+      break;
     }
-    s->old.type = TL_TNIL;
-    tl_val_free(&s->key);
-    tl_val_free(&cur);
+    s->old = cur; /* freed below */
   }
-  return 0;
+  for (i = left; i < n; i++) {
+    tl_val_free(&saved[i].key);
+    tl_val_free(&saved[i].old);
+  }
+  return left;
 }
 
 /* Opens a scope on the shared local at slot 1 with the fields at slot 2. */
