@@ -325,7 +325,7 @@ static void test_snapshots(void) {
 ** it handed back leaves the worker with its own fields again. */
 static void test_snapshot_twice(void) {
   threadlocal_shared *sh, *two[2];
-  threadlocal_snapshot *snap, *own, *job;
+  threadlocal_snapshot *snap = NULL, *own = NULL, *job = NULL;
   threadlocal_value v;
   int ok;
   threadlocal_shared_open("twice", 5, &sh);
