@@ -263,6 +263,39 @@ describe("threadlocal.capture and threadlocal.run", function()
   end)
 end)
 
+describe("capture while finalizers use the module", function()
+  it("copies whole fields, never freed ones, when a finalizer clears or refills them", function()
+    local n1, n2 = support.unique("capgc"), support.unique("capgc")
+    local a, b = threadlocal.shared(n1), threadlocal.shared(n2)
+    local function fill()
+      for i = 1, 20 do a[i] = { i, { x = i } } end
+      b.n = 1
+    end
+    local function check(snap)
+      for k, v in pairs(snap[n1] or {}) do
+        assert.equal(k, v[1])
+        assert.equal(k, v[2].x)
+      end
+    end
+    local calls = 0
+    support.under_finalizers(function()
+      calls = calls + 1
+      if calls % 2 == 1 then
+        threadlocal.clear(a)
+        threadlocal.clear(b)
+      else
+        fill()
+      end
+    end, function()
+      fill()
+      check(threadlocal.capture(a, b))
+      fill()
+      check(threadlocal.capture())
+    end, 20)
+    assert.is_true(calls > 20)
+  end)
+end)
+
 describe("threadlocal.release", function()
   it("drops the calling thread's data as if it had exited, and gives it a new id", function()
     local sh = threadlocal.shared(support.unique("release"))

@@ -385,3 +385,67 @@ describe("a shared string field overwritten", function()
     assert.same({ s = "again" }, threadlocal.fields(sh))
   end)
 end)
+
+describe("reads while finalizers clear or refill the fields", function()
+  -- A finalizer runs in (almost) every allocation: every other one clears
+  -- the shared local, the others fill it again.
+  local function meddling(sh)
+    local function fill()
+      for i = 1, 10 do
+        sh[i] = { i, { x = i } }
+        local k = "s" .. i -- a key that pairs pushes with an allocation
+        sh[k] = { k, { x = k } }
+      end
+    end
+    local calls = 0
+    return fill, function()
+      calls = calls + 1
+      if calls % 2 == 1 then threadlocal.clear(sh) else fill() end
+    end
+  end
+
+  it("fields copies whole tables, never freed ones", function()
+    local sh = fresh()
+    local fill, meddle = meddling(sh)
+    support.under_finalizers(meddle, function()
+      fill()
+      for k, v in pairs(threadlocal.fields(sh)) do
+        assert.equal(k, v[1])
+        assert.equal(k, v[2].x)
+      end
+      fill()
+      local ok, f = pcall(threadlocal.fields, sh[1] or fresh())
+      if ok and f[1] then assert.equal(f[1], f[2].x) end -- sh[1]'s copy
+    end, 20)
+  end)
+
+  it("reading a table field gives its proxy, or a stale one", function()
+    local sh = fresh()
+    local fill, meddle = meddling(sh)
+    support.under_finalizers(meddle, function()
+      fill()
+      for i = 1, 10 do
+        local ok, v = pcall(function()
+          local t = sh[i]
+          return t and t[2].x
+        end)
+        assert(not ok and v:find("stale", 1, true) or v == nil or v == i, v)
+      end
+    end, 20)
+  end)
+
+  local pairs_it = support.has_pairs and it or pending
+  pairs_it("pairs gives each key with its own value", function()
+    local sh = fresh()
+    local fill, meddle = meddling(sh)
+    support.under_finalizers(meddle, function()
+      fill()
+      local ok, err = pcall(function()
+        for k, v in pairs(sh) do
+          assert(v == nil or v[1] == k, "wrong value")
+        end
+      end)
+      assert(ok or err:find("stale", 1, true), err)
+    end, 20)
+  end)
+end)

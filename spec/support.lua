@@ -38,6 +38,43 @@ function support.full_gc(cycles)
   for _ = 1, cycles or 1 do collectgarbage("collect") end
 end
 
+-- Runs access() rounds times while finalizers that call meddle() run
+-- inside its allocations: each one arms the next, and a pause of 0 with a
+-- big step makes a whole cycle, finalizers included, run in (almost) every
+-- allocation.  The collector's settings are put back after.
+function support.under_finalizers(meddle, access, rounds)
+  local armed = true
+  local function arm()
+    support.gc_value(function()
+      if armed then
+        meddle()
+        arm()
+      end
+    end)
+  end
+  local pause = collectgarbage("setpause", 0)
+  local stepmul
+  if _VERSION == "Lua 5.4" then
+    collectgarbage("incremental", 0, 1000, 20) -- 0: pause unchanged
+  else
+    stepmul = collectgarbage("setstepmul", 1000000)
+  end
+  collectgarbage() -- the pause applies from the next cycle on
+  arm()
+  local ok, err = pcall(function()
+    for _ = 1, rounds do access() end
+  end)
+  armed = false
+  if stepmul then
+    collectgarbage("setpause", pause)
+    collectgarbage("setstepmul", stepmul)
+  else
+    collectgarbage("incremental", pause, 100, 13)
+  end
+  collectgarbage()
+  assert(ok, err)
+end
+
 -- A name no other spec uses, for process-wide barriers.
 local serial = 0
 function support.unique(prefix)

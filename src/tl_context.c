@@ -42,27 +42,31 @@ static void tl_saved_free(tl_scope *sc) {
   sc->n = 0;
 }
 
-/* Puts back saved[i] for i < n, last first; what they replace is freed.
-** Returns the number still to restore: 0, or more when out of memory. */
+/* Puts back saved[i] for i < n, last first; what they replace is freed
+** after, once fields is consistent, since a destructor may call back in
+** (and clear it).  Returns the number still to restore: 0, or more when
+** out of memory. */
 static size_t tl_scope_restore(tl_thread *t, tl_tab *fields, tl_saved *saved, size_t n) {
-  size_t need = 0, i;
+  size_t need = 0, i, left;
   for (i = 0; i < n; i++) need += tl_val_ntables(&saved[i].old);
   if (tl_slab_reserve(t, need) != 0) return n;
-  for (; n > 0; n--) {
-    tl_saved *s = &saved[n - 1];
+  for (left = n; left > 0; left--) {
+    tl_saved *s = &saved[left - 1];
     tl_key k;
     tl_val cur;
     tl_key_of(&k, &s->key);
     tl_val_adopt(&s->old, t);
     if (tl_tab_put(fields, &k, &s->old, &cur) != 0) {
       tl_val_disown(&s->old);
-      return n;
+      break;
     }
-    s->old.type = TL_TNIL;
-    tl_val_free(&s->key);
-    tl_val_free(&cur);
+    s->old = cur; /* freed below */
   }
-  return 0;
+  for (i = left; i < n; i++) {
+    tl_val_free(&saved[i].key);
+    tl_val_free(&saved[i].old);
+  }
+  return left;
 }
 
 /* Opens a scope on the shared local at slot 1 with the fields at slot 2. */
@@ -238,52 +242,78 @@ static int tl_with(lua_State *L) {
   return lua_gettop(L) - 1;
 }
 
-/* threadlocal.capture([sh, ...]): {[name] = plain copy of the fields}. */
-static int tl_capture(lua_State *L) {
-  int n = lua_gettop(L), i;
-  tl_thread *t = tl_self(L);
-  for (i = 1; i <= n; i++) (void)tl_checkud(L, i, tl_sref_tag, sizeof(tl_sref));
-  lua_newtable(L);
-  if (n > 0) {
-    for (i = 1; i <= n; i++) {
-      const tl_sloc *sl = ((tl_sref *)lua_touserdata(L, i))->sl;
-      const tl_tab *f = tl_shfields_peek(t, sl);
-      lua_pushlstring(L, sl->name, sl->len);
-      if (f != NULL) tl_pushcopy(L, f); else lua_newtable(L);
-      lua_rawset(L, n + 1);
-    }
-  } else {
-    tl_sloc **all, **copy;
-    size_t k, m;
-    if (tl_sloc_withfields(t, &all, &m) != 0) tl_memerror(L);
-    copy = (tl_sloc **)lua_newuserdata(L, (m + 1) * sizeof *copy); /* may raise: */
-    memcpy(copy, all, m * sizeof *copy);                          /* ...all leaks */
-    tl_free(all);
-    for (k = 0; k < m; k++) {
-      lua_pushlstring(L, copy[k]->name, copy[k]->len);
-      tl_pushcopy(L, tl_shfields_peek(t, copy[k]));
-      lua_rawset(L, n + 1);
-    }
-    lua_pop(L, 1);
-  }
-  return 1;
-}
-
 /*
 ** threadlocal.run keeps its two snapshots in a guard userdata, so that an
 ** error anywhere frees them: the one being built, and the thread's own
-** fields while fn runs.
+** fields while fn runs.  capture and fields keep their clone in one: a
+** shared table is cloned first, with no Lua allocation in between, and
+** the plain copy made from the clone, so that a finalizer run by an
+** allocation of the copy cannot change or free what is being copied.
 */
 typedef struct tl_guard {
   tl_snap *snap, *own;
+  tl_tab *clone;
 } tl_guard;
 
 static int tl_guard_gc(lua_State *L) {
   tl_guard *g = (tl_guard *)lua_touserdata(L, 1);
   tl_snap_free(g->snap);
   tl_snap_free(g->own);
+  if (g->clone != NULL) tl_tab_free(g->clone);
   g->snap = g->own = NULL;
+  g->clone = NULL;
   return 0;
+}
+
+/* Pushes an empty guard.  [-0, +1] */
+static tl_guard *tl_newguard(lua_State *L) {
+  tl_guard *g = (tl_guard *)tl_newud(L, sizeof *g, 0);
+  g->snap = g->own = NULL;
+  g->clone = NULL;
+  if (luaL_newmetatable(L, TL_GUARD_MT)) {
+    lua_pushcfunction(L, tl_guard_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return g;
+}
+
+/* Pushes a plain copy of tab, through a clone held by g (made before tab
+** was looked up: making it may run a finalizer). */
+static void tl_pushcopy_guarded(lua_State *L, tl_guard *g, const tl_tab *tab) {
+  if (tl_tab_clone(tab, NULL, 0, &g->clone) != TL_COPY_OK) tl_memerror(L);
+  tl_pushcopy(L, g->clone);
+  tl_tab_free(g->clone);
+  g->clone = NULL;
+}
+
+/* threadlocal.capture([sh, ...]): {[name] = plain copy of the fields}. */
+static int tl_capture(lua_State *L) {
+  int n = lua_gettop(L), i, rc;
+  tl_sloc **locals = NULL;
+  tl_guard *g;
+  size_t k;
+  for (i = 1; i <= n; i++) (void)tl_checkud(L, i, tl_sref_tag, sizeof(tl_sref));
+  g = tl_newguard(L);
+  if (n > 0 && (locals = (tl_sloc **)tl_calloc((size_t)n, sizeof *locals)) == NULL)
+    tl_memerror(L);
+  for (i = 0; i < n; i++) locals[i] = ((tl_sref *)lua_touserdata(L, i + 1))->sl;
+  rc = threadlocal_snapshot_capture(locals, (size_t)n, &g->snap); /* no Lua allocation */
+  tl_free(locals);
+  if (rc != THREADLOCAL_OK) tl_memerror(L);
+  lua_createtable(L, 0, n);
+  for (k = 0; k < g->snap->n; k++) {
+    const tl_sloc *sl = g->snap->e[k].sl;
+    lua_pushlstring(L, sl->name, sl->len);
+    if (g->snap->e[k].fields != NULL)
+      tl_pushcopy(L, g->snap->e[k].fields);
+    else
+      lua_newtable(L);
+    lua_rawset(L, -3);
+  }
+  tl_snap_free(g->snap);
+  g->snap = NULL;
+  return 1;
 }
 
 /* threadlocal.run(snap, fn, ...): fn(...) under snap's shared fields. */
@@ -296,13 +326,7 @@ static int tl_run(lua_State *L) {
   int status;
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  g = (tl_guard *)tl_newud(L, sizeof *g, 0);
-  g->snap = g->own = NULL;
-  if (luaL_newmetatable(L, TL_GUARD_MT)) {
-    lua_pushcfunction(L, tl_guard_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_setmetatable(L, -2);
+  g = tl_newguard(L);
   lua_insert(L, 1);                 /* guard snap fn args... */
   lua_pushnil(L);
   while (lua_next(L, 2)) {

@@ -284,17 +284,18 @@ static TL_HOT tl_tab *tl_proxy_target(const tl_thread *t, const tl_proxy *p) {
 /* Pushes a new proxy of tab, and remembers it in the cache (0: none). */
 static void tl_pushproxymt(lua_State *L);
 
-/* A new proxy of tab, remembered in the cache. */
-static void tl_newproxy(lua_State *L, tl_tab *tab, int cache) {
+/* A new proxy of slot `slot`, generation `gen`, of thread `owner`'s slab,
+** remembered in the cache. */
+static void tl_newproxy(lua_State *L, uint64_t owner, uint32_t slot, uint32_t gen, int cache) {
   tl_proxy *p = (tl_proxy *)tl_newud(L, sizeof *p, 0);
   p->tag = tl_proxy_tag;
-  p->owner = tab->owner->id;
-  p->slot = tab->slot;
-  p->gen = tab->owner->slabgen[tab->slot];
+  p->owner = owner;
+  p->slot = slot;
+  p->gen = gen;
   tl_pushproxymt(L);
   lua_setmetatable(L, -2);
   lua_pushvalue(L, -1);
-  tl_rawseti64(L, cache, tab->slot + 1u);
+  tl_rawseti64(L, cache, slot + 1u);
 }
 
 /*
@@ -307,13 +308,16 @@ static void tl_newproxy(lua_State *L, tl_tab *tab, int cache) {
 */
 static void tl_pushproxy(lua_State *L, tl_tab *tab, int cache) {
   const tl_proxy *p;
+  const tl_thread *t = tab->owner; /* read first: an allocation below may run */
+  uint32_t slot = tab->slot;       /* a finalizer that frees tab (then the */
+  uint32_t gen = t->slabgen[slot]; /* proxy is just stale) */
   int found = cache == 0;
   if (found) cache = tl_pushcache(L);
-  tl_rawgeti64(L, cache, tab->slot + 1u);
+  tl_rawgeti64(L, cache, slot + 1u);
   p = (const tl_proxy *)lua_touserdata(L, -1);
-  if (p == NULL || tl_proxy_target(tab->owner, p) != tab) {
+  if (p == NULL || p->owner != t->id || p->slot != slot || p->gen != gen) {
     lua_pop(L, 1);
-    tl_newproxy(L, tab, cache);
+    tl_newproxy(L, t->id, slot, gen, cache);
   }
   if (found) lua_remove(L, cache);
 }
@@ -628,11 +632,21 @@ static int tl_iter(lua_State *L) {
   uint32_t i = (uint32_t)lua_tointeger(L, lua_upvalueindex(2));
   for (; i < tab->cap; i++) {
     tl_entry *e = &tab->e[i];
+    uint64_t version = tab->version;
     if (e->state != TL_LIVE) continue;
     lua_pushinteger(L, (lua_Integer)i + 1);
     lua_replace(L, lua_upvalueindex(2));
-    tl_pushkey(L, &e->key);
-    tl_pushval(L, &e->val, lua_upvalueindex(3));
+    tl_pushkey(L, &e->key); /* may run a finalizer that changes tab */
+    tab = tl_proxy_tab(L, lua_upvalueindex(1));
+    if (tab->version != version) { /* find the key again */
+      tl_key k;
+      (void)tl_tokey(L, -1, &k);
+      e = tl_tab_find(tab, &k);
+    }
+    if (e == NULL)
+      lua_pushnil(L);
+    else
+      tl_pushval(L, &e->val, lua_upvalueindex(3));
     return 2;
   }
   lua_pushinteger(L, (lua_Integer)tab->cap);

@@ -150,19 +150,20 @@ static int tl_table(lua_State *L) {
 /* threadlocal.fields: a copy of the calling thread's fields. */
 static int tl_fields_copy(lua_State *L) {
   const tl_tab *tab;
-  switch (tl_checkkind(L, TL_KLOCAL | TL_KSHARED | TL_KPROXY,
-                       "threadlocal.local, threadlocal.shared or threadlocal.table")) {
-    case TL_KLOCAL:
-      tl_local_push1(L, 1);
-      tl_copytable(L, -1);
-      return 1;
-    case TL_KSHARED: tab = tl_sref_fields1(L, 0); break;
-    default: tab = tl_proxy_tab(L, 1); break;
+  tl_guard *g;
+  int kind = tl_checkkind(L, TL_KLOCAL | TL_KSHARED | TL_KPROXY,
+                          "threadlocal.local, threadlocal.shared or threadlocal.table");
+  if (kind == TL_KLOCAL) {
+    tl_local_push1(L, 1);
+    tl_copytable(L, -1);
+    return 1;
   }
+  g = tl_newguard(L);
+  tab = kind == TL_KSHARED ? tl_sref_fields1(L, 0) : tl_proxy_tab(L, 1);
   if (tab == NULL)
     lua_newtable(L);
   else
-    tl_pushcopy(L, tab);
+    tl_pushcopy_guarded(L, g, tab);
   return 1;
 }
 

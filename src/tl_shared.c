@@ -38,6 +38,7 @@ static int tl_shared_index(lua_State *L) {
     size_t len;
     const char *s = lua_tolstring(L, 2, &len);
     tl_entry *e;
+    uint64_t version;
     if (s == ref->last_key && tab == ref->last_tab && tab->version == ref->last_version &&
         tab->owner->id == ref->last_owner && ref->last_entry->key.u.str.len == len &&
         tl_memeq(ref->last_entry->key.u.str.s, s, len)) {
@@ -48,8 +49,13 @@ static int tl_shared_index(lua_State *L) {
       lua_pushnil(L);
       return 1;
     }
-    tl_pushval(L, &e->val, 0);
-    if (e->val.type == TL_TTAB) {
+    if (e->val.type != TL_TTAB) {
+      tl_pushval(L, &e->val, 0);
+      return 1;
+    }
+    version = tab->version;
+    tl_pushval(L, &e->val, 0); /* may run a finalizer */
+    if (tl_shfields_peek(tl_me, ref->sl) == tab && tab->version == version) {
       ref->last_key = s;
       ref->last_tab = tab;
       ref->last_version = tab->version;

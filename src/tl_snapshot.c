@@ -118,9 +118,10 @@ static int tl_snap_install(tl_thread *t, tl_snap *s, tl_snap **replaced) {
   }
   for (i = 0; i < s->n; i++) { /* nothing below can fail */
     uint32_t idx = s->e[i].sl->idx;
-    r->e[i].sl = s->e[i].sl;
-    r->e[i].fields = t->shfields[idx];
-    if (r->e[i].fields != NULL) tl_tab_disown(r->e[i].fields);
+    size_t j = s->n - 1 - i; /* last first: installing r undoes s, even */
+    r->e[j].sl = s->e[i].sl; /* when s names a shared local twice */
+    r->e[j].fields = t->shfields[idx];
+    if (r->e[j].fields != NULL) tl_tab_disown(r->e[j].fields);
     t->shfields[idx] = s->e[i].fields;
     if (s->e[i].fields != NULL) tl_tab_adopt(s->e[i].fields, t);
   }

@@ -321,6 +321,66 @@ static void test_snapshots(void) {
   threadlocal_snapshot_free(NULL);
 }
 
+/* A shared local named twice in one capture: installing it and then what
+** it handed back leaves the worker with its own fields again. */
+static void test_snapshot_twice(void) {
+  threadlocal_shared *sh, *two[2];
+  threadlocal_snapshot *snap = NULL, *own = NULL, *job = NULL;
+  threadlocal_value v;
+  int ok;
+  threadlocal_shared_open("twice", 5, &sh);
+  two[0] = two[1] = sh;
+  threadlocal_set_string(sh, "user", "job", 3);
+  ok = threadlocal_snapshot_capture(two, 2, &snap) == THREADLOCAL_OK;
+  threadlocal_set_string(sh, "user", "own", 3);
+  threadlocal_set_pointer(sh, "conn", &dtor_tags[53], count_dtor);
+  ok = ok && threadlocal_snapshot_install(snap, &own) == THREADLOCAL_OK &&
+       threadlocal_get(sh, "user", &v) == THREADLOCAL_OK && v.type == THREADLOCAL_STRING &&
+       strcmp(v.u.string.ptr, "job") == 0 &&
+       threadlocal_snapshot_install(own, &job) == THREADLOCAL_OK;
+  threadlocal_snapshot_free(job);
+  check(ok && threadlocal_get(sh, "user", &v) == THREADLOCAL_OK &&
+        v.type == THREADLOCAL_STRING && strcmp(v.u.string.ptr, "own") == 0 &&
+        threadlocal_get(sh, "conn", &v) == THREADLOCAL_OK && v.u.pointer == &dtor_tags[53] &&
+        calls(53) == 0,
+        "a shared local named twice in a snapshot: the worker's own fields come back");
+  threadlocal_clear(sh);
+  check(calls(53) == 1, "and its destructor runs once, when they are cleared");
+}
+
+/* Destructors that clear their shared local, run while a scope restores. */
+static threadlocal_shared *clearing;
+
+static void clearing_dtor(void *p) {
+  count_dtor(p);
+  threadlocal_clear(clearing);
+}
+
+static int set_clearing(lua_State *L) {
+  (void)L;
+  threadlocal_set_pointer(clearing, "a", &dtor_tags[54], clearing_dtor);
+  threadlocal_set_pointer(clearing, "b", &dtor_tags[55], clearing_dtor);
+  threadlocal_set_pointer(clearing, "c", &dtor_tags[56], clearing_dtor);
+  return 0;
+}
+
+static void test_scope_dtors(void) {
+  lua_State *L = new_state(NULL);
+  int ok;
+  threadlocal_shared_open("clearing", 8, &clearing);
+  lua_register(L, "set_clearing", set_clearing);
+  ok = run(L, "local sh = threadlocal.shared('clearing')\n"
+              "sh.keep = 1\n"
+              "local s = threadlocal.scope(sh, { a = 1, b = 2, c = 3 })\n"
+              "set_clearing()\n"
+              "s:close()\n"
+              "assert(sh.a == nil and sh.b == nil and sh.c == nil)\n");
+  check(ok && calls(54) == 1 && calls(55) == 1 && calls(56) == 1,
+        "a scope restores, then runs the destructors of what it replaced, which may clear");
+  lua_close(L);
+  threadlocal_clear(clearing);
+}
+
 int main(void) {
   int i;
   for (i = 0; i < 64; i++) atomic_init(&dtor_calls[i], 0);
@@ -336,5 +396,7 @@ int main(void) {
   test_threads();
   test_lifetimes();
   test_snapshots();
+  test_snapshot_twice();
+  test_scope_dtors();
   return exit_status();
 }
