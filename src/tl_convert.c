@@ -72,6 +72,46 @@ static tl_thread *tl_self(lua_State *L) {
   return t;
 }
 
+/*
+** Pushes a string that lives in shared storage.  Before 5.3 (and in
+** LuaJIT), lua_pushlstring may collect, and so run a finalizer that frees
+** or rewrites s, before it copies s: copy it out first.  A long string goes
+** through a copy pushed under a protected call, so that an error cannot
+** leak the copy.
+*/
+#if LUA_VERSION_NUM >= 503
+#define tl_pushstored(L, s, len) ((void)lua_pushlstring(L, s, len))
+#else
+typedef struct tl_strcopy {
+  const char *s;
+  size_t len;
+} tl_strcopy;
+
+static int tl_pushcopy_protected(lua_State *L) {
+  const tl_strcopy *c = (const tl_strcopy *)lua_touserdata(L, 1);
+  lua_pushlstring(L, c->s, c->len);
+  return 1;
+}
+
+static void tl_pushstored(lua_State *L, const char *s, size_t len) {
+  char buf[128];
+  tl_strcopy c;
+  int status;
+  if (len <= sizeof buf) {
+    memcpy(buf, s, len);
+    lua_pushlstring(L, buf, len);
+    return;
+  }
+  if ((c.s = tl_strdup(s, len)) == NULL) tl_memerror(L);
+  c.len = len;
+  lua_pushcfunction(L, tl_pushcopy_protected); /* may collect: s is not used after */
+  lua_pushlightuserdata(L, &c);
+  status = lua_pcall(L, 1, 1, 0);
+  tl_free((void *)(uintptr_t)c.s);
+  if (status != 0) tl_raise(L);
+}
+#endif
+
 /* ---------------------------------------------------------------------- */
 /* The per-state anchor, made on first need                               */
 /* ---------------------------------------------------------------------- */
@@ -267,7 +307,7 @@ static TL_HOT int tl_toscalar(lua_State *L, int i, tl_val *out) {
 
 static void tl_pushkey(lua_State *L, const tl_val *k) {
   switch (k->type) {
-    case TL_TSTR: lua_pushlstring(L, k->u.str.s, k->u.str.len); break;
+    case TL_TSTR: tl_pushstored(L, k->u.str.s, k->u.str.len); break;
     case TL_TINT: tl_pushint(L, k->u.i); break;
     case TL_TFLOAT: lua_pushnumber(L, (lua_Number)k->u.f); break;
     default: lua_pushboolean(L, k->u.b); break;
@@ -330,7 +370,7 @@ static TL_HOT void tl_pushval(lua_State *L, const tl_val *v, int cache) {
     case TL_TBOOL: lua_pushboolean(L, v->u.b); break;
     case TL_TINT: tl_pushint(L, v->u.i); break;
     case TL_TFLOAT: lua_pushnumber(L, (lua_Number)v->u.f); break;
-    case TL_TSTR: lua_pushlstring(L, v->u.str.s, v->u.str.len); break;
+    case TL_TSTR: tl_pushstored(L, v->u.str.s, v->u.str.len); break;
     case TL_TPTR: lua_pushlightuserdata(L, v->u.ptr.p); break;
     default: tl_pushproxy(L, v->u.tab, cache); break;
   }
