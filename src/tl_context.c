@@ -109,30 +109,77 @@ static void tl_scope_shared(lua_State *L, tl_scope *sc) {
   tl_tab_free(conv);
 }
 
-/* Opens a scope on the Local at slot 1 with the fields at slot 2. */
+/* Sets F[k] = v for every k, v of the table at 2 into the table at 1: the
+** part of opening a Local's scope that may run out of memory. */
+static int tl_scope_set(lua_State *L) {
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, 1);
+  }
+  return 0;
+}
+
+/* F[k] = old for the n pairs saved in old (at index old); allocates nothing:
+** a field absent before and now is left alone (setting nil on an absent
+** key may allocate before Lua 5.4). */
+static void tl_scope_putback(lua_State *L, int fields, int old, size_t n) {
+  size_t i;
+  for (i = n; i > 0; i--) {
+    lua_rawgeti(L, old, (int)(2 * i - 1));        /* k */
+    lua_rawgeti(L, old, (int)(2 * i));            /* k was */
+    lua_pushvalue(L, -2);
+    lua_rawget(L, fields);                        /* k was now */
+    if (lua_isnil(L, -1) && lua_isnil(L, -2))
+      lua_pop(L, 3);
+    else {
+      lua_pop(L, 1);
+      lua_rawset(L, fields);
+    }
+  }
+}
+
+/* Opens a scope on the Local at slot 1 with the fields at slot 2: saves
+** what it replaces, then sets; if setting runs out of memory, puts every
+** field back and raises. */
 static void tl_scope_local(lua_State *L, tl_scope *sc, int scope) {
   int fields, old;
   size_t n = 0;
   tl_local_push1(L, 1);               /* ... F */
   fields = lua_gettop(L);
-  lua_newtable(L);                    /* ... F old */
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    lua_pop(L, 1);
+    n++;
+  }
+  luaL_argcheck(L, n <= INT_MAX / 2, 2, "too many fields");
+  lua_createtable(L, (int)(2 * n), 0); /* ... F old: sized, so filling it cannot fail */
   old = fields + 1;
   lua_pushvalue(L, 1);
   tl_setuv(L, scope, TL_SCOPE_LOCAL);
   lua_pushvalue(L, old);
   tl_setuv(L, scope, TL_SCOPE_OLD);
+  n = 0;
   lua_pushnil(L);
   while (lua_next(L, 2)) {            /* ... F old k v */
-    lua_pushvalue(L, -2);
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
     lua_rawseti(L, old, (int)(2 * n + 1));
-    lua_pushvalue(L, -2);
+    lua_pushvalue(L, -1);
     lua_rawget(L, fields);
     lua_rawseti(L, old, (int)(2 * n + 2));
-    sc->n = ++n;
-    lua_pushvalue(L, -2);
-    lua_insert(L, -2);                /* ... F old k k v */
-    lua_rawset(L, fields);            /* ... F old k */
+    n++;
   }
+  lua_pushcfunction(L, tl_scope_set);
+  lua_pushvalue(L, fields);
+  lua_pushvalue(L, 2);
+  if (lua_pcall(L, 2, 0, 0) != 0) {   /* ... F old err */
+    tl_scope_putback(L, fields, old, n);
+    sc->closed = 1;
+    tl_raise(L);
+  }
+  sc->n = n;
   lua_settop(L, fields - 1);
 }
 
@@ -177,17 +224,12 @@ static int tl_scope_close(lua_State *L) {
     if ((sc->n = tl_scope_restore(t, fields, sc->saved, sc->n)) != 0) tl_memerror(L);
     tl_saved_free(sc);
   } else {
-    size_t i;
     int fields;
     tl_getuv(L, 1, TL_SCOPE_LOCAL);
     tl_local_push1(L, lua_gettop(L));     /* sc lo F */
     fields = lua_gettop(L);
     tl_getuv(L, 1, TL_SCOPE_OLD);         /* sc lo F old */
-    for (i = sc->n; i > 0; i--) {
-      lua_rawgeti(L, fields + 1, (int)(2 * i - 1));
-      lua_rawgeti(L, fields + 1, (int)(2 * i));
-      lua_rawset(L, fields);
-    }
+    tl_scope_putback(L, fields, fields + 1, sc->n);
     lua_pushnil(L);
     tl_setuv(L, 1, TL_SCOPE_OLD);
   }
@@ -253,6 +295,7 @@ static int tl_with(lua_State *L) {
 typedef struct tl_guard {
   tl_snap *snap, *own;
   tl_tab *clone;
+  tl_tab **aside; /* run: the thread's own fields while fn runs (still its own) */
 } tl_guard;
 
 static int tl_guard_gc(lua_State *L) {
@@ -260,8 +303,10 @@ static int tl_guard_gc(lua_State *L) {
   tl_snap_free(g->snap);
   tl_snap_free(g->own);
   if (g->clone != NULL) tl_tab_free(g->clone);
+  tl_free(g->aside); /* its tables are never left here: see tl_run */
   g->snap = g->own = NULL;
   g->clone = NULL;
+  g->aside = NULL;
   return 0;
 }
 
@@ -270,6 +315,7 @@ static tl_guard *tl_newguard(lua_State *L) {
   tl_guard *g = (tl_guard *)tl_newud(L, sizeof *g, 0);
   g->snap = g->own = NULL;
   g->clone = NULL;
+  g->aside = NULL;
   if (luaL_newmetatable(L, TL_GUARD_MT)) {
     lua_pushcfunction(L, tl_guard_gc);
     lua_setfield(L, -2, "__gc");
@@ -316,13 +362,18 @@ static int tl_capture(lua_State *L) {
   return 1;
 }
 
-/* threadlocal.run(snap, fn, ...): fn(...) under snap's shared fields. */
+/*
+** threadlocal.run(snap, fn, ...): fn(...) under snap's shared fields.  The
+** thread's own fields are only set aside while fn runs (they stay its own,
+** in its slab), so putting them back cannot fail: everything that may fail
+** happens before anything changes.
+*/
 static int tl_run(lua_State *L) {
   tl_thread *t = tl_self(L);
   uint64_t id = t->id;
   tl_guard *g;
-  tl_snap *job;
-  size_t n = 0, i = 0;
+  size_t n = 0, i = 0, ntables = 0;
+  uint32_t maxidx = 0;
   int status;
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -347,18 +398,36 @@ static int tl_run(lua_State *L) {
     g->snap->e[i++].fields = v.u.tab;
     lua_pop(L, 1);
   }
-  if (tl_snap_install(t, g->snap, &g->own) != 0) tl_memerror(L);
-  g->snap = NULL;
+  for (i = 0; i < n; i++) {
+    if (g->snap->e[i].sl->idx > maxidx) maxidx = g->snap->e[i].sl->idx;
+    ntables += tl_tab_ntables(g->snap->e[i].fields);
+  }
+  if ((g->aside = (tl_tab **)tl_calloc(n + 1, sizeof *g->aside)) == NULL ||
+      (n > 0 && tl_shfields_grow(t, maxidx) != 0) || tl_slab_reserve(t, ntables) != 0)
+    tl_memerror(L);
+  for (i = 0; i < n; i++) { /* nothing below fails until fn */
+    uint32_t idx = g->snap->e[i].sl->idx;
+    g->aside[i] = t->shfields[idx];
+    t->shfields[idx] = g->snap->e[i].fields;
+    tl_tab_adopt(g->snap->e[i].fields, t);
+    g->snap->e[i].fields = NULL;
+  }
   lua_remove(L, 2);                 /* guard fn args... */
   status = lua_pcall(L, lua_gettop(L) - 2, LUA_MULTRET, 0);
-  if (t->id == id) { /* put the thread's own fields back */
-    if (tl_snap_install(t, g->own, &job) != 0) tl_memerror(L);
-    g->own = NULL;
-    tl_snap_free(job);
-  } else { /* fn released the thread: its own fields go with its old id */
-    tl_snap_free(g->own);
-    g->own = NULL;
+  for (i = n; i > 0; i--) {
+    tl_tab *own = g->aside[i - 1];
+    if (t->id == id) { /* put the thread's own fields back */
+      uint32_t idx = g->snap->e[i - 1].sl->idx;
+      tl_tab *job = t->shfields[idx];
+      t->shfields[idx] = own;
+      if (job != NULL) tl_tab_free(job);
+    } else if (own != NULL) /* fn released the thread: its own fields */
+      tl_tab_free(own);     /* went with its old id */
   }
+  tl_free(g->aside);
+  tl_snap_free(g->snap); /* its tables were moved in */
+  g->aside = NULL;
+  g->snap = NULL;
   if (status != 0) tl_raise(L);
   return lua_gettop(L) - 1;
 }

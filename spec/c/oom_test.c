@@ -84,6 +84,29 @@ static const char *steps[] = {
 
   "local T = require 'threadlocal'\n"
   "local l2 = T.new(); l2.x = {}; l2 = nil; collectgarbage(); collectgarbage()\n",
+
+  /* Context: a call that fails changes nothing; a close that fails can be
+  ** called again (only one allocation fails per run). */
+  "local T = require 'threadlocal'\n"
+  "local l = T.new(); l.a = 1\n"
+  "local ok, s = pcall(T.scope, l, { a = 2, b = 3, c = {} })\n"
+  "if ok then assert(l.a == 2 and l.b == 3); if not pcall(s.close, s) then s:close() end end\n"
+  "assert(l.a == 1 and l.b == nil and l.c == nil, 'a Local scope left its fields changed')\n"
+  "if not ok then error(s, 0) end\n"
+  "local sh = T.shared('oom.ctx'); sh.a = 1\n"
+  "ok, s = pcall(T.scope, sh, { a = 2, t = { x = 1 } })\n"
+  "if ok then assert(sh.a == 2 and sh.t.x == 1); if not pcall(s.close, s) then s:close() end end\n"
+  "assert(sh.a == 1 and sh.t == nil, 'a shared scope left its fields changed')\n"
+  "if not ok then error(s, 0) end\n"
+  "local r\n"
+  "ok, r = pcall(T.run, { ['oom.ctx'] = { a = 5 } }, function() return sh.a end)\n"
+  "assert(sh.a == 1, 'run left the fields changed')\n"
+  "if not ok then error(r, 0) end\n"
+  "assert(r == 5 and T.with(l, { a = 9 }, function() return l.a end) == 9 and l.a == 1)\n"
+  "assert(T.capture(sh)['oom.ctx'].a == 1)\n"
+  "local C = require 'threadlocal.context'\n"
+  "local v = C.var('v', 0); local tok = v:set(1); assert(v:get() == 1); v:reset(tok)\n"
+  "assert(v:get() == 0)\n",
   NULL
 };
 
