@@ -89,15 +89,15 @@ static void tl_scope_shared(lua_State *L, tl_scope *sc) {
     tl_entry *e = &conv->e[i];
     tl_key k;
     if (e->state != TL_LIVE) continue;
-    tl_key_of(&k, &e->key);
+    tl_entry_key(&k, e);
     tl_val_adopt(&e->val, t);
     if (tl_tab_put(fields, &k, &e->val, &sc->saved[n].old) != 0) {
       tl_val_disown(&e->val);
       break;
     }
     tl_val_disown(&sc->saved[n].old);
-    sc->saved[n++].key = e->key; /* moved out of conv */
-    e->key.type = e->val.type = TL_TNIL;
+    tl_entry_takekey(e, &sc->saved[n++].key); /* moved out of conv */
+    e->val.type = TL_TNIL;
   }
   sc->n = n;
   if (i < conv->cap) { /* out of memory: undo */

@@ -305,12 +305,13 @@ static TL_HOT int tl_toscalar(lua_State *L, int i, tl_val *out) {
   }
 }
 
-static void tl_pushkey(lua_State *L, const tl_val *k) {
-  switch (k->type) {
-    case TL_TSTR: tl_pushstored(L, k->u.str.s, k->u.str.len); break;
-    case TL_TINT: tl_pushint(L, k->u.i); break;
-    case TL_TFLOAT: lua_pushnumber(L, (lua_Number)k->u.f); break;
-    default: lua_pushboolean(L, k->u.b); break;
+static void tl_pushkey(lua_State *L, const tl_entry *e) {
+  switch (e->ktype) {
+    case TL_TSHORT: tl_pushstored(L, e->key.c, tl_shortlen(&e->key)); break;
+    case TL_TSTR: tl_pushstored(L, e->key.str.s, e->key.str.len); break;
+    case TL_TINT: tl_pushint(L, e->key.i); break;
+    case TL_TFLOAT: lua_pushnumber(L, (lua_Number)e->key.f); break;
+    default: lua_pushboolean(L, e->key.b); break;
   }
 }
 
@@ -381,10 +382,10 @@ static void tl_pushcopy(lua_State *L, const tl_tab *tab) {
   uint32_t i;
   luaL_checkstack(L, 3, "threadlocal: tables nested too deep");
   lua_createtable(L, 0, (int)tab->count);
-  for (i = 0; i < tab->cap; i++) {
+  for (i = 0; i < tab->used; i++) {
     const tl_entry *e = &tab->e[i];
     if (e->state != TL_LIVE) continue;
-    tl_pushkey(L, &e->key);
+    tl_pushkey(L, e);
     if (e->val.type == TL_TTAB)
       tl_pushcopy(L, e->val.u.tab);
     else
@@ -609,7 +610,7 @@ static TL_HOT void tl_tab_assign(lua_State *L, tl_tab *tab) {
     } else if (e->val.type < TL_TSTR) {
       if (tl_toscalar(L, 3, &v) && v.type != TL_TNIL) {
         tab->version = tab->owner->clock++;
-        e->val = v;
+        tl_entry_setval(e, &v);
         return;
       }
     } else if (e->val.type == TL_TSTR && lua_type(L, 3) == LUA_TSTRING) {
@@ -670,13 +671,13 @@ static lua_Integer tl_tab_len(const tl_tab *tab) { /* a border, as # finds one *
 static int tl_iter(lua_State *L) {
   tl_tab *tab = tl_proxy_tab(L, lua_upvalueindex(1));
   uint32_t i = (uint32_t)lua_tointeger(L, lua_upvalueindex(2));
-  for (; i < tab->cap; i++) {
+  for (; i < tab->used; i++) {
     tl_entry *e = &tab->e[i];
     uint64_t version = tab->version;
     if (e->state != TL_LIVE) continue;
     lua_pushinteger(L, (lua_Integer)i + 1);
     lua_replace(L, lua_upvalueindex(2));
-    tl_pushkey(L, &e->key); /* may run a finalizer that changes tab */
+    tl_pushkey(L, e); /* may run a finalizer that changes tab */
     tab = tl_proxy_tab(L, lua_upvalueindex(1));
     if (tab->version != version) { /* find the key again */
       tl_key k;
@@ -689,7 +690,7 @@ static int tl_iter(lua_State *L) {
       tl_pushval(L, &e->val, lua_upvalueindex(3));
     return 2;
   }
-  lua_pushinteger(L, (lua_Integer)tab->cap);
+  lua_pushinteger(L, (lua_Integer)tab->used);
   lua_replace(L, lua_upvalueindex(2));
   lua_pushnil(L);
   return 1;

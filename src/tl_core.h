@@ -85,27 +85,33 @@ static size_t tl_stat_moved;    /* entries moved by those rebuilds */
 #define TL_STAT(x) ((void)0)
 #endif
 
-/* Shared values: plain data, copied in, owned by one thread. */
-enum { TL_TNIL, TL_TBOOL, TL_TINT, TL_TFLOAT, TL_TSTR, TL_TPTR, TL_TTAB };
+/* Shared values: plain data, copied in, owned by one thread.  TL_TSHORT is
+** only ever a key: a string of at most TL_SHORTKEY bytes kept in place. */
+enum { TL_TNIL, TL_TBOOL, TL_TINT, TL_TFLOAT, TL_TSTR, TL_TPTR, TL_TTAB, TL_TSHORT };
 
 struct tl_tab;
 
+#define TL_SHORTKEY 15
+
+typedef union tl_u {
+  int b;
+  int64_t i;
+  double f;
+  struct {
+    char *s; /* NUL-terminated copy */
+    size_t len;
+  } str;
+  struct {
+    void *p;
+    void (*dtor)(void *); /* only on a field set from C */
+  } ptr;
+  struct tl_tab *tab;
+  char c[TL_SHORTKEY + 1]; /* TL_TSHORT: the bytes, NUL-padded; c[15] is 15 - len */
+} tl_u;
+
 typedef struct tl_val {
+  tl_u u;
   unsigned char type;
-  union {
-    int b;
-    int64_t i;
-    double f;
-    struct {
-      char *s; /* NUL-terminated copy */
-      size_t len;
-    } str;
-    struct {
-      void *p;
-      void (*dtor)(void *); /* only on a field set from C */
-    } ptr;
-    struct tl_tab *tab;
-  } u;
 } tl_val;
 
 /* A key to look up: bool, int, float (non-integral) or a borrowed string. */
@@ -125,29 +131,52 @@ typedef struct tl_key {
 
 enum { TL_EMPTY, TL_LIVE, TL_DEAD };
 
+/*
+** An entry: 40 bytes on 64-bit machines.  As in Lua 5.4's table nodes, the
+** key's type, the state and the hash live in what would be the padding of
+** val: so val is never assigned as a whole (that could overwrite them),
+** only its members, as tl_entry_setval does.  Short string keys sit in
+** place; longer ones are a NUL-terminated copy.
+*/
 typedef struct tl_entry {
-  tl_val key, val; /* key.type is a tl_key type */
-  uint32_t hash;
-  unsigned char state;
+  tl_u key; /* by ktype: TL_TSHORT, TL_TSTR, TL_TINT, TL_TFLOAT, TL_TBOOL */
+  union {
+    tl_val val;
+    struct {
+      tl_u valu_;              /* val.u */
+      unsigned char valtype_;  /* val.type */
+      unsigned char ktype, state;
+      uint32_t hash;
+    };
+  };
 } tl_entry;
 
 struct tl_thread;
 
 /*
-** An open-addressing hash table of shared values.  Lua's short strings are
-** interned, so the address of a key string seen from Lua is a cheap first
-** guess at its entry: kaddr/kentry remember a few, and a hit is confirmed
-** by comparing the key (a reused address with another content just misses).
+** A hash table of shared values, laid out as CPython's dicts: the entries
+** sit in insertion order in e[] (deleted ones stay, marked dead, until the
+** next rebuild compacts them), and a small index of slots holds entry
+** numbers (+1; 0 is empty) by hash, with linear probing: 1-byte slots up to
+** 256 of them, 2-byte up to 65536, else 4-byte.  A table of at most
+** TL_LINEAR entries has no index: it is searched in order.  Lua's short
+** strings are interned, so the address of a key string seen from Lua is a
+** cheap first guess at its entry: kaddr/kentry remember a few, and a hit
+** is confirmed by comparing the key (a reused address with another content
+** just misses).
 */
 #define TL_KCACHE 4
+#define TL_LINEAR 8
 
 typedef struct tl_tab {
   tl_entry *e;
+  void *ix; /* the index: NULL while cap <= TL_LINEAR */
   const char *kaddr[TL_KCACHE];
   uint32_t kentry[TL_KCACHE]; /* index in e[] of the key at kaddr */
-  uint32_t cap;   /* 0 or a power of 2 */
+  uint32_t cap;   /* entries e[] has room for; unused ones are TL_EMPTY */
   uint32_t count; /* live entries */
-  uint32_t used;  /* live + dead entries, <= cap / 2: short probes */
+  uint32_t used;  /* live + dead entries: e[0..used) */
+  uint32_t ixmask; /* the slots in ix (a power of 2 above 1.5 cap) - 1 */
   uint32_t slot;  /* in the owner's slab */
   uint32_t depth; /* levels below the fields table (0), <= TL_MAXDEPTH */
   uint64_t version;        /* changes with every write: see tl_sref */

@@ -40,8 +40,7 @@ static int tl_shared_index(lua_State *L) {
     tl_entry *e;
     uint64_t version;
     if (s == ref->last_key && tab == ref->last_tab && tab->version == ref->last_version &&
-        tab->owner->id == ref->last_owner && ref->last_entry->key.u.str.len == len &&
-        tl_memeq(ref->last_entry->key.u.str.s, s, len)) {
+        tab->owner->id == ref->last_owner && tl_entry_streq(ref->last_entry, s, len)) {
       tl_getuv(L, 1, TL_SREF_LAST);
       return 1;
     }

@@ -222,8 +222,14 @@ static void tl_key_bool(tl_key *k, int b) {
   k->hash = b ? 0x9e3779b9u : 0x7f4a7c15u;
 }
 
-static void tl_key_of(tl_key *k, const tl_val *v) { /* v is an entry's key */
+/* The length of a TL_TSHORT key. */
+static TL_HOT size_t tl_shortlen(const tl_u *u) {
+  return TL_SHORTKEY - (size_t)(unsigned char)u->c[TL_SHORTKEY];
+}
+
+static void tl_key_of(tl_key *k, const tl_val *v) { /* v is a key taken from an entry */
   switch (v->type) {
+    case TL_TSHORT: tl_key_str(k, v->u.c, tl_shortlen(&v->u)); break;
     case TL_TSTR: tl_key_str(k, v->u.str.s, v->u.str.len); break;
     case TL_TINT: tl_key_int(k, v->u.i); break;
     case TL_TFLOAT: tl_key_float(k, v->u.f); break;
@@ -248,26 +254,97 @@ static TL_HOT int tl_memeq(const char *a, const char *b, size_t len) {
   return 1;
 }
 
-static int tl_key_eq(const tl_entry *e, const tl_key *k) {
-  if (e->hash != k->hash || e->key.type != k->type) return 0;
-  switch (k->type) {
+/* The key of e as a key to look up (a string is borrowed from e). */
+static void tl_entry_key(tl_key *k, const tl_entry *e) {
+  k->type = e->ktype;
+  switch (e->ktype) {
+    case TL_TSHORT:
+      k->type = TL_TSTR;
+      k->u.str.s = e->key.c;
+      k->u.str.len = tl_shortlen(&e->key);
+      break;
     case TL_TSTR:
-      return e->key.u.str.len == k->u.str.len &&
-             tl_memeq(e->key.u.str.s, k->u.str.s, k->u.str.len);
-    case TL_TINT: return e->key.u.i == k->u.i;
-    case TL_TFLOAT: return e->key.u.f == k->u.f;
-    default: return e->key.u.b == k->u.b;
+      k->u.str.s = e->key.str.s;
+      k->u.str.len = e->key.str.len;
+      break;
+    case TL_TINT: k->u.i = e->key.i; break;
+    case TL_TFLOAT: k->u.f = e->key.f; break;
+    default: k->u.b = e->key.b; break;
+  }
+  k->hash = e->hash;
+}
+
+/* Moves the key of e, a live entry of a table about to be freed, to *out. */
+static void tl_entry_takekey(tl_entry *e, tl_val *out) {
+  out->type = e->ktype;
+  out->u = e->key;
+  e->ktype = TL_TNIL;
+}
+
+/* e->val = *v, member by member: see tl_entry. */
+static TL_HOT void tl_entry_setval(tl_entry *e, const tl_val *v) {
+  e->val.u = v->u;
+  e->val.type = v->type;
+}
+
+/* Whether e's key is the string s[0..len). */
+static TL_HOT int tl_entry_streq(const tl_entry *e, const char *s, size_t len) {
+  if (len <= TL_SHORTKEY)
+    return e->ktype == TL_TSHORT && tl_shortlen(&e->key) == len && tl_memeq(e->key.c, s, len);
+  return e->ktype == TL_TSTR && e->key.str.len == len && tl_memeq(e->key.str.s, s, len);
+}
+
+static int tl_key_eq(const tl_entry *e, const tl_key *k) {
+  switch (k->type) {
+    case TL_TSTR: return tl_entry_streq(e, k->u.str.s, k->u.str.len);
+    case TL_TINT: return e->ktype == TL_TINT && e->key.i == k->u.i;
+    case TL_TFLOAT: return e->ktype == TL_TFLOAT && e->key.f == k->u.f;
+    default: return e->ktype == TL_TBOOL && e->key.b == k->u.b;
   }
 }
 
-static tl_entry *tl_tab_find(const tl_tab *t, const tl_key *k) {
-  uint32_t mask, i;
-  if (t->cap == 0) return NULL;
-  mask = t->cap - 1;
-  for (i = k->hash & mask;; i = (i + 1) & mask) {
-    tl_entry *e = &t->e[i];
+/* The bytes of one slot of an index of mask + 1 slots. */
+static size_t tl_ix_width(uint32_t mask) {
+  return mask < 256 ? 1 : mask < 65536 ? 2 : 4;
+}
+
+/* Slot i of t's index: an entry number + 1, or 0. */
+static TL_HOT uint32_t tl_ix_get(const tl_tab *t, uint32_t i) {
+  if (t->ixmask < 256) return ((const uint8_t *)t->ix)[i];
+  if (t->ixmask < 65536) return ((const uint16_t *)t->ix)[i];
+  return ((const uint32_t *)t->ix)[i];
+}
+
+/* Puts entry number n in the first free slot of t's index for hash h. */
+static void tl_ix_add(tl_tab *t, uint32_t h, uint32_t n) {
+  uint32_t i = h & t->ixmask;
+  while (tl_ix_get(t, i) != 0) {
     TL_STAT(tl_stat_probes++);
-    if (e->state == TL_EMPTY) return NULL;
+    i = (i + 1) & t->ixmask;
+  }
+  if (t->ixmask < 256)
+    ((uint8_t *)t->ix)[i] = (uint8_t)(n + 1);
+  else if (t->ixmask < 65536)
+    ((uint16_t *)t->ix)[i] = (uint16_t)(n + 1);
+  else
+    ((uint32_t *)t->ix)[i] = n + 1;
+}
+
+static tl_entry *tl_tab_find(const tl_tab *t, const tl_key *k) {
+  uint32_t i, n;
+  if (t->ix == NULL) { /* a small table: in order */
+    for (i = 0; i < t->used; i++) {
+      tl_entry *e = &t->e[i];
+      TL_STAT(tl_stat_probes++);
+      if (e->hash == k->hash && e->state == TL_LIVE && tl_key_eq(e, k)) return e;
+    }
+    return NULL;
+  }
+  for (i = k->hash & t->ixmask;; i = (i + 1) & t->ixmask) {
+    tl_entry *e;
+    TL_STAT(tl_stat_probes++);
+    if ((n = tl_ix_get(t, i)) == 0) return NULL;
+    e = &t->e[n - 1];
     if (e->hash == k->hash && e->state == TL_LIVE && tl_key_eq(e, k)) return e;
   }
 }
@@ -279,9 +356,7 @@ static TL_HOT tl_entry *tl_tab_findstr(tl_tab *t, const char *s, size_t len) {
   tl_key k;
   if (t->kaddr[c] == s) {
     e = &t->e[t->kentry[c]];
-    if (e->state == TL_LIVE && e->key.type == TL_TSTR && e->key.u.str.len == len &&
-        tl_memeq(e->key.u.str.s, s, len))
-      return e;
+    if (e->state == TL_LIVE && tl_entry_streq(e, s, len)) return e;
   }
   tl_key_str(&k, s, len);
   if ((e = tl_tab_find(t, &k)) != NULL) {
@@ -362,55 +437,104 @@ static void tl_val_free(tl_val *v) {
   v->type = TL_TNIL;
 }
 
+/* Frees what e's key owns. */
+static void tl_entry_freekey(tl_entry *e) {
+  if (e->ktype == TL_TSTR) tl_free(e->key.str.s);
+  e->ktype = TL_TNIL;
+}
+
 static void tl_tab_free(tl_tab *tab) {
   uint32_t i;
   if (tab->owner != NULL) tl_slab_remove(tab->owner, tab);
-  for (i = 0; i < tab->cap; i++) {
+  for (i = 0; i < tab->used; i++) {
     tl_entry *e = &tab->e[i];
     if (e->state == TL_LIVE) {
-      tl_val_free(&e->key);
+      tl_entry_freekey(e);
       tl_val_free(&e->val);
     }
   }
+  tl_free(tab->ix);
   tl_free(tab->e);
   tl_free(tab);
 }
 
 #define TL_MAXCAP ((uint32_t)1 << 30) /* entries in one table */
 
+/* The slots of the index of a table with room for cap entries: a power
+** of 2 above 1.5 cap, so that probes stay short; 0 (none) up to TL_LINEAR. */
+static uint32_t tl_ix_size(uint32_t cap) {
+  uint32_t n = 16;
+  if (cap <= TL_LINEAR) return 0;
+  while (n <= cap + cap / 2) n *= 2;
+  return n;
+}
+
 /*
-** Makes room for one more entry.  Live and dead entries fill at most half
-** the slots; past that, the table is rebuilt at the size that leaves it at
-** most a quarter full (larger, the same, or smaller), so at least cap/4
-** inserts separate two rebuilds and any mix of inserts and deletes costs
-** amortised O(1).  Returns 0, or -1 when out of memory.
+** Rebuilds t with room for cap entries (at least t->count): the live
+** entries move to the front of e[], in order, and the index is made again.
+** Returns 0, or -1 when out of memory (then nothing changed).
+*/
+static int tl_tab_resize(tl_tab *t, uint32_t cap) {
+  uint32_t nix = tl_ix_size(cap), i, j;
+  void *ix = t->ix;
+  tl_entry *ne;
+  if (nix != (t->ix != NULL ? t->ixmask + 1 : 0)) { /* a new index */
+    ix = NULL;
+    if (nix > 0 && (ix = tl_reallocarray(NULL, nix, tl_ix_width(nix - 1))) == NULL) return -1;
+  }
+  if (cap > t->cap) {
+    if ((ne = (tl_entry *)tl_reallocarray(t->e, cap, sizeof *ne)) == NULL) {
+      if (ix != t->ix) tl_free(ix);
+      return -1;
+    }
+    memset(ne + t->cap, 0, (cap - t->cap) * sizeof *ne);
+    t->e = ne;
+    t->cap = cap;
+  }
+  TL_STAT(tl_stat_rehashes++);
+  for (i = j = 0; i < t->used; i++) { /* compact */
+    if (t->e[i].state != TL_LIVE) continue;
+    TL_STAT(tl_stat_moved++);
+    if (i != j) t->e[j] = t->e[i];
+    j++;
+  }
+  memset(t->e + j, 0, (t->used - j) * sizeof *t->e);
+  t->used = j;
+  memset(t->kaddr, 0, sizeof t->kaddr);
+  if (cap < t->cap) { /* smaller: a failure leaves the larger block in use */
+    if ((ne = (tl_entry *)tl_realloc(t->e, (size_t)cap * sizeof *ne)) != NULL) t->e = ne;
+    t->cap = cap;
+  }
+  if (ix != t->ix) {
+    tl_free(t->ix);
+    t->ix = ix;
+    t->ixmask = nix > 0 ? nix - 1 : 0;
+  }
+  if (t->ix != NULL) {
+    memset(t->ix, 0, ((size_t)t->ixmask + 1) * tl_ix_width(t->ixmask));
+    for (i = 0; i < t->used; i++) tl_ix_add(t, t->e[i].hash, i);
+  }
+  return 0;
+}
+
+/*
+** Makes room for one more entry at e[used].  When e[] is full, the table
+** is rebuilt with room for half as many entries again as are live, or as
+** many again when deletes left an eighth of e[] dead: so at least a third
+** of e[] is free after a rebuild, at least that many inserts separate two
+** rebuilds, and any mix of inserts and deletes costs amortised O(1).  The
+** table may shrink.  Returns 0, or -1 when out of memory.
 */
 static int tl_tab_reserve(tl_tab *t) {
-  uint32_t cap = 4, i;
-  tl_entry *ne;
-  if (((uint64_t)t->used + 1) * 2 <= t->cap) return 0;
-  while (cap < 4 * (uint64_t)t->count) {
-    if (cap >= TL_MAXCAP) return -1;
-    cap *= 2;
+  uint64_t cap;
+  if (t->used < t->cap) return 0;
+  cap = (uint64_t)t->count + (t->used - t->count >= t->used / 8 ? t->count : t->count / 2);
+  if (cap == t->count) cap++;
+  if (cap > TL_MAXCAP) {
+    if (t->count >= TL_MAXCAP) return -1;
+    cap = TL_MAXCAP;
   }
-  ne = (tl_entry *)tl_calloc(cap, sizeof *ne);
-  if (ne == NULL) return -1;
-  TL_STAT(tl_stat_rehashes++);
-  for (i = 0; i < t->cap; i++) {
-    tl_entry *e = &t->e[i];
-    if (e->state == TL_LIVE) {
-      uint32_t j = e->hash & (cap - 1);
-      TL_STAT(tl_stat_moved++);
-      while (ne[j].state != TL_EMPTY) j = (j + 1) & (cap - 1);
-      ne[j] = *e;
-    }
-  }
-  tl_free(t->e);
-  t->e = ne;
-  t->cap = cap;
-  t->used = t->count;
-  memset(t->kaddr, 0, sizeof t->kaddr);
-  return 0;
+  return tl_tab_resize(t, (uint32_t)cap);
 }
 
 /*
@@ -424,42 +548,42 @@ static int tl_tab_put(tl_tab *t, const tl_key *k, tl_val *v, tl_val *old) {
   old->type = TL_TNIL;
   if (t->owner != NULL) t->version = t->owner->clock++;
   if (e != NULL) {
-    *old = e->val;
+    old->u = e->val.u;
+    old->type = e->val.type;
     if (v->type == TL_TNIL) { /* delete */
-      tl_val_free(&e->key);
+      tl_entry_freekey(e);
       e->state = TL_DEAD;
       t->count--;
     } else
-      e->val = *v;
+      tl_entry_setval(e, v);
     return 0;
   }
   if (v->type == TL_TNIL) return 0;
   if (tl_tab_reserve(t) != 0) return -1;
-  {
-    uint32_t mask = t->cap - 1, i = k->hash & mask;
-    tl_val key;
-    key.type = k->type;
-    switch (k->type) {
-      case TL_TSTR:
-        if ((key.u.str.s = tl_strdup(k->u.str.s, k->u.str.len)) == NULL) return -1;
-        key.u.str.len = k->u.str.len;
+  e = &t->e[t->used];
+  switch (k->type) {
+    case TL_TSTR:
+      if (k->u.str.len <= TL_SHORTKEY) {
+        memset(e->key.c, 0, sizeof e->key.c);
+        memcpy(e->key.c, k->u.str.s, k->u.str.len);
+        e->key.c[TL_SHORTKEY] = (char)(TL_SHORTKEY - k->u.str.len);
+        e->ktype = TL_TSHORT;
         break;
-      case TL_TINT: key.u.i = k->u.i; break;
-      case TL_TFLOAT: key.u.f = k->u.f; break;
-      default: key.u.b = k->u.b; break;
-    }
-    while (t->e[i].state == TL_LIVE) {
-      TL_STAT(tl_stat_probes++);
-      i = (i + 1) & mask;
-    }
-    e = &t->e[i];
-    if (e->state == TL_EMPTY) t->used++;
-    e->state = TL_LIVE;
-    e->key = key;
-    e->val = *v;
-    e->hash = k->hash;
-    t->count++;
+      }
+      if ((e->key.str.s = tl_strdup(k->u.str.s, k->u.str.len)) == NULL) return -1;
+      e->key.str.len = k->u.str.len;
+      e->ktype = TL_TSTR;
+      break;
+    case TL_TINT: e->key.i = k->u.i; e->ktype = TL_TINT; break;
+    case TL_TFLOAT: e->key.f = k->u.f; e->ktype = TL_TFLOAT; break;
+    default: e->key.b = k->u.b; e->ktype = TL_TBOOL; break;
   }
+  tl_entry_setval(e, v);
+  e->hash = k->hash;
+  e->state = TL_LIVE;
+  if (t->ix != NULL) tl_ix_add(t, k->hash, t->used);
+  t->used++;
+  t->count++;
   return 0;
 }
 
@@ -480,12 +604,13 @@ static int tl_tab_clone(const tl_tab *src, tl_thread *owner, uint32_t depth, tl_
   int rc = TL_COPY_NOMEM;
   if (depth > TL_MAXDEPTH) return TL_COPY_DEEP;
   if ((t = tl_tab_new(owner, depth)) == NULL) return TL_COPY_NOMEM;
-  for (i = 0; i < src->cap; i++) {
+  if (src->count > 0 && tl_tab_resize(t, src->count) != 0) goto fail; /* just the room */
+  for (i = 0; i < src->used; i++) {
     const tl_entry *e = &src->e[i];
     tl_key k;
     tl_val v, old;
     if (e->state != TL_LIVE) continue;
-    tl_key_of(&k, &e->key);
+    tl_entry_key(&k, e);
     if ((rc = tl_val_clone(&e->val, &v, owner, depth + 1)) != TL_COPY_OK) goto fail;
     if (tl_tab_put(t, &k, &v, &old) != 0) {
       tl_val_free(&v);
@@ -534,11 +659,11 @@ static int tl_val_equal(const tl_val *a, const tl_val *b) {
 static int tl_tab_equal(const tl_tab *a, const tl_tab *b) {
   uint32_t i;
   if (a->count != b->count) return 0;
-  for (i = 0; i < a->cap; i++) {
+  for (i = 0; i < a->used; i++) {
     const tl_entry *e = &a->e[i], *f;
     tl_key k;
     if (e->state != TL_LIVE) continue;
-    tl_key_of(&k, &e->key);
+    tl_entry_key(&k, e);
     if ((f = tl_tab_find(b, &k)) == NULL || !tl_val_equal(&e->val, &f->val)) return 0;
   }
   return 1;
