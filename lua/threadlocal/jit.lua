@@ -20,11 +20,11 @@
 --
 -- Loaded with require's arguments and a third, the C helpers: `myid`, a light
 -- userdata, the address of `double myid(void)`; `index` and `newindex`, the
--- slow paths.  Returns the factory, or false where the FFI is missing.
+-- slow paths.  Returns the factory, or false where the FFI is missing (the
+-- module then keeps the C closures).
 local internals = select(3, ...)
-if type(internals) ~= "table" then
-  error("threadlocal.jit is a part of the threadlocal module, not a module", 2)
-end
+-- Required on its own (it is installed with lua/), it has nothing to offer.
+if type(internals) ~= "table" then return nil end
 
 local ok, ffi = pcall(require, "ffi")
 if not ok or type(ffi) ~= "table" then return false end
