@@ -21,7 +21,8 @@ local helper = require "tlhelper"
 local tb = require "tlbench"
 
 -- LuaJIT cannot compile calls to C metamethods: its traces abort and retry
--- unevenly between rows, so the bench measures its interpreter.
+-- unevenly between rows, so the bench measures its interpreter, except in
+-- the "LuaJIT JIT" section (jit_rows), which turns the JIT on.
 if jit then jit.off() end
 
 -- The targets (README, Speed) are for Lua 5.4; elsewhere rows are only measured.
@@ -495,6 +496,71 @@ local function memory_rows()
   w:stop()
 end
 
+-- LuaJIT with the JIT on: compiled loops over a Local (whose metamethods are
+-- then Lua closures) and a shared local, each against the same loop on a plain
+-- table.  The targets hold on LuaJIT; every row must also compile without a
+-- trace abort (counted with jit.attach).
+local function jit_rows()
+  if not jit then return end
+  header("LuaJIT JIT (compiled loops; floor: the same loop on a plain table)")
+  jit.on()
+  jit.flush()
+  local jloops = {}
+  function jloops.get(o)
+    return function(n)
+      local t0, s = clock(), 0
+      for _ = 1, n do s = s + o.x end
+      return clock() - t0, s
+    end
+  end
+  function jloops.set(o)
+    return function(n)
+      local t0 = clock()
+      for i = 1, n do o.x = i end
+      return clock() - t0
+    end
+  end
+  local function with_x(o) o.x = 1; return o end
+  local jrows = {
+    { name = "JIT: Local get  s = s + tl.x", kind = "get", target = 4,
+      make = function() return with_x(threadlocal.new()) end },
+    { name = "JIT: Local set  tl.x = i", kind = "set", target = 8,
+      make = function() return with_x(threadlocal.new()) end },
+    { name = "JIT: shared scalar read  s = s + sh.x", kind = "get", target = 4,
+      make = function() return with_x(threadlocal.shared("bench.jit." .. tostring(clock()))) end },
+  }
+  local n = 10 * N
+  local aborts = 0
+  local function on_trace(what) if what == "abort" then aborts = aborts + 1 end end
+  for _, r in ipairs(jrows) do
+    local ns, base, ratio = {}, {}, {}
+    aborts = 0
+    jit.attach(on_trace, "trace")
+    for _ = 1, REPS do
+      local f, b = jloops[r.kind](r.make()), jloops[r.kind](with_x({}))
+      f(n / 20)
+      b(n / 20)
+      full_gc()
+      local tb_, tr = 0, 0
+      for _ = 1, CHUNKS do
+        tb_ = tb_ + b(n / CHUNKS)
+        tr = tr + f(n / CHUNKS)
+      end
+      ns[#ns + 1], base[#base + 1], ratio[#ratio + 1] = tr / n, tb_ / n, tr / tb_
+    end
+    jit.attach(on_trace)
+    local m = median(ratio)
+    local status = (m <= r.target and aborts == 0) and "met" or "MISSED"
+    local extra = ("%d trace aborts (0 required)"):format(aborts)
+    results[#results + 1] = { section = "jit", name = r.name, ns = median(ns), base = median(base),
+                              ratio = m, target = r.target, status = status, extra = extra }
+    io.write(("%-46s %9.2f %9.2f %7.2fx %8s  %s %s\n"):format(r.name, median(ns), median(base), m,
+      ("<= %gx"):format(r.target), status, extra))
+    io.flush()
+  end
+  jit.off()
+end
+
 local function callgrind_rows()
   header("Instructions per operation (callgrind; stable on a noisy machine)")
   local lua = os.getenv("TL_LUA") or "lua5.4"
@@ -538,6 +604,7 @@ io.write(("threadlocal %s bench on %s, %d runs of %d operations per row, medians
   :format(threadlocal.version, _VERSION .. (jit and (" / " .. jit.version) or ""), REPS, N))
 time_rows(steady, "Steady-state access (one state, one thread)", "access")
 time_rows(compound, "Context: scopes and hand-off (one state, one thread)", "context")
+jit_rows()
 lifecycle_rows()
 thread_rows()
 capi_rows()
@@ -550,6 +617,7 @@ callgrind_rows()
 local missed = 0
 for _, r in ipairs(results) do if r.status == "MISSED" then missed = missed + 1 end end
 io.write(TARGETS and ("\n%d targets missed\n"):format(missed)
+  or jit and ("\n%d LuaJIT JIT targets missed; the other targets are for Lua 5.4\n"):format(missed)
   or "\ntargets are for Lua 5.4: this run only measures\n")
 
 local csv = arg[1]

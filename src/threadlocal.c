@@ -17,6 +17,7 @@
 **     tl_convert.c  Lua values <-> shared values, proxies
 **     tl_shared.c   shared local and proxy metamethods
 **     tl_local.c    Locals and the purge of exited threads
+**     tl_jit.c      Locals' Lua metamethods for LuaJIT's JIT
 **     tl_context.c  scopes, hand-off (capture, run), release, Lua companions
 **     tl_module.c   module functions, metatables, luaopen_threadlocal
 */
@@ -32,5 +33,6 @@
 #include "tl_convert.c"
 #include "tl_shared.c"
 #include "tl_local.c"
+#include "tl_jit.c"
 #include "tl_context.c"
 #include "tl_module.c"

@@ -19,7 +19,13 @@ static void tl_uncache(lua_State *L, int ud, tl_local *lo) {
   for (uv = TL_LOCAL_GET; uv <= TL_LOCAL_SET; uv++) {
     tl_getuv(L, ud, uv);
     lua_pushnil(L);
-    lua_setupvalue(L, -2, 2); /* TL_UP_FIELDS */
+    if (lua_iscfunction(L, -2))
+      lua_setupvalue(L, -2, 2); /* TL_UP_FIELDS */
+    else { /* a Lua closure: see tl_jit.c */
+      lua_setupvalue(L, -2, TL_JIT_UP_FIELDS);
+      lua_pushnumber(L, -1);
+      lua_setupvalue(L, -2, TL_JIT_UP_ID);
+    }
     lua_pop(L, 1);
   }
 }

@@ -155,6 +155,10 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 **     upvalue 1  TL_UP_STATE   the state's tl_state userdata
 **     upvalue 2  TL_UP_FIELDS  the fields table of the thread in get_id/set_id
 **     upvalue 3  TL_UP_SELF    the Local
+**   or, made while LuaJIT's JIT is on, Lua closures (lua/threadlocal/jit.lua,
+**   whose bodies name these first, in this order; see tl_jit.c):
+**     upvalue 1  TL_JIT_UP_FIELDS  the fields table, as TL_UP_FIELDS
+**     upvalue 2  TL_JIT_UP_ID      the number get_id/set_id, -1 for none
 **   the GC sentinel's __gc: upvalue 1, the tl_state;
 **   tl_iter: a proxy, the next entry index, the proxy cache;
 **   tl_threads_step: the Local, the ids to visit, the position.
@@ -165,6 +169,8 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 **   TL_STATE_SENTINEL  metatable of the per-cycle GC sentinel
 **   TL_STATE_SHARED    name -> this state's shared local userdata
 **   TL_STATE_PROXIES   weak: slab slot + 1 -> a proxy of that slot
+**   TL_STATE_JIT       the factory of lua/threadlocal/jit.lua, false without
+**                      the FFI (LuaJIT with the JIT on only: see tl_jit.c)
 ** User values of a Local (tl_local):
 **   TL_LOCAL_MAP       thread id -> that thread's fields table
 **   TL_LOCAL_INIT      {init, args..., n = #args + 1}, or nil
@@ -177,9 +183,11 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 #define TL_UP_FIELDS lua_upvalueindex(2)
 #define TL_UP_SELF lua_upvalueindex(3)
 #define TL_LOCAL_NUP 3
+#define TL_JIT_UP_FIELDS 1
+#define TL_JIT_UP_ID 2
 
 enum { TL_STATE_BYTHREAD = 1, TL_STATE_SENTINEL, TL_STATE_SHARED, TL_STATE_PROXIES,
-       TL_STATE_NUV = TL_STATE_PROXIES };
+       TL_STATE_JIT, TL_STATE_NUV = TL_STATE_JIT };
 enum { TL_LOCAL_MAP = 1, TL_LOCAL_INIT, TL_LOCAL_GET, TL_LOCAL_SET,
        TL_LOCAL_NUV = TL_LOCAL_SET };
 enum { TL_SREF_LAST = 1, TL_SREF_NUV = TL_SREF_LAST };
@@ -237,6 +245,18 @@ typedef struct tl_proxy {
   uint64_t owner;
   uint32_t slot, gen;
 } tl_proxy;
+
+/*
+** Under LuaJIT (whose headers say 5.1), Locals made while the JIT is on get
+** Lua closures built from lua/threadlocal/jit.lua, embedded as tl_context.c
+** embeds the companions (see there; -DTL_NO_EMBED leaves the C closures).
+*/
+#if LUA_VERSION_NUM == 501 && !defined(TL_NO_EMBED) && defined(__GNUC__) && defined(__ELF__)
+#define TL_JIT 1
+#ifndef TL_LUA_DIR
+#define TL_LUA_DIR "lua" /* relative to where the compiler runs */
+#endif
+#endif
 
 /* The tl_state at stack index (or upvalue) st. */
 #define tl_state_at(L, st) ((tl_state *)lua_touserdata(L, st))

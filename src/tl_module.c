@@ -45,8 +45,10 @@ static int tl_new(lua_State *L) {
   tl_pushmeta(L, THREADLOCAL_LOCAL_MT, tl_local_meta);         /* args st ud localmt */
   tl_copytable(L, -1);                                         /* args st ud localmt mt */
   lua_remove(L, -2);                                           /* args st ud mt */
-  tl_local_closure(L, st, ud, tl_local_index, "__index", TL_LOCAL_GET);
-  tl_local_closure(L, st, ud, tl_local_newindex, "__newindex", TL_LOCAL_SET);
+  if (!tl_jit_closures(L, st, ud)) {
+    tl_local_closure(L, st, ud, tl_local_index, "__index", TL_LOCAL_GET);
+    tl_local_closure(L, st, ud, tl_local_newindex, "__newindex", TL_LOCAL_SET);
+  }
   lua_setmetatable(L, ud);                                     /* args st ud */
   lua_newtable(L);
   tl_setuv(L, ud, TL_LOCAL_MAP);
