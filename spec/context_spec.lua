@@ -570,3 +570,17 @@ describe("threadlocal.context built in and from its file", function()
     assert.equal("x", var:get("x"))
   end)
 end)
+
+describe("threadlocal.context required first", function()
+  it("is found in threadlocal.so before the module was required, with no Lua files", function()
+    local got, same = helper.exec([[
+      package.path = ""
+      local context = require "threadlocal.context"
+      local var = context.var("first", 5)
+      require "threadlocal"
+      return var:get(), package.loaded["threadlocal.context"] == context
+    ]])
+    assert.equal(5, got)
+    assert.is_true(same)
+  end)
+end)

@@ -122,6 +122,11 @@ typedef struct threadlocal_value {
 struct lua_State;
 THREADLOCAL_API int luaopen_threadlocal(struct lua_State *L);
 
+/* Opens the companion module threadlocal.context (coroutine context
+** variables), built into the module; luaopen_threadlocal also registers it
+** in package.preload. */
+THREADLOCAL_API int luaopen_threadlocal_context(struct lua_State *L);
+
 /* Finds or creates the shared local called name[0..len) (binary-safe). */
 THREADLOCAL_API int threadlocal_shared_open(const char *name, size_t len,
                                             threadlocal_shared **out);

@@ -439,29 +439,10 @@ static int tl_release(lua_State *L) {
   return 0;
 }
 
-/*
-** The pure-Lua companions under lua/ are built into the module, so that a
-** host that links only the C sources gets them too, from one source of
-** truth: the assembler's .incbin reads the file at build time from
-** TL_LUA_DIR: "lua", relative to the directory the compiler runs in (the
-** repository's root, as make and LuaRocks run it), or a path a build
-** system gives (CMake does).  luaopen registers
-** them in package.preload.  -DTL_NO_EMBED (or a toolchain without GNU
-** assembly) leaves them to package.path, where the rockspec and make
-** install put them too.
-*/
-#if !defined(TL_NO_EMBED) && defined(__GNUC__) && defined(__ELF__)
-#define TL_EMBED 1
-#ifndef TL_LUA_DIR
-#define TL_LUA_DIR "lua" /* relative to where the compiler runs */
-#endif
-__asm__(".pushsection .rodata\n"
-        "tl_lua_context:\n"
-        ".incbin \"" TL_LUA_DIR "/threadlocal/context.lua\"\n"
-        "tl_lua_context_end:\n"
-        ".popsection\n");
-extern const char tl_lua_context[] __attribute__((visibility("hidden")));
-extern const char tl_lua_context_end[] __attribute__((visibility("hidden")));
+/* threadlocal.context, built in (see TL_EMBED in tl_lua.h) and registered
+** in package.preload when the module opens. */
+#ifdef TL_EMBED
+TL_EMBED_LUA(tl_lua_context, "threadlocal/context.lua");
 
 /*
 ** var:get for the built-in threadlocal.context, in C: one call finds the
@@ -513,6 +494,16 @@ static int tl_load_context(lua_State *L) {
   return 1;
 }
 #endif
+
+/* require "threadlocal.context" before require "threadlocal" finds this in
+** threadlocal.so (Lua's all-in-one searcher). */
+THREADLOCAL_API int luaopen_threadlocal_context(lua_State *L) {
+#ifdef TL_EMBED
+  return tl_load_context(L);
+#else
+  tl_error(L, "threadlocal: threadlocal.context is not built into this module");
+#endif
+}
 
 /* Registers the built-in companions in package.preload, where a package
 ** library is open and the host put nothing there under their names. */

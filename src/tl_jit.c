@@ -24,13 +24,7 @@
 
 #ifdef TL_JIT
 
-__asm__(".pushsection .rodata\n"
-        "tl_lua_jit:\n"
-        ".incbin \"" TL_LUA_DIR "/threadlocal/jit.lua\"\n"
-        "tl_lua_jit_end:\n"
-        ".popsection\n");
-extern const char tl_lua_jit[] __attribute__((visibility("hidden")));
-extern const char tl_lua_jit_end[] __attribute__((visibility("hidden")));
+TL_EMBED_LUA(tl_lua_jit, "threadlocal/jit.lua");
 
 /* The calling thread's id, for the FFI: never allocates, never fails.  A
 ** double holds every id exactly (ids count up from 1: they would need 2^53

@@ -247,15 +247,33 @@ typedef struct tl_proxy {
 } tl_proxy;
 
 /*
-** Under LuaJIT (whose headers say 5.1), Locals made while the JIT is on get
-** Lua closures built from lua/threadlocal/jit.lua, embedded as tl_context.c
-** embeds the companions (see there; -DTL_NO_EMBED leaves the C closures).
+** The pure-Lua files under lua/ are built into the module, so that a host
+** that links only the C sources gets them too, from one source of truth:
+** the assembler's .incbin reads the file at build time from TL_LUA_DIR:
+** "lua", relative to the directory the compiler runs in (the repository's
+** root, as make and LuaRocks run it), or a path a build system gives (CMake
+** does).  -DTL_NO_EMBED (or a toolchain without GNU assembly on ELF) leaves
+** threadlocal.context to package.path, where the rockspec and make install
+** put it too, and Locals to their C closures.
 */
-#if LUA_VERSION_NUM == 501 && !defined(TL_NO_EMBED) && defined(__GNUC__) && defined(__ELF__)
-#define TL_JIT 1
+#if !defined(TL_NO_EMBED) && defined(__GNUC__) && defined(__ELF__)
+#define TL_EMBED 1
 #ifndef TL_LUA_DIR
-#define TL_LUA_DIR "lua" /* relative to where the compiler runs */
+#define TL_LUA_DIR "lua"
 #endif
+/* Builds lua/<file> into the module as the bytes sym[] up to sym_end[]. */
+#define TL_EMBED_LUA(sym, file)                                            \
+  __asm__(".pushsection .rodata\n" #sym ":\n"                             \
+          ".incbin \"" TL_LUA_DIR "/" file "\"\n" #sym "_end:\n"           \
+          ".popsection\n");                                                 \
+  extern const char sym[] __attribute__((visibility("hidden")));           \
+  extern const char sym##_end[] __attribute__((visibility("hidden")))
+#endif
+
+/* Under LuaJIT (whose headers say 5.1), Locals made while the JIT is on get
+** the Lua closures of lua/threadlocal/jit.lua (tl_jit.c). */
+#if LUA_VERSION_NUM == 501 && defined(TL_EMBED)
+#define TL_JIT 1
 #endif
 
 /* The tl_state at stack index (or upvalue) st. */
