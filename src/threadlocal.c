@@ -14,6 +14,7 @@
 **     tl_snapshot.c moving tables between threads, snapshots (C API)
 **   Lua binding
 **     tl_lua.h      version compatibility, the binding's structures
+**     tl_state.c    helpers, the per-state anchor (made on first need)
 **     tl_convert.c  Lua values <-> shared values, proxies
 **     tl_shared.c   shared local and proxy metamethods
 **     tl_local.c    Locals and the purge of exited threads
@@ -30,6 +31,7 @@
 #include "tl_snapshot.c"
 
 #include "tl_lua.h"
+#include "tl_state.c"
 #include "tl_convert.c"
 #include "tl_shared.c"
 #include "tl_local.c"
