@@ -21,7 +21,7 @@
 ** A shared local's __index (its metatable is TL_STATE_JITMT, the shared-local
 ** one with that __index; the userdata is the same tl_sref): for a string
 ** key, an FFI call to tl_jit_sget answers a number, a boolean or an absent
-** field without the Lua API; anything else calls tl_shared_index.
+** field without the Lua API; anything else calls tl_jit_sindex.
 **
 ** Everywhere else (Lua 5.1 to 5.4, LuaJIT's interpreter, a build without
 ** the embedded file) both keep the C functions.
@@ -118,10 +118,10 @@ slow:
 ** called from (level 2: the Lua closure is level 1), as LuaJIT places the
 ** errors of the C closures.
 */
-static TL_NORETURN TL_NOINLINE void tl_jit_argerror(lua_State *L, int uv, const char *msg) {
+static TL_NORETURN TL_NOINLINE void tl_jit_argerror(lua_State *L, const char *mm,
+                                                    const char *msg) {
   luaL_where(L, 2);
-  lua_pushfstring(L, "bad argument #1 to '%s' (%s)",
-                  uv == TL_LOCAL_GET ? "__index" : "__newindex", msg);
+  lua_pushfstring(L, "bad argument #1 to '%s' (%s)", mm, msg);
   lua_concat(L, 2);
   tl_raise(L);
 }
@@ -130,8 +130,8 @@ static TL_NORETURN TL_NOINLINE void tl_jit_argerror(lua_State *L, int uv, const 
 static void tl_jit_check1(lua_State *L, int uv) {
   void *p = lua_touserdata(L, 1);
   if (p == NULL || *(const char *const *)p != tl_local_tag)
-    tl_jit_argerror(L, uv, lua_pushfstring(L, "%s expected, got %s", tl_local_tag,
-                                           luaL_typename(L, 1)));
+    tl_jit_argerror(L, uv == TL_LOCAL_GET ? "__index" : "__newindex",
+                    lua_pushfstring(L, "%s expected, got %s", tl_local_tag, luaL_typename(L, 1)));
 }
 
 /*
@@ -152,7 +152,9 @@ static int tl_jit_slow(lua_State *L, int uv) {
     lua_getupvalue(L, -2, TL_JIT_UP_ID);
     return 2;
   }
-  if (!lua_rawequal(L, 1, 2)) tl_jit_argerror(L, uv, "not the Local whose metamethod this is");
+  if (!lua_rawequal(L, 1, 2))
+    tl_jit_argerror(L, uv == TL_LOCAL_GET ? "__index" : "__newindex",
+                    "not the Local whose metamethod this is");
   tl_local_push1(L, 2);
   *cid = tl_myid;
   lua_pushnumber(L, (lua_Number)tl_myid); /* no allocation until the closure keeps both */
@@ -178,6 +180,16 @@ static int tl_jit_newindex(lua_State *L) {
   }
   lua_settop(L, 2);
   return tl_jit_slow(L, TL_LOCAL_SET);
+}
+
+/* A shared local's __index after tl_jit_sget asked: as tl_shared_index,
+** with argument 1 checked here so that its error is placed as the Local's. */
+static int tl_jit_sindex(lua_State *L) {
+  void *p = lua_touserdata(L, 1);
+  if (p == NULL || *(const char *const *)p != tl_sref_tag)
+    tl_jit_argerror(L, "__index", lua_pushfstring(L, "%s expected, got %s", tl_sref_tag,
+                                                  luaL_typename(L, 1)));
+  return tl_shared_index(L);
 }
 
 /* Whether LuaJIT's JIT is on in this state: package.loaded.jit.status(). */
@@ -217,7 +229,7 @@ static int tl_jit_factory(lua_State *L, int st) {
     lua_setfield(L, -2, "myid");
     lua_pushlightuserdata(L, (void *)(uintptr_t)tl_jit_sget);
     lua_setfield(L, -2, "sget");
-    lua_pushcfunction(L, tl_shared_index);
+    lua_pushcfunction(L, tl_jit_sindex);
     lua_setfield(L, -2, "sindex");
     lua_pushcfunction(L, tl_jit_index);
     lua_setfield(L, -2, "index");

@@ -42,39 +42,42 @@ if not ok or type(ffi) ~= "table" then return false end
 
 local rawequal, rawget, rawset = rawequal, rawget, rawset
 local myid = ffi.cast("double (*)(void)", internals.myid)
--- Named as the metamethods, so that their errors read as the C closures' do:
--- "bad argument #1 to '__index' (...)".
-local __index, __newindex = internals.index, internals.newindex
+local closures
+do
+  -- Named as the metamethods, so that their errors read as the C closures' do:
+  -- "bad argument #1 to '__index' (...)".
+  local __index, __newindex = internals.index, internals.newindex
 
--- The __index and __newindex closures of the Local `self`.
-local function closures(self)
-  local index, newindex
-  do
-    local fields, id = nil, -1
-    -- (o, k): fields[k] of the calling thread.  The slow path checks o as the
-    -- C closure does: another Local is answered from this one's fields while
-    -- they are the calling thread's, refused otherwise.
-    index = function(o, k)
-      local f = fields
-      if id ~= myid() or not rawequal(o, self) then
-        fields, id = __index(o, self)
-        f = fields
+  -- The __index and __newindex closures of the Local `self`.
+  closures = function(self)
+    local index, newindex
+    do
+      local fields, id = nil, -1
+      -- (o, k): fields[k] of the calling thread.  The slow path checks o as the
+      -- C closure does: another Local is answered from this one's fields while
+      -- they are the calling thread's, refused otherwise.
+      index = function(o, k)
+        local f = fields
+        if id ~= myid() or not rawequal(o, self) then
+          fields, id = __index(o, self)
+          f = fields
+        end
+        return rawget(f, k)
       end
-      return rawget(f, k)
     end
-  end
-  do
-    local fields, id = nil, -1
-    newindex = function(o, k, v)
-      local f = fields
-      if id ~= myid() or not rawequal(o, self) or k == nil or not rawequal(k, k) then
-        fields, id = __newindex(o, self, k) -- raises for a nil or NaN key
-        f = fields
+    do
+      local fields, id = nil, -1
+      newindex = function(o, k, v)
+        local f = fields
+        if id ~= myid() or not rawequal(o, self) or k == nil or not rawequal(k, k) then
+          fields, id = __newindex(o, self, k) -- raises for a nil or NaN key
+          f = fields
+        end
+        rawset(f, k, v)
       end
-      rawset(f, k, v)
     end
+    return index, newindex
   end
-  return index, newindex
 end
 
 -- What sget answers (src/tl_jit.c); anything else: ask the C __index.
@@ -86,7 +89,7 @@ local num = ffi.new("double[1]") -- a state runs on one thread at a time
 -- (o, k): field k of the calling thread's fields of the shared local o.
 local shared_index
 do
-  local __index = internals.sindex -- named so that its errors read as before
+  local __index = internals.sindex -- raises as the C __index, placed at o's use
   shared_index = function(o, k)
     if type(o) == "userdata" and type(k) == "string" then
       local r = sget(o, k, #k, num)
@@ -95,7 +98,7 @@ do
       if r == FALSE then return false end
       if r == NIL then return nil end
     end
-    local v = __index(o, k) -- not a tail call: that would lose the name
+    local v = __index(o, k) -- not a tail call: its errors name the caller's line
     return v
   end
 end
