@@ -1,22 +1,30 @@
 /*
-** tl_jit.c: Locals' metamethods for LuaJIT with the JIT on.  Part of
-** threadlocal.c (the Lua binding).
+** tl_jit.c: the metamethods of Locals and shared locals for LuaJIT with the
+** JIT on.  Part of threadlocal.c (the Lua binding).
 **
 ** LuaJIT cannot compile a call to a C function through the Lua API: a loop
-** over a Local with C closures aborts its traces and runs interpreted.  A
-** Local made while the JIT is on gets the Lua closures of
-** lua/threadlocal/jit.lua instead (built in with .incbin, loaded once per
-** state): a hit reads the calling thread's id through an FFI call to
-** tl_jit_myid and does a rawget/rawset on the fields table the closure holds;
-** a miss calls tl_jit_index or tl_jit_newindex here, which check the
-** arguments as tl_local_index and tl_local_newindex do, find the calling
-** thread's fields as they do (tl_local_push) and return them with the
-** thread's id, which the closure keeps as its upvalues TL_JIT_UP_FIELDS and
-** TL_JIT_UP_ID.  The Local's get_id and set_id say
-** whose fields the closures hold, as for the C closures, so that the purge,
-** clear and a failed init drop them (tl_uncache).  Everywhere else (Lua 5.1
-** to 5.4, LuaJIT's interpreter, a build without the embedded file) Locals
-** keep the C closures.
+** over a Local with C closures, or over a shared local with a C __index,
+** aborts its traces and runs interpreted.  Locals and shared locals made
+** while the JIT is on get the Lua functions of lua/threadlocal/jit.lua
+** instead (built in with .incbin, loaded once per state).
+**
+** A Local's closures: a hit reads the calling thread's id through an FFI
+** call to tl_jit_myid and does a rawget/rawset on the fields table the
+** closure holds; a miss calls tl_jit_index or tl_jit_newindex here, which
+** check the arguments as tl_local_index and tl_local_newindex do, find the
+** calling thread's fields as they do (tl_local_push) and return them with
+** the thread's id, which the closure keeps as its upvalues TL_JIT_UP_FIELDS
+** and TL_JIT_UP_ID.  The Local's get_id and set_id say whose fields the
+** closures hold, as for the C closures, so that the purge, clear and a
+** failed init drop them (tl_uncache).
+**
+** A shared local's __index (its metatable is TL_STATE_JITMT, the shared-local
+** one with that __index; the userdata is the same tl_sref): for a string
+** key, an FFI call to tl_jit_sget answers a number, a boolean or an absent
+** field without the Lua API; anything else calls tl_jit_sindex.
+**
+** Everywhere else (Lua 5.1 to 5.4, LuaJIT's interpreter, a build without
+** the embedded file) both keep the C functions.
 */
 #ifndef TL_LUA_H
 #error "compile threadlocal.c, which includes this file"
@@ -33,15 +41,81 @@ static double tl_jit_myid(void) {
   return (double)tl_myid;
 }
 
+/* What tl_jit_sget answers; lua/threadlocal/jit.lua has the same numbers. */
+enum { TL_SGET_ASK, TL_SGET_NUM, TL_SGET_TRUE, TL_SGET_FALSE, TL_SGET_NIL };
+
+/*
+** For the FFI: field s[0..len) of the calling thread's fields of the shared
+** local whose userdata payload is at p, when the answer needs no Lua API: a
+** number in *num (an integer as the double tl_pushint pushes under
+** LuaJIT), a boolean, or an absent field, but only once the thread has
+** fields (before, tl_shared_index may start them from the defaults).
+** Anything else, p included when it is no shared local, is TL_SGET_ASK:
+** tl_shared_index gives the full answer or raises.  Never allocates, never
+** fails; reads p's tag as tl_checkud_hot does, and nothing else before.
+*/
+/* What tl_jit_sget answers for entry e (NULL: absent). */
+static TL_HOT int tl_jit_sval(const tl_entry *e, double *num) {
+  if (e == NULL) return TL_SGET_NIL;
+  switch (e->val.type) {
+    case TL_TBOOL: return e->val.u.b ? TL_SGET_TRUE : TL_SGET_FALSE;
+    case TL_TINT: *num = (double)e->val.u.i; return TL_SGET_NUM;
+    case TL_TFLOAT: *num = e->val.u.f; return TL_SGET_NUM;
+    default: return TL_SGET_ASK;
+  }
+}
+
+/* tl_jit_sget through the calling thread's fields table, remembering in
+** ref what it found. */
+static TL_NOINLINE int tl_jit_sget_slow(tl_sref *ref, const char *s, size_t len, double *num) {
+  const tl_entry *e;
+  tl_tab *tab;
+  if (ref == NULL || ref->tag != tl_sref_tag || (tab = tl_shfields_peek(tl_me, ref->sl)) == NULL)
+    return TL_SGET_ASK;
+  if ((e = tl_tab_findstr(tab, s, len)) != NULL) {
+    ref->jit_owner = tl_myid;
+    ref->jit_tab = tab;
+    ref->jit_version = tab->version;
+    ref->jit_key = s;
+    ref->jit_entry = e;
+  }
+  return tl_jit_sval(e, num);
+}
+
+/*
+** The usual path: the key read last through ref, whose entry is still
+** right while the calling thread is the one that read it and its fields
+** table is the same with the same version (see tl_sref); then, since the
+** id matches, the thread has a record, and its shfields reach sl->idx.
+** The key at the same address is confirmed by its bytes (a short key, in
+** place in the entry): an address may be reused by another string.  A leaf
+** function, which saves no registers.
+*/
+static int tl_jit_sget(void *p, const char *s, size_t len, double *num) {
+  tl_sref *ref = (tl_sref *)p;
+  if (ref != NULL && ref->tag == tl_sref_tag && s == ref->jit_key &&
+      tl_myid == ref->jit_owner && tl_me->shfields[ref->sl->idx] == ref->jit_tab &&
+      ref->jit_tab->version == ref->jit_version && len <= TL_SHORTKEY) {
+    const tl_entry *e = ref->jit_entry;
+    size_t i;
+    if (e->ktype != TL_TSHORT || tl_shortlen(&e->key) != len) goto slow;
+    for (i = 0; i < len; i++)
+      if (e->key.c[i] != s[i]) goto slow;
+    return tl_jit_sval(e, num);
+  }
+slow:
+  return tl_jit_sget_slow(ref, s, len, num);
+}
+
 /*
 ** "bad argument #1 to '__index' (msg)", placed where the metamethod was
 ** called from (level 2: the Lua closure is level 1), as LuaJIT places the
 ** errors of the C closures.
 */
-static TL_NORETURN TL_NOINLINE void tl_jit_argerror(lua_State *L, int uv, const char *msg) {
+static TL_NORETURN TL_NOINLINE void tl_jit_argerror(lua_State *L, const char *mm,
+                                                    const char *msg) {
   luaL_where(L, 2);
-  lua_pushfstring(L, "bad argument #1 to '%s' (%s)",
-                  uv == TL_LOCAL_GET ? "__index" : "__newindex", msg);
+  lua_pushfstring(L, "bad argument #1 to '%s' (%s)", mm, msg);
   lua_concat(L, 2);
   tl_raise(L);
 }
@@ -50,8 +124,8 @@ static TL_NORETURN TL_NOINLINE void tl_jit_argerror(lua_State *L, int uv, const 
 static void tl_jit_check1(lua_State *L, int uv) {
   void *p = lua_touserdata(L, 1);
   if (p == NULL || *(const char *const *)p != tl_local_tag)
-    tl_jit_argerror(L, uv, lua_pushfstring(L, "%s expected, got %s", tl_local_tag,
-                                           luaL_typename(L, 1)));
+    tl_jit_argerror(L, uv == TL_LOCAL_GET ? "__index" : "__newindex",
+                    lua_pushfstring(L, "%s expected, got %s", tl_local_tag, luaL_typename(L, 1)));
 }
 
 /*
@@ -72,7 +146,9 @@ static int tl_jit_slow(lua_State *L, int uv) {
     lua_getupvalue(L, -2, TL_JIT_UP_ID);
     return 2;
   }
-  if (!lua_rawequal(L, 1, 2)) tl_jit_argerror(L, uv, "not the Local whose metamethod this is");
+  if (!lua_rawequal(L, 1, 2))
+    tl_jit_argerror(L, uv == TL_LOCAL_GET ? "__index" : "__newindex",
+                    "not the Local whose metamethod this is");
   tl_local_push1(L, 2);
   *cid = tl_myid;
   lua_pushnumber(L, (lua_Number)tl_myid); /* no allocation until the closure keeps both */
@@ -100,6 +176,16 @@ static int tl_jit_newindex(lua_State *L) {
   return tl_jit_slow(L, TL_LOCAL_SET);
 }
 
+/* A shared local's __index after tl_jit_sget asked: as tl_shared_index,
+** with argument 1 checked here so that its error is placed as the Local's. */
+static int tl_jit_sindex(lua_State *L) {
+  void *p = lua_touserdata(L, 1);
+  if (p == NULL || *(const char *const *)p != tl_sref_tag)
+    tl_jit_argerror(L, "__index", lua_pushfstring(L, "%s expected, got %s", tl_sref_tag,
+                                                  luaL_typename(L, 1)));
+  return tl_shared_index(L);
+}
+
 /* Whether LuaJIT's JIT is on in this state: package.loaded.jit.status(). */
 static int tl_jit_on(lua_State *L) {
   int on = 0, top = lua_gettop(L);
@@ -118,10 +204,10 @@ static int tl_jit_on(lua_State *L) {
   return on;
 }
 
-/* Pushes the factory of lua/threadlocal/jit.lua's closures and returns 1
-** when the JIT is on and the FFI is there; else pushes nothing, returns 0.
-** st: the index of the tl_state, whose user value TL_STATE_JIT caches it
-** (false: no FFI). */
+/* Pushes the table lua/threadlocal/jit.lua returns and returns 1 when the
+** JIT is on and the FFI is there; else pushes nothing, returns 0.  st: the
+** index of the tl_state, whose user value TL_STATE_JIT caches it (false: no
+** FFI). */
 static int tl_jit_factory(lua_State *L, int st) {
   if (!tl_jit_on(L)) return 0;
   st = tl_absindex(L, st);
@@ -132,9 +218,13 @@ static int tl_jit_factory(lua_State *L, int st) {
     if (luaL_loadbuffer(L, tl_lua_jit, len, "@lua/threadlocal/jit.lua") != 0) tl_raise(L);
     lua_pushliteral(L, "threadlocal.jit");
     lua_pushnil(L);
-    lua_createtable(L, 0, 3);
+    lua_createtable(L, 0, 5);
     lua_pushlightuserdata(L, (void *)(uintptr_t)tl_jit_myid);
     lua_setfield(L, -2, "myid");
+    lua_pushlightuserdata(L, (void *)(uintptr_t)tl_jit_sget);
+    lua_setfield(L, -2, "sget");
+    lua_pushcfunction(L, tl_jit_sindex);
+    lua_setfield(L, -2, "sindex");
     lua_pushcfunction(L, tl_jit_index);
     lua_setfield(L, -2, "index");
     lua_pushcfunction(L, tl_jit_newindex);
@@ -143,7 +233,7 @@ static int tl_jit_factory(lua_State *L, int st) {
     lua_pushvalue(L, -1);
     tl_setuv(L, st, TL_STATE_JIT);
   }
-  if (lua_isfunction(L, -1)) return 1;
+  if (lua_istable(L, -1)) return 1;
   lua_pop(L, 1);
   return 0;
 }
@@ -151,7 +241,9 @@ static int tl_jit_factory(lua_State *L, int st) {
 /* With the metatable mt of the new Local ud on top: when the JIT is on, sets
 ** its __index and __newindex to Lua closures and returns 1; else 0. */
 static int tl_jit_closures(lua_State *L, int st, int ud) {
-  if (!tl_jit_factory(L, st)) return 0; /* mt factory */
+  if (!tl_jit_factory(L, st)) return 0; /* mt jit */
+  lua_getfield(L, -1, "closures");
+  lua_remove(L, -2);                    /* mt factory */
   lua_pushvalue(L, ud);
   lua_call(L, 1, 2);                    /* mt index newindex */
   lua_pushvalue(L, -2);
@@ -163,8 +255,30 @@ static int tl_jit_closures(lua_State *L, int st, int ud) {
   return 1;
 }
 
+/* When the JIT is on, pushes the metatable of shared locals made now
+** (TL_STATE_JITMT, made on first need) and returns 1; else pushes nothing
+** and returns 0. */
+static int tl_jit_sharedmt(lua_State *L, int st) {
+  st = tl_absindex(L, st);
+  if (!tl_jit_factory(L, st)) return 0; /* jit */
+  tl_getuv(L, st, TL_STATE_JITMT);      /* jit mt? */
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    tl_pushsharedmt(L);                 /* jit cmt */
+    tl_copytable(L, -1);                /* jit cmt mt */
+    lua_remove(L, -2);
+    lua_getfield(L, -2, "shared_index");
+    lua_setfield(L, -2, "__index");
+    lua_pushvalue(L, -1);
+    tl_setuv(L, st, TL_STATE_JITMT);
+  }
+  lua_remove(L, -2);                    /* mt */
+  return 1;
+}
+
 #else
 
 #define tl_jit_closures(L, st, ud) 0
+#define tl_jit_sharedmt(L, st) 0
 
 #endif

@@ -169,8 +169,10 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 **   TL_STATE_SENTINEL  metatable of the per-cycle GC sentinel
 **   TL_STATE_SHARED    name -> this state's shared local userdata
 **   TL_STATE_PROXIES   weak: slab slot + 1 -> a proxy of that slot
-**   TL_STATE_JIT       the factory of lua/threadlocal/jit.lua, false without
+**   TL_STATE_JIT       what lua/threadlocal/jit.lua returns, false without
 **                      the FFI (LuaJIT with the JIT on only: see tl_jit.c)
+**   TL_STATE_JITMT     the metatable of shared locals made with the JIT on:
+**                      the shared-local one with jit.lua's __index
 ** User values of a Local (tl_local):
 **   TL_LOCAL_MAP       thread id -> that thread's fields table
 **   TL_LOCAL_INIT      {init, args..., n = #args + 1}, or nil
@@ -187,7 +189,7 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 #define TL_JIT_UP_ID 2
 
 enum { TL_STATE_BYTHREAD = 1, TL_STATE_SENTINEL, TL_STATE_SHARED, TL_STATE_PROXIES,
-       TL_STATE_JIT, TL_STATE_NUV = TL_STATE_JIT };
+       TL_STATE_JIT, TL_STATE_JITMT, TL_STATE_NUV = TL_STATE_JITMT };
 enum { TL_LOCAL_MAP = 1, TL_LOCAL_INIT, TL_LOCAL_GET, TL_LOCAL_SET,
        TL_LOCAL_NUV = TL_LOCAL_SET };
 enum { TL_SREF_LAST = 1, TL_SREF_NUV = TL_SREF_LAST };
@@ -237,6 +239,13 @@ typedef struct tl_sref {
   const tl_tab *last_tab;
   const char *last_key;
   const tl_entry *last_entry;
+  /* The same for the field read last through tl_jit_sget (tl_jit.c), by
+  ** the address of its key: right while thread jit_owner's fields table is
+  ** jit_tab with version jit_version, and jit_entry's key is the key. */
+  uint64_t jit_owner, jit_version;
+  const tl_tab *jit_tab;
+  const char *jit_key;
+  const tl_entry *jit_entry;
 } tl_sref;
 
 /* A proxy of the table in slot `slot` of thread `owner`'s slab. */
@@ -254,7 +263,7 @@ typedef struct tl_proxy {
 ** root, as make and LuaRocks run it), or a path a build system gives (CMake
 ** does).  -DTL_NO_EMBED (or a toolchain without GNU assembly on ELF) leaves
 ** threadlocal.context to package.path, where the rockspec and make install
-** put it too, and Locals to their C closures.
+** put it too, and Locals and shared locals to their C metamethods.
 */
 #if !defined(TL_NO_EMBED) && defined(__GNUC__) && defined(__ELF__)
 #define TL_EMBED 1
@@ -270,8 +279,8 @@ typedef struct tl_proxy {
   extern const char sym##_end[] __attribute__((visibility("hidden")))
 #endif
 
-/* Under LuaJIT (whose headers say 5.1), Locals made while the JIT is on get
-** the Lua closures of lua/threadlocal/jit.lua (tl_jit.c). */
+/* Under LuaJIT (whose headers say 5.1), Locals and shared locals made while
+** the JIT is on get the Lua metamethods of lua/threadlocal/jit.lua (tl_jit.c). */
 #if LUA_VERSION_NUM == 501 && defined(TL_EMBED)
 #define TL_JIT 1
 #endif

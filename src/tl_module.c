@@ -113,7 +113,7 @@ static int tl_shared_new(lua_State *L) {
   memset(ref, 0, sizeof *ref);
   ref->tag = tl_sref_tag;
   ref->sl = sl;
-  tl_pushsharedmt(L);
+  if (!tl_jit_sharedmt(L, st)) tl_pushsharedmt(L);
   lua_setmetatable(L, -2);                   /* name defaults st byname ref */
   lua_pushvalue(L, 1);                       /* a finalizer that ran in tl_newud */
   lua_rawget(L, -3);                         /* may have made one */

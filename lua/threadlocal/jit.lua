@@ -2,14 +2,16 @@
 -- not a module of its own.
 --
 -- LuaJIT cannot compile a call to a C function through the Lua API, so a loop
--- over a Local whose __index and __newindex are C closures never becomes a
--- trace.  The module builds this file in (see src/tl_local.c) and, in a state
--- where the JIT is on when a Local is made, gives that Local these Lua closures
--- instead.  A hit costs an FFI call that reads the calling thread's id (a
--- compiled trace calls it directly) and a rawget/rawset on the fields table the
--- closure holds; a miss calls the C slow path, which finds the calling thread's
--- fields table exactly as the C closures do and returns it with the thread's
--- id, which the closure keeps in its upvalues.
+-- over a Local whose __index and __newindex are C closures, or over a shared
+-- local whose __index is a C function, never becomes a trace.  The module
+-- builds this file in (see src/tl_jit.c) and, in a state where the JIT is on
+-- when a Local or a shared local is made, gives it these Lua functions instead.
+--
+-- A Local's closures: a hit costs an FFI call that reads the calling thread's
+-- id (a compiled trace calls it directly) and a rawget/rawset on the fields
+-- table the closure holds; a miss calls the C slow path, which finds the
+-- calling thread's fields table exactly as the C closures do and returns it
+-- with the thread's id, which the closure keeps in its upvalues.
 --
 -- The purge, clear and a failed init drop the cache from C (lua_setupvalue):
 -- nil in `fields`, -1 (which matches no thread) in `id`.  So `fields` must be
@@ -18,10 +20,19 @@
 -- Both are assigned here, not only from C: LuaJIT takes an upvalue that its
 -- function never assigns for a constant, and would compile it into traces.
 --
+-- A shared local's __index: for a string key, an FFI call to C looks the key
+-- up in the calling thread's fields, without the Lua API, and answers a
+-- number, a boolean or an absent field itself; anything else (strings,
+-- tables, light userdata, fields not started yet, odd arguments) is left to
+-- the C __index, which gives the full answer or raises as it always does.
+--
 -- Loaded with require's arguments and a third, the C helpers: `myid`, a light
 -- userdata, the address of `double myid(void)`; `index` and `newindex`, the
--- slow paths.  Returns the factory, or false where the FFI is missing (the
--- module then keeps the C closures).
+-- slow paths of a Local; `sget`, the address of
+-- `int sget(void *shared, const char *k, size_t len, double *num)`; `sindex`,
+-- the C __index of shared locals.  Returns a table: `closures`, the factory of
+-- a Local's closures, and `shared_index`; or false where the FFI is missing
+-- (the module then keeps the C functions).
 local internals = select(3, ...)
 -- Required on its own (it is installed with lua/), it has nothing to offer.
 if type(internals) ~= "table" then return nil end
@@ -31,37 +42,65 @@ if not ok or type(ffi) ~= "table" then return false end
 
 local rawequal, rawget, rawset = rawequal, rawget, rawset
 local myid = ffi.cast("double (*)(void)", internals.myid)
--- Named as the metamethods, so that their errors read as the C closures' do:
--- "bad argument #1 to '__index' (...)".
-local __index, __newindex = internals.index, internals.newindex
+local closures
+do
+  -- Named as the metamethods, so that their errors read as the C closures' do:
+  -- "bad argument #1 to '__index' (...)".
+  local __index, __newindex = internals.index, internals.newindex
 
--- The __index and __newindex closures of the Local `self`.
-return function(self)
-  local index, newindex
-  do
-    local fields, id = nil, -1
-    -- (o, k): fields[k] of the calling thread.  The slow path checks o as the
-    -- C closure does: another Local is answered from this one's fields while
-    -- they are the calling thread's, refused otherwise.
-    index = function(o, k)
-      local f = fields
-      if id ~= myid() or not rawequal(o, self) then
-        fields, id = __index(o, self)
-        f = fields
+  -- The __index and __newindex closures of the Local `self`.
+  closures = function(self)
+    local index, newindex
+    do
+      local fields, id = nil, -1
+      -- (o, k): fields[k] of the calling thread.  The slow path checks o as the
+      -- C closure does: another Local is answered from this one's fields while
+      -- they are the calling thread's, refused otherwise.
+      index = function(o, k)
+        local f = fields
+        if id ~= myid() or not rawequal(o, self) then
+          fields, id = __index(o, self)
+          f = fields
+        end
+        return rawget(f, k)
       end
-      return rawget(f, k)
     end
-  end
-  do
-    local fields, id = nil, -1
-    newindex = function(o, k, v)
-      local f = fields
-      if id ~= myid() or not rawequal(o, self) or k == nil or not rawequal(k, k) then
-        fields, id = __newindex(o, self, k) -- raises for a nil or NaN key
-        f = fields
+    do
+      local fields, id = nil, -1
+      newindex = function(o, k, v)
+        local f = fields
+        if id ~= myid() or not rawequal(o, self) or k == nil or not rawequal(k, k) then
+          fields, id = __newindex(o, self, k) -- raises for a nil or NaN key
+          f = fields
+        end
+        rawset(f, k, v)
       end
-      rawset(f, k, v)
     end
+    return index, newindex
   end
-  return index, newindex
 end
+
+-- What sget answers (src/tl_jit.c); anything else: ask the C __index.
+local NUM, TRUE, FALSE, NIL = 1, 2, 3, 4
+local type = type
+local sget = ffi.cast("int (*)(void *, const char *, size_t, double *)", internals.sget)
+local num = ffi.new("double[1]") -- a state runs on one thread at a time
+
+-- (o, k): field k of the calling thread's fields of the shared local o.
+local shared_index
+do
+  local __index = internals.sindex -- raises as the C __index, placed at o's use
+  shared_index = function(o, k)
+    if type(o) == "userdata" and type(k) == "string" then
+      local r = sget(o, k, #k, num)
+      if r == NUM then return num[0] end
+      if r == TRUE then return true end
+      if r == FALSE then return false end
+      if r == NIL then return nil end
+    end
+    local v = __index(o, k) -- not a tail call: its errors name the caller's line
+    return v
+  end
+end
+
+return { closures = closures, shared_index = shared_index }
