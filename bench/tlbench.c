@@ -154,8 +154,14 @@ static int tb_capi(lua_State *L) {
   return 2;
 }
 
+/* Without the module: the same shape on a standard library (table.pack is
+** 5.2+; the targets are for 5.4). */
 static const char *const tb_chunks[2] = {
+#if LUA_VERSION_NUM >= 502
   "local tl = require 'table'; local sh = tl.pack('req'); sh.n = (sh.n or 0) + 1",
+#else
+  "local tl = require 'table'; local sh = { tl.concat({ 'req' }) }; sh.n = (sh.n or 0) + 1",
+#endif
   "local tl = require 'threadlocal'; local sh = tl.shared('req'); sh.n = (sh.n or 0) + 1",
 };
 
