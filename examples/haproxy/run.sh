@@ -118,6 +118,16 @@ if [ -z "$url" ]; then
 fi
 check 0 "$HAPROXY starts with nbthread 4, lua-load and lua-load-per-thread, and answers on 127.0.0.1"
 
+# Waits for every curl started in the background ($clients); curl_status is
+# the last non-zero exit status, or 0.
+wait_clients() {
+  curl_status=0
+  for c in $clients; do
+    wait "$c" || curl_status=$?
+  done
+  clients=''
+}
+
 # 1. The Local of the shared state: BATCHES concurrent clients, each with up
 # to 32 connections in flight, send BATCH requests each to /count.
 mkdir "$tmp/count"
@@ -128,11 +138,7 @@ while [ $b -le "$BATCHES" ]; do
   clients="$clients $!"
   b=$((b + 1))
 done
-curl_status=0
-for c in $clients; do
-  wait "$c" || curl_status=$?
-done
-clients=''
+wait_clients
 find "$tmp/count" -type f -exec cat {} + >"$tmp/count.txt"
 cat "$tmp"/curl-*.err >"$tmp/curl.err"
 check $curl_status "$total requests to the shared state's service complete" "$tmp/curl.err"
@@ -195,11 +201,7 @@ while [ $i -le "$PAIRS" ]; do
   clients="$clients $!"
   i=$((i + 1))
 done
-curl_status=0
-for c in $clients; do
-  wait "$c" || curl_status=$?
-done
-clients=''
+wait_clients
 check $curl_status "$PAIRS keep-alive connections to both kinds of state complete" "$tmp/curl.err"
 
 # Each file: set (thread state), get (shared state), set (shared), get (thread),
