@@ -153,9 +153,37 @@ describe("a Local used from several OS threads", function()
     w:stop()
     local got = {}
     for id in threadlocal.threads(tl) do got[#got + 1] = id end
-    table.sort(got)
-    assert.same({ threadlocal.id(), id1 }, got)
+    assert.same({ id1 }, got) -- the main thread never wrote: it has no fields
     assert.are_not.equal(gone, id1)
+  end)
+
+  it("gives a thread that only reads a Local no fields, and shows its first write", function()
+    local tl = threadlocal.new()
+    tl.x = "main"
+    local id, before, listed, after = w1:run(function()
+      local b = tl.x -- a read on a thread without fields: nil, and nothing made
+      local l = {}
+      for tid in threadlocal.threads(tl) do l[#l + 1] = tid end
+      tl.x = "one"
+      return threadlocal.id(), b, l, tl.x
+    end)
+    assert.is_nil(before)
+    assert.same({ threadlocal.id() }, listed)
+    assert.equal("one", after)
+    assert.equal("main", tl.x)
+    local got = {}
+    for tid, fields in threadlocal.threads(tl) do got[tid] = fields.x end
+    assert.same({ [threadlocal.id()] = "main", [id] = "one" }, got)
+  end)
+
+  it("runs init on a thread's first read, as on its first write", function()
+    local runs = 0
+    local tl = threadlocal.new(function(self) runs = runs + 1; self.n = runs end)
+    assert.equal(1, tl.n)
+    assert.equal(2, w1:run(function() return tl.n end))
+    local n = 0
+    for _ in threadlocal.threads(tl) do n = n + 1 end
+    assert.equal(2, n)
   end)
 end)
 

@@ -137,6 +137,7 @@ static void tl_jit_check1(lua_State *L, int uv) {
 static int tl_jit_slow(lua_State *L, int uv) {
   tl_local *self;
   uint64_t *cid;
+  int st;
   tl_jit_check1(L, uv);
   self = (tl_local *)tl_checkud_hot(L, 2, tl_local_tag);
   cid = uv == TL_LOCAL_GET ? &self->get_id : &self->set_id;
@@ -149,7 +150,10 @@ static int tl_jit_slow(lua_State *L, int uv) {
   if (!lua_rawequal(L, 1, 2))
     tl_jit_argerror(L, uv == TL_LOCAL_GET ? "__index" : "__newindex",
                     "not the Local whose metamethod this is");
-  tl_local_push1(L, 2);
+  lua_settop(L, 2);
+  st = tl_pushstate(L);
+  tl_getuv(L, 2, TL_LOCAL_MAP);
+  tl_local_find(L, 2, self, lua_gettop(L), st, uv == TL_LOCAL_GET);
   *cid = tl_myid;
   lua_pushnumber(L, (lua_Number)tl_myid); /* no allocation until the closure keeps both */
   return 2;

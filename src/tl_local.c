@@ -11,23 +11,27 @@
 /* Purging the Local fields of exited threads                             */
 /* ---------------------------------------------------------------------- */
 
-/* Drops the fields both closures hold, so that they keep nothing alive. */
-static void tl_uncache(lua_State *L, int ud, tl_local *lo) {
-  int uv;
-  ud = tl_absindex(L, ud);
-  lo->get_id = lo->set_id = TL_NOCACHE;
-  for (uv = TL_LOCAL_GET; uv <= TL_LOCAL_SET; uv++) {
-    tl_getuv(L, ud, uv);
-    lua_pushnil(L);
-    if (lua_iscfunction(L, -2))
-      lua_setupvalue(L, -2, 2); /* TL_UP_FIELDS */
-    else { /* a Lua closure: see tl_jit.c */
-      lua_setupvalue(L, -2, TL_JIT_UP_FIELDS);
-      lua_pushnumber(L, -1);
-      lua_setupvalue(L, -2, TL_JIT_UP_ID);
-    }
-    lua_pop(L, 1);
+/* Drops the fields the closure in user value uv (TL_LOCAL_GET or
+** TL_LOCAL_SET) of the Local lo at ud holds, so that it keeps nothing alive
+** and its next call takes the slow path. */
+static void tl_uncache1(lua_State *L, int ud, tl_local *lo, int uv) {
+  *(uv == TL_LOCAL_GET ? &lo->get_id : &lo->set_id) = TL_NOCACHE;
+  tl_getuv(L, ud, uv);
+  lua_pushnil(L);
+  if (lua_iscfunction(L, -2))
+    lua_setupvalue(L, -2, 2); /* TL_UP_FIELDS */
+  else { /* a Lua closure: see tl_jit.c */
+    lua_setupvalue(L, -2, TL_JIT_UP_FIELDS);
+    lua_pushnumber(L, -1);
+    lua_setupvalue(L, -2, TL_JIT_UP_ID);
   }
+  lua_pop(L, 1);
+}
+
+static void tl_uncache(lua_State *L, int ud, tl_local *lo) {
+  ud = tl_absindex(L, ud);
+  tl_uncache1(L, ud, lo, TL_LOCAL_GET);
+  tl_uncache1(L, ud, lo, TL_LOCAL_SET);
 }
 
 /* Drop every Local's fields of the exited thread `id`.  Allocates nothing,
@@ -137,11 +141,12 @@ static void tl_enroll(lua_State *L, int ud, tl_thread *t, int st) {
 /* Gives the calling thread t its fields table and runs init for it.
 ** Leaves the stack as it was. */
 static void tl_local_start(lua_State *L, int ud, tl_thread *t, int st) {
+  tl_local *lo = (tl_local *)lua_touserdata(L, ud);
   int map, top = lua_gettop(L);
   tl_enroll(L, ud, t, st);
   tl_getuv(L, ud, TL_LOCAL_MAP);
   map = lua_gettop(L);
-  lua_newtable(L);
+  lua_createtable(L, 0, 1); /* it is made for a write, or init's */
   tl_rawgeti64(L, map, t->id); /* a finalizer that ran during newtable may have */
   if (!lua_isnil(L, -1)) { /* started this thread already */
     lua_settop(L, top);
@@ -149,12 +154,11 @@ static void tl_local_start(lua_State *L, int ud, tl_thread *t, int st) {
   }
   lua_pop(L, 1);
   tl_rawseti64(L, map, t->id);
-  tl_getuv(L, ud, TL_LOCAL_INIT);
-  if (lua_istable(L, -1)) {
-    int i, n;
-    lua_getfield(L, -1, "n");
-    n = (int)lua_tointeger(L, -1);
-    lua_pop(L, 1);
+  if (lo->get_id == t->id) /* __index holds the empty table for t */
+    tl_uncache1(L, ud, lo, TL_LOCAL_GET);
+  if (lo->ninit > 0) {
+    int i, n = lo->ninit;
+    tl_getuv(L, ud, TL_LOCAL_INIT);
     luaL_checkstack(L, n + 1, "threadlocal: too many init arguments");
     lua_rawgeti(L, -1, 1);
     lua_pushvalue(L, ud);
@@ -162,7 +166,7 @@ static void tl_local_start(lua_State *L, int ud, tl_thread *t, int st) {
     if (lua_pcall(L, n, 0, 0) != 0) {
       /* The thread keeps no fields; the next access runs init again. */
       tl_delid(L, map, t->id);
-      tl_uncache(L, ud, (tl_local *)lua_touserdata(L, ud));
+      tl_uncache(L, ud, lo);
       tl_raise(L);
     }
   }
@@ -209,12 +213,34 @@ static void tl_local_push1(lua_State *L, int ud) {
   lua_remove(L, st);
 }
 
+/*
+** Pushes the calling thread's fields table of the Local lo at ud (map: its
+** TL_LOCAL_MAP; st: the tl_state) as tl_local_push does, except for a read
+** (`read`) of a Local without init on a thread without fields: that reads
+** the state's empty table and makes nothing.  The usual cases allocate
+** nothing through Lua.  Exited threads' fields are purged by tl_local_push
+** and the sentinel, not here: a thread's fields are never found under
+** another thread's id.
+*/
+static void tl_local_find(lua_State *L, int ud, const tl_local *lo, int map, int st, int read) {
+  if (tl_myid == 0) (void)tl_self(L); /* the thread's record: C memory only */
+  tl_rawgeti64(L, map, tl_myid);
+  if (lua_isnil(L, -1) && read && lo->ninit == 0) {
+    lua_pop(L, 1);
+    tl_getuv(L, st, TL_STATE_EMPTY); /* made with the first Local */
+  }
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    tl_local_push(L, ud, st);
+  }
+}
+
 /* The slow path of the closures: the calling thread is not the one whose
-** fields they hold, so make TL_UP_FIELDS that thread's fields. */
-static void tl_local_refresh(lua_State *L, uint64_t *cid) {
-  if (!lua_rawequal(L, 1, TL_UP_SELF)) /* called with another Local */
+** fields they hold (cid: get_id or set_id says whose). */
+static TL_NOINLINE void tl_local_refresh(lua_State *L, tl_local *lo, uint64_t *cid) {
+  if (lo != lua_touserdata(L, TL_UP_SELF)) /* called with another Local */
     luaL_argerror(L, 1, "not the Local whose metamethod this is");
-  tl_local_push(L, 1, TL_UP_STATE);
+  tl_local_find(L, 1, lo, TL_UP_MAP, TL_UP_STATE, cid == &lo->get_id);
   lua_replace(L, TL_UP_FIELDS);
   *cid = tl_myid;
 }
@@ -231,7 +257,7 @@ static void tl_local_refresh(lua_State *L, uint64_t *cid) {
 */
 static int tl_local_index(lua_State *L) {
   tl_local *lo = (tl_local *)tl_checkud_hot(L, 1, tl_local_tag);
-  if (tl_unlikely(lo->get_id != tl_myid)) tl_local_refresh(L, &lo->get_id);
+  if (tl_unlikely(lo->get_id != tl_myid)) tl_local_refresh(L, lo, &lo->get_id);
   lua_rawget(L, TL_UP_FIELDS);
   return 1;
 }
@@ -248,7 +274,7 @@ static int tl_local_newindex(lua_State *L) {
       break;
     }
   }
-  if (tl_unlikely(lo->set_id != tl_myid)) tl_local_refresh(L, &lo->set_id);
+  if (tl_unlikely(lo->set_id != tl_myid)) tl_local_refresh(L, lo, &lo->set_id);
   lua_rawset(L, TL_UP_FIELDS);
   return 0;
 }

@@ -155,6 +155,7 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 **     upvalue 1  TL_UP_STATE   the state's tl_state userdata
 **     upvalue 2  TL_UP_FIELDS  the fields table of the thread in get_id/set_id
 **     upvalue 3  TL_UP_SELF    the Local
+**     upvalue 4  TL_UP_MAP     the Local's TL_LOCAL_MAP, for the slow path
 **   or, made while LuaJIT's JIT is on, Lua closures (lua/threadlocal/jit.lua,
 **   whose bodies name these first, in this order; see tl_jit.c):
 **     upvalue 1  TL_JIT_UP_FIELDS  the fields table, as TL_UP_FIELDS
@@ -173,9 +174,12 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 **                      the FFI (LuaJIT with the JIT on only: see tl_jit.c)
 **   TL_STATE_JITMT     the metatable of shared locals made with the JIT on:
 **                      the shared-local one with jit.lua's __index
+**   TL_STATE_EMPTY     an empty table, never written: what a Local's __index
+**                      reads on a thread without fields (made with the first
+**                      Local, so that the slow path never allocates for it)
 ** User values of a Local (tl_local):
 **   TL_LOCAL_MAP       thread id -> that thread's fields table
-**   TL_LOCAL_INIT      {init, args..., n = #args + 1}, or nil
+**   TL_LOCAL_INIT      {init, args...} (ninit values), or nil
 **   TL_LOCAL_GET       its own __index closure
 **   TL_LOCAL_SET       its own __newindex closure
 ** User value of a shared local userdata (tl_sref):
@@ -184,12 +188,13 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 #define TL_UP_STATE lua_upvalueindex(1)
 #define TL_UP_FIELDS lua_upvalueindex(2)
 #define TL_UP_SELF lua_upvalueindex(3)
-#define TL_LOCAL_NUP 3
+#define TL_UP_MAP lua_upvalueindex(4)
+#define TL_LOCAL_NUP 4
 #define TL_JIT_UP_FIELDS 1
 #define TL_JIT_UP_ID 2
 
 enum { TL_STATE_BYTHREAD = 1, TL_STATE_SENTINEL, TL_STATE_SHARED, TL_STATE_PROXIES,
-       TL_STATE_JIT, TL_STATE_JITMT, TL_STATE_NUV = TL_STATE_JITMT };
+       TL_STATE_JIT, TL_STATE_JITMT, TL_STATE_EMPTY, TL_STATE_NUV = TL_STATE_EMPTY };
 enum { TL_LOCAL_MAP = 1, TL_LOCAL_INIT, TL_LOCAL_GET, TL_LOCAL_SET,
        TL_LOCAL_NUV = TL_LOCAL_SET };
 enum { TL_SREF_LAST = 1, TL_SREF_NUV = TL_SREF_LAST };
@@ -216,11 +221,14 @@ static const char tl_proxy_tag[] = THREADLOCAL_TABLE_MT;
 /*
 ** A Local.  Its __index and __newindex closures each keep one thread's
 ** fields table as upvalue TL_UP_FIELDS, so that a hit costs a rawget on a
-** fixed table, as the floor does; get_id and set_id say whose.
+** fixed table, as the floor does; get_id and set_id say whose.  A thread
+** gets fields on its first write (or, with init, its first access): until
+** then __index holds the state's empty table (TL_STATE_EMPTY) for it.
 */
 typedef struct tl_local {
   const char *tag; /* tl_local_tag */
   uint64_t get_id, set_id;
+  int ninit; /* init and its arguments in TL_LOCAL_INIT; 0: no init */
 } tl_local;
 
 #define TL_NOCACHE UINT64_MAX /* matches no thread, not even "no record yet" */

@@ -22,6 +22,7 @@ static void tl_local_closure(lua_State *L, int st, int ud, lua_CFunction f, cons
   lua_pushvalue(L, st);                 /* mt state */
   lua_pushnil(L);                       /* mt state fields */
   lua_pushvalue(L, ud);                 /* mt state fields self */
+  tl_getuv(L, ud, TL_LOCAL_MAP);        /* mt state fields self map */
   lua_pushcclosure(L, f, TL_LOCAL_NUP); /* mt f */
   lua_pushvalue(L, -1);                 /* mt f f */
   tl_setuv(L, ud, uv);                  /* mt f */
@@ -37,10 +38,15 @@ static int tl_new(lua_State *L) {
     tl_error(L, "threadlocal: init arguments given without an init function");
   st = tl_pushstate(L);                                        /* args st */
   tl_state_home(L, st);
+  tl_state_uv(L, st, TL_STATE_EMPTY);
+  lua_pop(L, 1);
   lo = (tl_local *)tl_newud(L, sizeof *lo, TL_LOCAL_NUV);      /* args st ud */
   ud = lua_gettop(L);
   lo->tag = tl_local_tag;
   lo->get_id = lo->set_id = TL_NOCACHE;
+  lo->ninit = n > 0 && !lua_isnil(L, 1) ? n : 0;
+  lua_createtable(L, 0, 2); /* room for two threads before it grows */
+  tl_setuv(L, ud, TL_LOCAL_MAP);
   /* Its own metatable: the shared metamethods, and its own closures. */
   tl_pushmeta(L, THREADLOCAL_LOCAL_MT, tl_local_meta);         /* args st ud localmt */
   tl_copytable(L, -1);                                         /* args st ud localmt mt */
@@ -50,19 +56,15 @@ static int tl_new(lua_State *L) {
     tl_local_closure(L, st, ud, tl_local_newindex, "__newindex", TL_LOCAL_SET);
   }
   lua_setmetatable(L, ud);                                     /* args st ud */
-  lua_newtable(L);
-  tl_setuv(L, ud, TL_LOCAL_MAP);
-  if (n > 0 && !lua_isnil(L, 1)) {
-    lua_createtable(L, n, 1);                                  /* args ud init */
+  if (lo->ninit > 0) {
+    lua_createtable(L, n, 0);                                  /* args st ud init */
     for (i = 1; i <= n; i++) {
       lua_pushvalue(L, i);
       lua_rawseti(L, -2, i);
     }
-    lua_pushinteger(L, n);
-    lua_setfield(L, -2, "n");
     tl_setuv(L, ud, TL_LOCAL_INIT);                            /* args st ud */
+    tl_local_push(L, ud, st); /* init runs in the creating thread now */
   }
-  tl_local_push(L, ud, st); /* init runs in the creating thread now */
   lua_settop(L, ud);
   return 1;
 }
