@@ -158,8 +158,9 @@ local steady = {
   row { name = "shared get (integer)", kind = "get", target = 1.6, make = function() return shared_with(1) end },
   row { name = "shared set (integer)", kind = "set", target = 1.6, make = function() return shared_with(1) end },
   row { name = "shared get (short string)", kind = "get", make = function() return shared_with("short") end },
-  row { name = "shared set (short string)", kind = "setstr", make = function() return shared_with("short") end },
-  row { name = "shared nested read sh.t.k", kind = "nested", target = 3.0,
+  row { name = "shared set (short string)", kind = "setstr", target = 1.3,
+        make = function() return shared_with("short") end },
+  row { name = "shared nested read sh.t.k", kind = "nested", target = 2.0,
         make = function() local sh = shared_with(1); sh.t = { k = 1 }; return sh end,
         floor_kind = "get" },
   row { name = "floor nested read (context)", kind = "nested", make = nested_floor, floor_kind = "get" },
@@ -293,7 +294,7 @@ local function thread_rows()
       local n = M * ROUNDS
       ns[#ns + 1], base[#base + 1], ratio[#ratio + 1] = tr / n, tb_ / n, tr / tb_
     end
-    report("threads", "Local get, first access after the move", median(ns), median(base), median(ratio), 3.0)
+    report("threads", "Local get, first access after the move", median(ns), median(base), median(ratio), 2.0)
   end
 
   -- First access on a new thread: the thread has no fields yet.
@@ -314,7 +315,7 @@ local function thread_rows()
       ns[#ns + 1], base[#base + 1], ratio[#ratio + 1] = tr / M, tb_ / M, tr / tb_
     end
     report("threads", "Local first access on a new thread" .. (with_init and " (init)" or ""),
-      median(ns), median(base), median(ratio))
+      median(ns), median(base), median(ratio), 3.0)
   end
   w:stop()
 end
@@ -468,14 +469,39 @@ local function memory_rows()
     report("memory", ("Local: bytes per (thread, local), %d fields"):format(f), nil, nil, nil, nil,
       ("%.0f bytes (%.1f per field)"):format(bytes, bytes / f))
   end
+  -- Shared storage is C memory (malloc).  Short keys are kept in place in
+  -- their entries; their bytes are taken out of the per-field figure, whose
+  -- target is for the storage of each field a table holds.  One field per
+  -- shared local is measured over 100 shared locals, so that the growth of
+  -- the thread's array of them is spread as it is in use.
+  local function keybytes(f)
+    local n = 0
+    for j = 1, f do n = n + #keys[j] end
+    return n
+  end
   for _, f in ipairs { 1, 100, 10000 } do
-    local sh = threadlocal.shared("bench.memory." .. f)
+    local count = f == 1 and 100 or 1
+    local shs = {}
+    for i = 1, count do shs[i] = threadlocal.shared(("bench.memory.%d.%d"):format(f, i)) end
     full_gc()
     local h0 = tb.heap()
-    for j = 1, f do sh[keys[j]] = j end
-    local bytes = tb.heap() - h0
-    report("memory", ("shared: bytes per (thread, local), %d fields"):format(f), nil, nil, nil, nil,
-      ("%.0f bytes (%.1f per field)"):format(bytes, bytes / f))
+    for i = 1, count do
+      local sh = shs[i]
+      for j = 1, f do sh[keys[j]] = j end
+    end
+    local bytes = (tb.heap() - h0) / count
+    local per = (bytes - keybytes(f)) / f
+    if f == 1 then
+      report("memory", "shared: bytes per (thread, local), 1 field", nil, nil, nil, nil,
+        ("%.0f bytes: a thread's fields table with one field, over %d shared locals"):format(bytes, count))
+    else
+      local status = TARGETS and (per <= 64 and "met" or "MISSED") or ""
+      results[#results + 1] = { section = "memory", name = ("shared: bytes per (thread, local), %d fields"):format(f),
+                                target = TARGETS and 64 or nil, status = status,
+                                extra = ("%.1f bytes per field beyond key bytes"):format(per) }
+      io.write(("%-46s %9s %9s %8s %8s  %s %.0f bytes (%.1f per field beyond key bytes)\n"):format(
+        ("shared: bytes per (thread, local), %d fields"):format(f), "", "", "", "<= 64 B", status, bytes, per))
+    end
   end
   do
     local locals = {}
