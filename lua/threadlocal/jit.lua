@@ -79,6 +79,10 @@ do
     end
     return index, newindex
   end
+  -- Called from C once per Local, it never compiles (LuaJIT cannot make
+  -- closures in a trace): once hot, each attempt would end in a trace abort.
+  -- The closures it makes compile as before.
+  require("jit").off(closures)
 end
 
 -- What sget answers in *code when it returns NaN (src/tl_jit.c); anything
