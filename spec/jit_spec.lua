@@ -136,6 +136,17 @@ describe("compiled loops over a Local (JIT on)", function()
     assert.is_true(loops_during(set_loop, tl, N, 0) > 0)
   end)
 
+  it("are made without a trace abort, however many Locals are made", function()
+    -- Well past the point where making closures gets hot enough to trace.
+    local function make(n)
+      local last
+      for _ = 1, n do last = threadlocal.new() end
+      last.x = 1
+      return last.x
+    end
+    assert.equal(0, aborts_during(make, N))
+  end)
+
   it("see each thread's own value as the state moves between threads", function()
     local tl = threadlocal.new()
     tl.x = 1

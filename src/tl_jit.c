@@ -41,37 +41,49 @@ static double tl_jit_myid(void) {
   return (double)tl_myid;
 }
 
-/* What tl_jit_sget answers; lua/threadlocal/jit.lua has the same numbers. */
-enum { TL_SGET_ASK, TL_SGET_NUM, TL_SGET_TRUE, TL_SGET_FALSE, TL_SGET_NIL };
+/* What tl_jit_sget answers in *code when it returns NaN;
+** lua/threadlocal/jit.lua has the same numbers. */
+enum { TL_SGET_ASK, TL_SGET_TRUE, TL_SGET_FALSE, TL_SGET_NIL };
 
 /*
 ** For the FFI: field s[0..len) of the calling thread's fields of the shared
-** local whose userdata payload is at p, when the answer needs no Lua API: a
-** number in *num (an integer as the double tl_pushint pushes under
-** LuaJIT), a boolean, or an absent field, but only once the thread has
-** fields (before, tl_shared_index may start them from the defaults).
-** Anything else, p included when it is no shared local, is TL_SGET_ASK:
+** local whose userdata payload is at p, when the answer needs no Lua API.
+** A number is returned itself (an integer as the double tl_pushint pushes
+** under LuaJIT), so that the usual read stores nothing for the caller to
+** load back; anything else returns NaN with *code: a boolean or an absent
+** field, but only once the thread has fields (before, tl_shared_index may
+** start them from the defaults); else TL_SGET_ASK, p included when it is
+** no shared local, and a NaN field (the C __index pushes it as it is):
 ** tl_shared_index gives the full answer or raises.  Never allocates, never
 ** fails; reads p's tag as tl_checkud_hot does, and nothing else before.
 */
 /* What tl_jit_sget answers for entry e (NULL: absent). */
-static TL_HOT int tl_jit_sval(const tl_entry *e, double *num) {
-  if (e == NULL) return TL_SGET_NIL;
-  switch (e->val.type) {
-    case TL_TBOOL: return e->val.u.b ? TL_SGET_TRUE : TL_SGET_FALSE;
-    case TL_TINT: *num = (double)e->val.u.i; return TL_SGET_NUM;
-    case TL_TFLOAT: *num = e->val.u.f; return TL_SGET_NUM;
-    default: return TL_SGET_ASK;
+static TL_HOT double tl_jit_sval(const tl_entry *e, int *code) {
+  if (e == NULL) {
+    *code = TL_SGET_NIL;
+  } else {
+    switch (e->val.type) {
+      case TL_TINT: return (double)e->val.u.i;
+      case TL_TFLOAT:
+        if (e->val.u.f == e->val.u.f) return e->val.u.f;
+        *code = TL_SGET_ASK; /* NaN: the C __index pushes it as it is */
+        break;
+      case TL_TBOOL: *code = e->val.u.b ? TL_SGET_TRUE : TL_SGET_FALSE; break;
+      default: *code = TL_SGET_ASK; break;
+    }
   }
+  return NAN;
 }
 
 /* tl_jit_sget through the calling thread's fields table, remembering in
 ** ref what it found. */
-static TL_NOINLINE int tl_jit_sget_slow(tl_sref *ref, const char *s, size_t len, double *num) {
+static TL_NOINLINE double tl_jit_sget_slow(tl_sref *ref, const char *s, size_t len, int *code) {
   const tl_entry *e;
   tl_tab *tab;
-  if (ref == NULL || ref->tag != tl_sref_tag || (tab = tl_shfields_peek(tl_me, ref->sl)) == NULL)
-    return TL_SGET_ASK;
+  if (ref == NULL || ref->tag != tl_sref_tag || (tab = tl_shfields_peek(tl_me, ref->sl)) == NULL) {
+    *code = TL_SGET_ASK;
+    return NAN;
+  }
   if ((e = tl_tab_findstr(tab, s, len)) != NULL) {
     ref->jit_owner = tl_myid;
     ref->jit_tab = tab;
@@ -79,7 +91,7 @@ static TL_NOINLINE int tl_jit_sget_slow(tl_sref *ref, const char *s, size_t len,
     ref->jit_key = s;
     ref->jit_entry = e;
   }
-  return tl_jit_sval(e, num);
+  return tl_jit_sval(e, code);
 }
 
 /*
@@ -91,7 +103,7 @@ static TL_NOINLINE int tl_jit_sget_slow(tl_sref *ref, const char *s, size_t len,
 ** place in the entry): an address may be reused by another string.  A leaf
 ** function, which saves no registers.
 */
-static int tl_jit_sget(void *p, const char *s, size_t len, double *num) {
+static double tl_jit_sget(void *p, const char *s, size_t len, int *code) {
   tl_sref *ref = (tl_sref *)p;
   if (ref != NULL && ref->tag == tl_sref_tag && s == ref->jit_key &&
       tl_myid == ref->jit_owner && tl_me->shfields[ref->sl->idx] == ref->jit_tab &&
@@ -101,10 +113,10 @@ static int tl_jit_sget(void *p, const char *s, size_t len, double *num) {
     if (e->ktype != TL_TSHORT || tl_shortlen(&e->key) != len) goto slow;
     for (i = 0; i < len; i++)
       if (e->key.c[i] != s[i]) goto slow;
-    return tl_jit_sval(e, num);
+    return tl_jit_sval(e, code);
   }
 slow:
-  return tl_jit_sget_slow(ref, s, len, num);
+  return tl_jit_sget_slow(ref, s, len, code);
 }
 
 /*

@@ -29,7 +29,8 @@
 -- Loaded with require's arguments and a third, the C helpers: `myid`, a light
 -- userdata, the address of `double myid(void)`; `index` and `newindex`, the
 -- slow paths of a Local; `sget`, the address of
--- `int sget(void *shared, const char *k, size_t len, double *num)`; `sindex`,
+-- `double sget(void *shared, const char *k, size_t len, int *code)`, which
+-- returns a number itself, else NaN and what it found in *code; `sindex`,
 -- the C __index of shared locals.  Returns a table: `closures`, the factory of
 -- a Local's closures, and `shared_index`; or false where the FFI is missing
 -- (the module then keeps the C functions).
@@ -78,13 +79,18 @@ do
     end
     return index, newindex
   end
+  -- Called from C once per Local, it never compiles (LuaJIT cannot make
+  -- closures in a trace): once hot, each attempt would end in a trace abort.
+  -- The closures it makes compile as before.
+  require("jit").off(closures)
 end
 
--- What sget answers (src/tl_jit.c); anything else: ask the C __index.
-local NUM, TRUE, FALSE, NIL = 1, 2, 3, 4
+-- What sget answers in *code when it returns NaN (src/tl_jit.c); anything
+-- else: ask the C __index.
+local TRUE, FALSE, NIL = 1, 2, 3
 local type = type
-local sget = ffi.cast("int (*)(void *, const char *, size_t, double *)", internals.sget)
-local num = ffi.new("double[1]") -- a state runs on one thread at a time
+local sget = ffi.cast("double (*)(void *, const char *, size_t, int *)", internals.sget)
+local code = ffi.new("int[1]") -- a state runs on one thread at a time
 
 -- (o, k): field k of the calling thread's fields of the shared local o.
 local shared_index
@@ -92,8 +98,9 @@ do
   local __index = internals.sindex -- raises as the C __index, placed at o's use
   shared_index = function(o, k)
     if type(o) == "userdata" and type(k) == "string" then
-      local r = sget(o, k, #k, num)
-      if r == NUM then return num[0] end
+      local v = sget(o, k, #k, code)
+      if v == v then return v end
+      local r = code[0]
       if r == TRUE then return true end
       if r == FALSE then return false end
       if r == NIL then return nil end
