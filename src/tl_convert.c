@@ -446,28 +446,32 @@ static int tl_last_set(lua_State *L, tl_last *last, int uv, const void *id, cons
   return 1;
 }
 
-/* For a write that last does not have: the entry of the key at slot 2, if
-** a string, whose tl_keyid is id, remembered unless a table (see
-** tl_shared_index); *hit tells whether it was. */
-static TL_NOINLINE tl_entry *tl_last_miss(lua_State *L, tl_last *last, int uv, const void *id,
-                                          tl_tab *tab, int *hit) {
+/* tl_tab_assign when last does not have the key at slot 2, whose tl_keyid
+** is id: a string key's entry is remembered (unless a table: see
+** tl_shared_index) for the next write or read. */
+static TL_NOINLINE void tl_tab_assign_miss(lua_State *L, tl_tab *tab, tl_last *last, int uv,
+                                           const void *id) {
   tl_entry *e;
-  if (lua_type(L, 2) != LUA_TSTRING || (e = tl_tab_find2(L, tab)) == NULL) return NULL;
-  if (e->val.type != TL_TTAB) *hit = tl_last_set(L, last, uv, id, tab, e);
-  return e;
+  if (lua_type(L, 2) == LUA_TSTRING && (e = tl_tab_find2(L, tab)) != NULL) {
+    int hit = e->val.type != TL_TTAB && tl_last_set(L, last, uv, id, tab, e);
+    if (tl_entry_store(L, tab, e)) {
+      if (hit) last->version = tab->version;
+      return;
+    }
+  }
+  tl_tab_assign_any(L, tab);
 }
 
 /* Stores the value at slot 3 under the key at slot 2 of tab, going
 ** through (and keeping right) what last, with user value uv, remembers. */
 static TL_HOT void tl_tab_assign(lua_State *L, tl_tab *tab, tl_last *last, int uv) {
   const void *id = tl_keyid(L, 2);
-  int hit = tl_last_hit(last, id, tab);
-  tl_entry *e = hit ? last->entry : tl_last_miss(L, last, uv, id, tab, &hit);
-  if (e != NULL && tl_entry_store(L, tab, e)) {
-    if (hit) last->version = tab->version;
-    return;
-  }
-  tl_tab_assign_any(L, tab);
+  if (!tl_last_hit(last, id, tab))
+    tl_tab_assign_miss(L, tab, last, uv, id);
+  else if (tl_entry_store(L, tab, last->entry))
+    last->version = tab->version; /* the entry is still the key's */
+  else
+    tl_tab_assign_any(L, tab);
 }
 
 /* Pushes tab[key at slot 2]. */
