@@ -251,14 +251,14 @@ typedef struct tl_last {
 /*
 ** tl_keyid: the address that stands for the value at slot i when it is a
 ** string, so that a remembered key (kept alive: see tl_last) is known by
-** its address alone.  In 5.4 it is the string object (lua_topointer),
-** which the collector never moves, and that alone is asked on the hot
-** path: no other live object has a live string's address, numbers and
-** booleans give NULL; only a light userdata made at that very address
-** would pass for the string, which only C code or the debug library can
-** make (they are outside what Lua code is kept from: see tl_checkud_hot).
-** Before 5.4 lua_topointer has no strings: the type is checked, and the
-** bytes' address (inside the string object) serves.  NULL: not a string.
+** its address alone.  In 5.4 it is the string object (lua_topointer), which
+** the collector never moves, and the hot paths ask nothing else: a live
+** object other than that string has another address, and a number, boolean
+** or nil gives NULL; only a light userdata made at that very address would
+** pass for the string, and only C code or the debug library can make one
+** (outside what Lua code is kept from, as in tl_checkud_hot).  Before 5.4
+** lua_topointer has no strings: the type is checked, and the address of
+** the bytes (inside the string object) serves.  NULL: not a string.
 */
 #if LUA_VERSION_NUM >= 504
 #define tl_keyid(L, i) lua_topointer(L, i)
