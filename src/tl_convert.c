@@ -417,10 +417,16 @@ static TL_HOT tl_entry *tl_tab_find2(lua_State *L, tl_tab *tab) {
 }
 
 /* Whether the key at slot 2, whose tl_keyid is id, is the one remembered
-** in last, and its entry still right in tab (see tl_last). */
+** in last, and its entry still right in tab, a table of the calling thread
+** (see tl_last).  A proxy's last only ever has its own table, which is
+** the calling thread's once tl_proxy_target found it: the same table with
+** the same version is enough (tl_last_hit checks the thread too). */
+static TL_HOT int tl_last_tabhit(const tl_last *last, const void *id, const tl_tab *tab) {
+  return id == last->key && tab == last->tab && tab->version == last->version;
+}
+
 static TL_HOT int tl_last_hit(const tl_last *last, const void *id, const tl_tab *tab) {
-  return id == last->key && tab == last->tab && tab->version == last->version &&
-         tl_myid == last->owner;
+  return tl_last_tabhit(last, id, tab) && tl_myid == last->owner;
 }
 
 /*

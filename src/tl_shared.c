@@ -133,7 +133,7 @@ static int tl_proxy_index(lua_State *L) {
   tl_proxy *p = (tl_proxy *)tl_checkud_hot(L, 1, tl_proxy_tag);
   tl_tab *tab = tl_proxy_target(tl_me, p);
   const void *id = NULL;
-  if (tab != NULL && tl_last_hit(&p->last, id = tl_keyid(L, 2), tab)) {
+  if (tab != NULL && tl_last_tabhit(&p->last, id = tl_keyid(L, 2), tab)) {
     tl_pushval(L, &p->last.entry->val, 0);
     return 1;
   }
