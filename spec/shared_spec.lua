@@ -251,6 +251,141 @@ describe("a table proxy", function()
   end)
 end)
 
+describe("a field used again and again", function()
+  -- A shared local and a proxy remember the field they used last (by the
+  -- key string): these change the field by every other way in between.
+  it("reads what another state on this thread wrote in between", function()
+    local name = support.unique("again")
+    local sh = threadlocal.shared(name)
+    sh.k, sh.s, sh.t = 1, "one", { k = 1 }
+    local p = sh.t
+    for i = 2, 6 do
+      assert.equal(i - 1, sh.k)
+      assert.equal(i - 1, sh.k)
+      assert.equal(i - 1, p.k)
+      assert.equal(i - 1, sh.t.k)
+      helper.exec([[
+        local sh, i = require("threadlocal").shared((...)), select(2, ...)
+        if i % 2 == 0 then -- every field moves: deleted, others added, added again
+          sh.k, sh.s, sh.t.k = nil, nil, nil
+          for j = 1, 40 do sh["f" .. j], sh.t["f" .. j] = j, j end
+          for j = 1, 40 do sh["f" .. j], sh.t["f" .. j] = nil, nil end
+        end
+        sh.k, sh.s, sh.t.k = i, "s" .. i, i
+      ]], name, i)
+      assert.equal(i, sh.k)
+      assert.equal("s" .. i, sh.s)
+      assert.equal(i, p.k)
+      assert.equal(i, sh.t.k)
+    end
+  end)
+
+  it("reads what this state wrote through another way in between", function()
+    local sh = fresh()
+    sh.t = { k = 1 }
+    local p, q = sh.t, sh.t
+    for i = 1, 4 do
+      p.k = i
+      p.k = i -- the second write goes through what p remembers
+      assert.equal(i, q.k)
+      q.k = -i
+      assert.equal(-i, p.k)
+      assert.equal(-i, p.k)
+      sh.t.k = "s" .. i
+      assert.equal("s" .. i, p.k)
+      threadlocal.scope(sh, { k = "scoped" }):close() -- puts the fields back
+      assert.equal("s" .. i, p.k)
+    end
+  end)
+
+  it("keeps every thread's own value", function()
+    local sh = fresh()
+    local w = helper.worker()
+    sh.k, sh.t = "main", { k = "main" }
+    for _ = 1, 3 do
+      assert.equal("main", sh.k)
+      assert.equal("main", sh.t.k)
+      assert.is_nil(w:run(function() return sh.k end))
+      w:run(function() sh.k, sh.t = "worker", { k = "worker" } end)
+      assert.equal("worker", w:run(function() return sh.k end))
+      assert.equal("worker", w:run(function() return sh.t.k end))
+      assert.equal("main", sh.k)
+      assert.equal("main", sh.t.k)
+      w:run(function() threadlocal.clear(sh) end)
+    end
+    w:stop()
+  end)
+
+  it("keeps a string key apart from the number, boolean or light userdata at its place", function()
+    local sh = fresh()
+    sh["1"], sh["true"] = "string one", "string true"
+    sh.t = { ["1"] = "string one" }
+    local p = sh.t
+    for _ = 1, 3 do
+      assert.equal("string one", sh["1"])
+      assert.equal("string one", p["1"])
+      assert.equal("string true", sh["true"])
+      assert.is_nil(sh[1])
+      assert.is_nil(p[1])
+      assert.is_nil(sh[true])
+      assert.is_nil(sh[helper.lightuserdata(1)])
+    end
+    sh[1], p[1], sh[true] = "number one", "number one", "boolean"
+    assert.equal("string one", sh["1"])
+    assert.equal("string one", p["1"])
+    assert.equal("number one", sh[1])
+    assert.equal("number one", p[1])
+    assert.equal("boolean", sh[true])
+    assert.equal("string true", sh["true"])
+  end)
+
+  it("is never taken for a newer key string at the same address", function()
+    local sh = fresh()
+    sh.t = {}
+    local p = sh.t
+    for round = 1, 40 do
+      support.off_stack(function() -- a new key string, unreachable after
+        local k = ("k%05d"):format(round)
+        sh[k], p[k] = round, -round
+        for _ = 1, 2 do
+          assert.equal(round, sh[k])
+          assert.equal(-round, p[k])
+        end
+      end)
+      collectgarbage()
+      collectgarbage()
+      local others = {} -- new strings of the same size: one may take k's place
+      for j = 1, 200 do others[j] = ("k%05d"):format(10000 + round * 200 + j) end
+      for _, other in ipairs(others) do -- with no write in between
+        assert.is_nil(sh[other])
+        assert.is_nil(p[other])
+      end
+    end
+  end)
+
+  it("stays right when a write fails, or turns a field into a table and back", function()
+    local sh = fresh()
+    sh.t, sh.x = { k = 1 }, 1
+    for _ = 1, 2 do
+      assert.equal(1, sh.t.k)
+      sh.x = 2
+    end
+    refused(sh, "threadlocal: cannot store a function in field 't'", function() sh.t = print end)
+    refused(sh, "threadlocal: cannot store a function in field 'x'", function() sh.x = print end)
+    assert.equal(1, sh.t.k)
+    assert.equal(2, sh.x)
+    sh.x = { a = 1 }
+    assert.equal(1, sh.x.a)
+    assert.equal(1, sh.x.a)
+    sh.x = 3
+    assert.equal(3, sh.x)
+    sh.t = "a string now"
+    assert.equal("a string now", sh.t)
+    sh.t = { k = "again" }
+    assert.equal("again", sh.t.k)
+  end)
+end)
+
 describe("refusals", function()
   it("refuse functions, full userdata and coroutines, naming field and type", function()
     local sh = fresh()

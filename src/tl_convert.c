@@ -89,7 +89,8 @@ static void tl_pushproxymt(lua_State *L);
 /* A new proxy of slot `slot`, generation `gen`, of thread `owner`'s slab,
 ** remembered in the cache. */
 static void tl_newproxy(lua_State *L, uint64_t owner, uint32_t slot, uint32_t gen, int cache) {
-  tl_proxy *p = (tl_proxy *)tl_newud(L, sizeof *p, 0);
+  tl_proxy *p = (tl_proxy *)tl_newud(L, sizeof *p, TL_PROXY_NUV);
+  memset(p, 0, sizeof *p);
   p->tag = tl_proxy_tag;
   p->owner = owner;
   p->slot = slot;
@@ -358,35 +359,125 @@ static void tl_tab_assign_any(lua_State *L, tl_tab *tab) {
   if (old.type >= TL_TSTR) tl_val_free(&old);
 }
 
-/* The same; first tries the common case: a number or boolean over an
-** existing scalar field with a string key. */
-static TL_HOT void tl_tab_assign(lua_State *L, tl_tab *tab) {
-  if (lua_type(L, 2) == LUA_TSTRING) {
-    size_t len;
-    const char *s = lua_tolstring(L, 2, &len);
-    tl_entry *e = tl_tab_findstr(tab, s, len);
-    tl_val v;
-    if (e == NULL) {
-      /* a new field: below */
-    } else if (e->val.type < TL_TSTR) {
-      if (tl_toscalar(L, 3, &v) && v.type != TL_TNIL) {
-        tab->version = tab->owner->clock++;
-        tl_entry_setval(e, &v);
-        return;
-      }
-    } else if (e->val.type == TL_TSTR && lua_type(L, 3) == LUA_TSTRING) {
-      size_t n;
-      const char *str = lua_tolstring(L, 3, &n);
-      if (tl_strcap(n) <= tl_strcap(e->val.u.str.len)) { /* fits: no malloc */
-        tab->version = tab->owner->clock++;
-        memcpy(e->val.u.str.s, str, n);
-        e->val.u.str.s[n] = '\0';
-        e->val.u.str.len = n;
-        return;
-      }
+/* Copies the n bytes of a Lua string and the NUL that every Lua string
+** has after them to d: inline for short ones, with overlapping words. */
+static TL_HOT void tl_copylstr(char *d, const char *s, size_t n) {
+  size_t m = n + 1;
+  if (m > 16)
+    memcpy(d, s, m);
+  else if (m >= 8) {
+    uint64_t a = tl_rd8(s), b = tl_rd8(s + m - 8);
+    memcpy(d, &a, 8);
+    memcpy(d + m - 8, &b, 8);
+  } else if (m >= 4) {
+    uint32_t a, b;
+    memcpy(&a, s, 4);
+    memcpy(&b, s + m - 4, 4);
+    memcpy(d, &a, 4);
+    memcpy(d + m - 4, &b, 4);
+  } else {
+    d[0] = s[0];
+    d[m >> 1] = s[m >> 1];
+    d[m - 1] = s[m - 1];
+  }
+}
+
+/*
+** Stores the value at slot 3 in e, an entry of tab, in place if it can: a
+** number or boolean over a scalar, a string over a string whose block has
+** room (tl_strcap: the same or a smaller multiple of 16), so with no
+** malloc.  Returns whether it did.  Nothing here can run a finalizer
+** between the checks and the store.
+*/
+static TL_HOT int tl_entry_store(lua_State *L, tl_tab *tab, tl_entry *e) {
+  tl_val v;
+  if (e->val.type < TL_TSTR) {
+    if (!tl_toscalar(L, 3, &v) || v.type == TL_TNIL) return 0;
+    tab->version = tab->owner->clock++;
+    tl_entry_setval(e, &v);
+    return 1;
+  }
+  if (e->val.type == TL_TSTR && lua_type(L, 3) == LUA_TSTRING) {
+    size_t n;
+    const char *str = lua_tolstring(L, 3, &n);
+    if (n >> 4 > e->val.u.str.len >> 4) return 0;
+    tab->version = tab->owner->clock++;
+    tl_copylstr(e->val.u.str.s, str, n);
+    e->val.u.str.len = n;
+    return 1;
+  }
+  return 0;
+}
+
+/* The entry of the string key at slot 2 in tab, or NULL. */
+static TL_HOT tl_entry *tl_tab_find2(lua_State *L, tl_tab *tab) {
+  size_t len;
+  const char *s = lua_tolstring(L, 2, &len);
+  return tl_tab_findstr(tab, s, len);
+}
+
+/* Whether the key at slot 2, whose tl_keyid is id, is the one remembered
+** in last, and its entry still right in tab, a table of the calling thread
+** (see tl_last).  A proxy's last only ever has its own table, which is
+** the calling thread's once tl_proxy_target found it: the same table with
+** the same version is enough (tl_last_hit checks the thread too). */
+static TL_HOT int tl_last_tabhit(const tl_last *last, const void *id, const tl_tab *tab) {
+  return id == last->key && tab == last->tab && tab->version == last->version;
+}
+
+static TL_HOT int tl_last_hit(const tl_last *last, const void *id, const tl_tab *tab) {
+  return tl_last_tabhit(last, id, tab) && tl_myid == last->owner;
+}
+
+/*
+** Remembers e, tab's entry of the string key at slot 2 (id), in last, a
+** part of the userdata at slot 1 whose user value uv keeps the key alive;
+** a new key only at its second miss in a row.  Returns whether it did.
+*/
+static int tl_last_set(lua_State *L, tl_last *last, int uv, const void *id, const tl_tab *tab,
+                       tl_entry *e) {
+  if (id != last->key) {
+    if (id != last->seen) {
+      last->seen = id;
+      return 0;
+    }
+    lua_pushvalue(L, 2);
+    tl_setuv(L, 1, uv);
+    last->key = id;
+  }
+  last->owner = tab->owner->id;
+  last->tab = tab;
+  last->version = tab->version;
+  last->entry = e;
+  return 1;
+}
+
+/* tl_tab_assign when last does not have the key at slot 2, whose tl_keyid
+** is id: a string key's entry is remembered (unless a table: see
+** tl_shared_index) for the next write or read. */
+static TL_NOINLINE void tl_tab_assign_miss(lua_State *L, tl_tab *tab, tl_last *last, int uv,
+                                           const void *id) {
+  tl_entry *e;
+  if (lua_type(L, 2) == LUA_TSTRING && (e = tl_tab_find2(L, tab)) != NULL) {
+    int hit = e->val.type != TL_TTAB && tl_last_set(L, last, uv, id, tab, e);
+    if (tl_entry_store(L, tab, e)) {
+      if (hit) last->version = tab->version;
+      return;
     }
   }
   tl_tab_assign_any(L, tab);
+}
+
+/* Stores the value at slot 3 under the key at slot 2 of tab, going
+** through (and keeping right) what last, with user value uv, remembers. */
+static TL_HOT void tl_tab_assign(lua_State *L, tl_tab *tab, tl_last *last, int uv) {
+  const void *id = tl_keyid(L, 2);
+  if (!tl_last_hit(last, id, tab))
+    tl_tab_assign_miss(L, tab, last, uv, id);
+  else if (tl_entry_store(L, tab, last->entry))
+    last->version = tab->version; /* the entry is still the key's */
+  else
+    tl_tab_assign_any(L, tab);
 }
 
 /* Pushes tab[key at slot 2]. */

@@ -182,8 +182,11 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 **   TL_LOCAL_INIT      {init, args...} (ninit values), or nil
 **   TL_LOCAL_GET       its own __index closure
 **   TL_LOCAL_SET       its own __newindex closure
-** User value of a shared local userdata (tl_sref):
-**   TL_SREF_LAST       the proxy of the table field read last
+** User values of a shared local userdata (tl_sref):
+**   TL_SREF_LAST       the proxy of the remembered field, when a table
+**   TL_SREF_KEY        the remembered field's key (see tl_last)
+** User value of a proxy (tl_proxy):
+**   TL_PROXY_KEY       the remembered field's key (see tl_last)
 */
 #define TL_UP_STATE lua_upvalueindex(1)
 #define TL_UP_FIELDS lua_upvalueindex(2)
@@ -197,7 +200,8 @@ enum { TL_STATE_BYTHREAD = 1, TL_STATE_SENTINEL, TL_STATE_SHARED, TL_STATE_PROXI
        TL_STATE_JIT, TL_STATE_JITMT, TL_STATE_EMPTY, TL_STATE_NUV = TL_STATE_EMPTY };
 enum { TL_LOCAL_MAP = 1, TL_LOCAL_INIT, TL_LOCAL_GET, TL_LOCAL_SET,
        TL_LOCAL_NUV = TL_LOCAL_SET };
-enum { TL_SREF_LAST = 1, TL_SREF_NUV = TL_SREF_LAST };
+enum { TL_SREF_LAST = 1, TL_SREF_KEY, TL_SREF_NUV = TL_SREF_KEY };
+enum { TL_PROXY_KEY = 1, TL_PROXY_NUV = TL_PROXY_KEY };
 
 
 /* The per-state anchor, made on first need. */
@@ -234,19 +238,49 @@ typedef struct tl_local {
 #define TL_NOCACHE UINT64_MAX /* matches no thread, not even "no record yet" */
 
 /*
-** A shared local in one state.  It remembers the table field last read
-** through it, whose proxy is its user value: a loop reading sh.t.k skips
-** the lookup of "t".  That is right while the same thread's same fields
-** table has the same version (versions never repeat on a thread) and the
-** key is the same.
+** The field read or written last through a shared local or a proxy, so
+** that a loop over sh.k or sh.t.k skips the lookup of the key.  The key
+** string is kept alive as a user value of the userdata: so no other object
+** can have its address, and a value at slot 2 whose tl_keyid is `key` is
+** that very string, with no bytes to compare.  `entry` is right
+** while thread `owner`'s table `tab` has the same version (versions never
+** repeat on a thread, and a write that only overwrites a value in place
+** moves `version` along).  A key is remembered at its second miss in a
+** row (`seen`, a hint only), so that a loop over two keys does not pay for
+** keeping each one alive in turn.
 */
+typedef struct tl_last {
+  const void *key, *seen;
+  uint64_t owner, version;
+  const tl_tab *tab;
+  tl_entry *entry;
+} tl_last;
+
+/*
+** tl_keyid: the address that stands for the value at slot i when it is a
+** string, so that a remembered key (kept alive: see tl_last) is known by
+** its address alone.  In 5.4 it is the string object (lua_topointer), which
+** the collector never moves, and the hot paths ask nothing else: a live
+** object other than that string has another address, and a number, boolean
+** or nil gives NULL; only a light userdata made at that very address would
+** pass for the string, and only C code or the debug library can make one
+** (outside what Lua code is kept from, as in tl_checkud_hot).  Before 5.4
+** lua_topointer has no strings: the type is checked, and the address of
+** the bytes (inside the string object) serves.  NULL: not a string.
+*/
+#if LUA_VERSION_NUM >= 504
+#define tl_keyid(L, i) lua_topointer(L, i)
+#else
+#define tl_keyid(L, i) \
+  (lua_type(L, i) == LUA_TSTRING ? (const void *)lua_tostring(L, i) : (const void *)NULL)
+#endif
+
+/* A shared local in one state.  A table field remembered in `last` has its
+** proxy as user value TL_SREF_LAST. */
 typedef struct tl_sref {
   const char *tag; /* tl_sref_tag */
   tl_sloc *sl;
-  uint64_t last_owner, last_version;
-  const tl_tab *last_tab;
-  const char *last_key;
-  const tl_entry *last_entry;
+  tl_last last;
   /* The same for the field read last through tl_jit_sget (tl_jit.c), by
   ** the address of its key: right while thread jit_owner's fields table is
   ** jit_tab with version jit_version, and jit_entry's key is the key. */
@@ -261,6 +295,7 @@ typedef struct tl_proxy {
   const char *tag; /* tl_proxy_tag */
   uint64_t owner;
   uint32_t slot, gen;
+  tl_last last;
 } tl_proxy;
 
 /*

@@ -31,52 +31,65 @@ static TL_HOT tl_tab *tl_sref_fields1(lua_State *L, int create) {
   return tl_sref_fields(L, tl_sref_check1(L), create);
 }
 
-static int tl_shared_index(lua_State *L) {
-  tl_sref *ref = tl_sref_check1(L);
-  tl_tab *tab = tl_sref_fields(L, ref, 0);
-  if (tab != NULL && lua_type(L, 2) == LUA_TSTRING) {
-    size_t len;
-    const char *s = lua_tolstring(L, 2, &len);
-    tl_entry *e;
-    uint64_t version;
-    if (s == ref->last_key && tab == ref->last_tab && tab->version == ref->last_version &&
-        tab->owner->id == ref->last_owner && tl_entry_streq(ref->last_entry, s, len)) {
-      tl_getuv(L, 1, TL_SREF_LAST);
-      return 1;
-    }
-    if ((e = tl_tab_findstr(tab, s, len)) == NULL) {
-      lua_pushnil(L);
-      return 1;
-    }
-    if (e->val.type != TL_TTAB) {
-      tl_pushval(L, &e->val, 0);
-      return 1;
-    }
-    version = tab->version;
-    tl_pushval(L, &e->val, 0); /* may run a finalizer */
-    if (tl_shfields_peek(tl_me, ref->sl) == tab && tab->version == version) {
-      ref->last_key = s;
-      ref->last_tab = tab;
-      ref->last_version = tab->version;
-      ref->last_owner = tab->owner->id;
-      ref->last_entry = e;
-      lua_pushvalue(L, -1);
-      tl_setuv(L, 1, TL_SREF_LAST);
-    }
+/* tl_shared_index for a table field: its proxy, which tl_last keeps too,
+** unless a finalizer run by the push changed the fields. */
+static TL_NOINLINE int tl_shared_indextab(lua_State *L, tl_sref *ref, tl_tab *tab,
+                                          const void *id, tl_entry *e) {
+  uint64_t version = tab->version;
+  tl_pushval(L, &e->val, 0); /* may run a finalizer */
+  if (tl_shfields_peek(tl_me, ref->sl) == tab && tab->version == version &&
+      tl_last_set(L, &ref->last, TL_SREF_KEY, id, tab, e)) {
+    lua_pushvalue(L, -1);
+    tl_setuv(L, 1, TL_SREF_LAST);
+  }
+  return 1;
+}
+
+/* tl_shared_index when tl_last does not have the field: tab may be NULL
+** (no fields yet), id is the key's tl_keyid or NULL (not asked yet). */
+static TL_NOINLINE int tl_shared_index_slow(lua_State *L, tl_sref *ref, tl_tab *tab,
+                                            const void *id) {
+  tl_entry *e;
+  if (tab == NULL) tab = tl_sref_start(L, ref, 0);
+  if (tab == NULL || lua_type(L, 2) != LUA_TSTRING) return tl_tab_index(L, tab);
+  if (id == NULL) id = tl_keyid(L, 2);
+  if ((e = tl_tab_find2(L, tab)) == NULL) {
+    lua_pushnil(L);
     return 1;
   }
-  return tl_tab_index(L, tab);
+  if (e->val.type == TL_TTAB) return tl_shared_indextab(L, ref, tab, id, e);
+  (void)tl_last_set(L, &ref->last, TL_SREF_KEY, id, tab, e);
+  tl_pushval(L, &e->val, 0);
+  return 1;
+}
+
+static int tl_shared_index(lua_State *L) {
+  tl_sref *ref = tl_sref_check1(L);
+  tl_tab *tab = tl_shfields_peek(tl_me, ref->sl);
+  const void *id = NULL;
+  if (tab != NULL && tl_last_hit(&ref->last, id = tl_keyid(L, 2), tab)) {
+    const tl_entry *e = ref->last.entry;
+    if (e->val.type == TL_TTAB) /* its proxy, remembered with it */
+      tl_getuv(L, 1, TL_SREF_LAST);
+    else
+      tl_pushval(L, &e->val, 0);
+    return 1;
+  }
+  return tl_shared_index_slow(L, ref, tab, id);
+}
+
+/* A write on a thread with no fields yet: deleting needs none. */
+static TL_NOINLINE tl_tab *tl_shared_first(lua_State *L, tl_sref *ref) {
+  tl_key k;
+  tl_checkkey(L, 2, &k);
+  return lua_isnil(L, 3) ? NULL : tl_sref_fields(L, ref, 1);
 }
 
 static int tl_shared_newindex(lua_State *L) {
-  tl_tab *tab = tl_sref_fields1(L, 0);
-  if (tab == NULL) { /* this thread's first write: deleting needs no fields */
-    tl_key k;
-    tl_checkkey(L, 2, &k);
-    if (lua_isnil(L, 3)) return 0;
-    tab = tl_sref_fields1(L, 1);
-  }
-  tl_tab_assign(L, tab);
+  tl_sref *ref = tl_sref_check1(L);
+  tl_tab *tab = tl_sref_fields(L, ref, 0);
+  if (tab == NULL && (tab = tl_shared_first(L, ref)) == NULL) return 0;
+  tl_tab_assign(L, tab, &ref->last, TL_SREF_KEY);
   return 0;
 }
 
@@ -100,12 +113,38 @@ static int tl_shared_tostring(lua_State *L) {
   return 1;
 }
 
+/* tl_proxy_index when tl_last does not have the field (as above). */
+static TL_NOINLINE int tl_proxy_index_slow(lua_State *L, tl_proxy *p, tl_tab *tab,
+                                           const void *id) {
+  tl_entry *e;
+  if (tab == NULL) tl_proxy_fail(L, p);
+  if (lua_type(L, 2) != LUA_TSTRING) return tl_tab_index(L, tab);
+  if (id == NULL) id = tl_keyid(L, 2);
+  if ((e = tl_tab_find2(L, tab)) == NULL) {
+    lua_pushnil(L);
+    return 1;
+  }
+  (void)tl_last_set(L, &p->last, TL_PROXY_KEY, id, tab, e);
+  tl_pushval(L, &e->val, 0);
+  return 1;
+}
+
 static int tl_proxy_index(lua_State *L) {
-  return tl_tab_index(L, tl_proxy_tab(L, 1));
+  tl_proxy *p = (tl_proxy *)tl_checkud_hot(L, 1, tl_proxy_tag);
+  tl_tab *tab = tl_proxy_target(tl_me, p);
+  const void *id = NULL;
+  if (tab != NULL && tl_last_tabhit(&p->last, id = tl_keyid(L, 2), tab)) {
+    tl_pushval(L, &p->last.entry->val, 0);
+    return 1;
+  }
+  return tl_proxy_index_slow(L, p, tab, id);
 }
 
 static int tl_proxy_newindex(lua_State *L) {
-  tl_tab_assign(L, tl_proxy_tab(L, 1));
+  tl_proxy *p = (tl_proxy *)tl_checkud_hot(L, 1, tl_proxy_tag);
+  tl_tab *tab = tl_proxy_target(tl_me, p);
+  if (tab == NULL) tl_proxy_fail(L, p);
+  tl_tab_assign(L, tab, &p->last, TL_PROXY_KEY);
   return 0;
 }
 
