@@ -280,6 +280,31 @@ describe("bad input", function()
     local tl = threadlocal.new()
     assert.equal("threadlocal.local", getmetatable(tl))
   end)
+
+  it("never crashes when debug.getmetatable calls its closures with another Local", function()
+    -- b's caches are this thread's, a's closures hold no thread's fields.
+    -- The C closures act on the table they hold; LuaJIT's Lua closures refuse.
+    local function refused_or(want, ok, v)
+      if ok then return v == want end
+      return tostring(v):find("not the Local whose metamethod this is", 1, true) ~= nil
+    end
+    local a, b = threadlocal.new(), threadlocal.new()
+    b.x = "b's"
+    assert.equal("b's", b.x)
+    local mt = debug.getmetatable(a)
+    assert.is_true(refused_or(nil, pcall(mt.__index, b, "x")))
+    assert.is_true(refused_or(nil, pcall(mt.__newindex, b, "x", "through a's")))
+    assert.equal("b's", b.x)
+    assert.is_nil(a.x)
+    -- After a clear drops a's fields, the same.
+    a.x = 1
+    threadlocal.clear(a)
+    assert.is_true(refused_or(nil, pcall(mt.__index, b, "x")))
+    assert.is_true(refused_or(nil, pcall(mt.__newindex, b, "y", 2)))
+    assert.is_nil(a.x)
+    assert.is_nil(a.y)
+    assert.is_nil(b.y)
+  end)
 end)
 
 describe("threadlocal.table", function()

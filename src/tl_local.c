@@ -13,14 +13,19 @@
 
 /* Drops the fields the closure in user value uv (TL_LOCAL_GET or
 ** TL_LOCAL_SET) of the Local lo at ud holds, so that it keeps nothing alive
-** and its next call takes the slow path. */
+** and its next call takes the slow path.  A C closure gets the state's
+** empty or sink table instead, never nil (see tl_local_index).  Allocates
+** nothing. */
 static void tl_uncache1(lua_State *L, int ud, tl_local *lo, int uv) {
   *(uv == TL_LOCAL_GET ? &lo->get_id : &lo->set_id) = TL_NOCACHE;
   tl_getuv(L, ud, uv);
-  lua_pushnil(L);
-  if (lua_iscfunction(L, -2))
+  if (lua_iscfunction(L, -1)) {
+    (void)lua_getupvalue(L, -1, 1); /* TL_UP_STATE */
+    tl_getuv(L, -1, uv == TL_LOCAL_GET ? TL_STATE_EMPTY : TL_STATE_SINK);
+    lua_remove(L, -2);
     lua_setupvalue(L, -2, 2); /* TL_UP_FIELDS */
-  else { /* a Lua closure: see tl_jit.c */
+  } else { /* a Lua closure: see tl_jit.c */
+    lua_pushnil(L);
     lua_setupvalue(L, -2, TL_JIT_UP_FIELDS);
     lua_pushnumber(L, -1);
     lua_setupvalue(L, -2, TL_JIT_UP_ID);
@@ -249,8 +254,12 @@ static TL_NOINLINE void tl_local_refresh(lua_State *L, tl_local *lo, uint64_t *c
 ** The hot path.  Argument 1 is checked cheaply (tl_checkud_hot): Lua code
 ** can call these closures with anything through debug.getmetatable.
 ** Another Local there is refused on the slow path, which compares it with
-** TL_UP_SELF, so the closure's fields and ids stay consistent; on the fast
-** path it is harmless: the closure answers from its own fields table.  With
+** TL_UP_SELF, so the closure's fields and ids stay consistent.  On the fast
+** path (the other Local's cache is this thread's) the closure acts on the
+** table it holds, whichever that is: checking that argument 1 is its own
+** Local would cost a second call into Lua on every access.  That table is
+** never nil (tl_uncache1), so such a call cannot crash; it reads or writes
+** what debug.getupvalue would hand out just as well.  With
 ** no arguments, argument 1 is none and is refused; a
 ** missing key is refused; without a value, the raw access takes the key
 ** for the value and argument 1 for the key, within the call's arguments.

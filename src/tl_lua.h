@@ -176,7 +176,10 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 **                      the shared-local one with jit.lua's __index
 **   TL_STATE_EMPTY     an empty table, never written: what a Local's __index
 **                      reads on a thread without fields (made with the first
-**                      Local, so that the slow path never allocates for it)
+**                      Local, so that the slow path never allocates for it),
+**                      and what it holds while it holds no thread's fields
+**   TL_STATE_SINK      a table nobody reads: what a Local's __newindex holds
+**                      while it holds no thread's fields (see tl_local_index)
 ** User values of a Local (tl_local):
 **   TL_LOCAL_MAP       thread id -> that thread's fields table
 **   TL_LOCAL_INIT      {init, args...} (ninit values), or nil
@@ -197,7 +200,8 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 #define TL_JIT_UP_ID 2
 
 enum { TL_STATE_BYTHREAD = 1, TL_STATE_SENTINEL, TL_STATE_SHARED, TL_STATE_PROXIES,
-       TL_STATE_JIT, TL_STATE_JITMT, TL_STATE_EMPTY, TL_STATE_NUV = TL_STATE_EMPTY };
+       TL_STATE_JIT, TL_STATE_JITMT, TL_STATE_EMPTY, TL_STATE_SINK,
+       TL_STATE_NUV = TL_STATE_SINK };
 enum { TL_LOCAL_MAP = 1, TL_LOCAL_INIT, TL_LOCAL_GET, TL_LOCAL_SET,
        TL_LOCAL_NUV = TL_LOCAL_SET };
 enum { TL_SREF_LAST = 1, TL_SREF_KEY, TL_SREF_NUV = TL_SREF_KEY };

@@ -20,7 +20,7 @@ static const luaL_Reg tl_local_meta[] = {
 static void tl_local_closure(lua_State *L, int st, int ud, lua_CFunction f, const char *name,
                              int uv) {
   lua_pushvalue(L, st);                 /* mt state */
-  lua_pushnil(L);                       /* mt state fields */
+  tl_getuv(L, st, uv == TL_LOCAL_GET ? TL_STATE_EMPTY : TL_STATE_SINK); /* mt state fields */
   lua_pushvalue(L, ud);                 /* mt state fields self */
   tl_getuv(L, ud, TL_LOCAL_MAP);        /* mt state fields self map */
   lua_pushcclosure(L, f, TL_LOCAL_NUP); /* mt f */
@@ -39,7 +39,8 @@ static int tl_new(lua_State *L) {
   st = tl_pushstate(L);                                        /* args st */
   tl_state_home(L, st);
   tl_state_uv(L, st, TL_STATE_EMPTY);
-  lua_pop(L, 1);
+  tl_state_uv(L, st, TL_STATE_SINK);
+  lua_pop(L, 2);
   lo = (tl_local *)tl_newud(L, sizeof *lo, TL_LOCAL_NUV);      /* args st ud */
   ud = lua_gettop(L);
   lo->tag = tl_local_tag;
