@@ -32,6 +32,10 @@ static void tl_rawsetp(lua_State *L, int i, const void *p) { /* pops */
   lua_rawset(L, i);
 }
 
+/* A protected call of f with the light userdata ud, results dropped; the
+** function value is made inside the protection. */
+#define tl_cpcall(L, f, ud) lua_cpcall(L, f, ud)
+
 static void tl_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
   for (; l->name != NULL; l++) {
     int i;
@@ -50,6 +54,15 @@ static void tl_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
 #define tl_rawgetp(L, i, p) ((void)lua_rawgetp(L, i, p))
 #define tl_rawsetp(L, i, p) lua_rawsetp(L, i, p)
 #define tl_setfuncs(L, l, nup) luaL_setfuncs(L, l, nup)
+
+#if LUA_VERSION_NUM == 502 /* only 5.1 and 5.2 need it: see tl_pushstored */
+/* A light C function and a light userdata allocate nothing. */
+static int tl_cpcall(lua_State *L, lua_CFunction f, void *ud) {
+  lua_pushcfunction(L, f);
+  lua_pushlightuserdata(L, ud);
+  return lua_pcall(L, 1, 0, 0);
+}
+#endif
 
 #endif
 

@@ -75,8 +75,10 @@ static tl_thread *tl_self(lua_State *L) {
 ** Pushes a string that lives in shared storage.  Before 5.3 (and in
 ** LuaJIT), lua_pushlstring may collect, and so run a finalizer that frees
 ** or rewrites s, before it copies s: copy it out first.  A long string goes
-** through a copy pushed under a protected call, so that an error cannot
-** leak the copy.
+** through a copy pushed by a protected call (tl_cpcall, which allocates
+** nothing outside the protection), so that an error cannot leak the copy;
+** the string comes back through the registry, as a protected C call
+** returns nothing on 5.1.
 */
 #if LUA_VERSION_NUM >= 503
 #define tl_pushstored(L, s, len) ((void)lua_pushlstring(L, s, len))
@@ -86,10 +88,13 @@ typedef struct tl_strcopy {
   size_t len;
 } tl_strcopy;
 
+static const char tl_copykey = 0; /* registry key of the pushed copy */
+
 static int tl_pushcopy_protected(lua_State *L) {
   const tl_strcopy *c = (const tl_strcopy *)lua_touserdata(L, 1);
   lua_pushlstring(L, c->s, c->len);
-  return 1;
+  tl_rawsetp(L, LUA_REGISTRYINDEX, &tl_copykey);
+  return 0;
 }
 
 static void tl_pushstored(lua_State *L, const char *s, size_t len) {
@@ -103,11 +108,12 @@ static void tl_pushstored(lua_State *L, const char *s, size_t len) {
   }
   if ((c.s = tl_strdup(s, len)) == NULL) tl_memerror(L);
   c.len = len;
-  lua_pushcfunction(L, tl_pushcopy_protected); /* may collect: s is not used after */
-  lua_pushlightuserdata(L, &c);
-  status = lua_pcall(L, 1, 1, 0);
+  status = tl_cpcall(L, tl_pushcopy_protected, &c); /* may collect: s is not used after */
   tl_free((void *)(uintptr_t)c.s);
   if (status != 0) tl_raise(L);
+  tl_rawgetp(L, LUA_REGISTRYINDEX, &tl_copykey);
+  lua_pushnil(L); /* an existing key: no allocation */
+  tl_rawsetp(L, LUA_REGISTRYINDEX, &tl_copykey);
 }
 #endif
 
