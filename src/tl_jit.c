@@ -179,15 +179,7 @@ static int tl_jit_index(lua_State *L) {
 static int tl_jit_newindex(lua_State *L) {
   lua_settop(L, 3);
   tl_jit_check1(L, TL_LOCAL_SET); /* as tl_local_newindex: argument 1, then the key */
-  switch (lua_type(L, 3)) {
-    case LUA_TNIL:
-      tl_error(L, "threadlocal: cannot use nil as a field name");
-    case LUA_TNUMBER: {
-      lua_Number n = lua_tonumber(L, 3);
-      if (n != n) tl_error(L, "threadlocal: cannot use NaN as a field name");
-      break;
-    }
-  }
+  tl_local_checkname(L, 3);
   lua_settop(L, 2);
   return tl_jit_slow(L, TL_LOCAL_SET);
 }

@@ -271,18 +271,23 @@ static int tl_local_index(lua_State *L) {
   return 1;
 }
 
-static int tl_local_newindex(lua_State *L) {
-  tl_local *lo = (tl_local *)tl_checkud_hot(L, 1, tl_local_tag);
-  switch (lua_type(L, 2)) {
+/* A Local's field name at slot i: anything a table takes as a key. */
+static TL_HOT void tl_local_checkname(lua_State *L, int i) {
+  switch (lua_type(L, i)) {
     case LUA_TNONE:
     case LUA_TNIL:
       tl_error(L, "threadlocal: cannot use nil as a field name");
     case LUA_TNUMBER: {
-      lua_Number n = lua_tonumber(L, 2);
+      lua_Number n = lua_tonumber(L, i);
       if (n != n) tl_error(L, "threadlocal: cannot use NaN as a field name");
       break;
     }
   }
+}
+
+static int tl_local_newindex(lua_State *L) {
+  tl_local *lo = (tl_local *)tl_checkud_hot(L, 1, tl_local_tag);
+  tl_local_checkname(L, 2);
   if (tl_unlikely(lo->set_id != tl_myid)) tl_local_refresh(L, lo, &lo->set_id);
   lua_rawset(L, TL_UP_FIELDS);
   return 0;
