@@ -212,12 +212,11 @@ static int tl_jit_on(lua_State *L) {
   return on;
 }
 
-/* Pushes the table lua/threadlocal/jit.lua returns and returns 1 when the
-** JIT is on and the FFI is there; else pushes nothing, returns 0.  st: the
+/* With the JIT on: pushes the table lua/threadlocal/jit.lua returns and
+** returns 1 when the FFI is there; else pushes nothing, returns 0.  st: the
 ** index of the tl_state, whose user value TL_STATE_JIT caches it (false: no
 ** FFI). */
 static int tl_jit_factory(lua_State *L, int st) {
-  if (!tl_jit_on(L)) return 0;
   st = tl_absindex(L, st);
   tl_getuv(L, st, TL_STATE_JIT);
   if (lua_isnil(L, -1)) {
@@ -249,7 +248,7 @@ static int tl_jit_factory(lua_State *L, int st) {
 /* With the metatable mt of the new Local ud on top: when the JIT is on, sets
 ** its __index and __newindex to Lua closures and returns 1; else 0. */
 static int tl_jit_closures(lua_State *L, int st, int ud) {
-  if (!tl_jit_factory(L, st)) return 0; /* mt jit */
+  if (!tl_jit_on(L) || !tl_jit_factory(L, st)) return 0; /* mt jit */
   lua_getfield(L, -1, "closures");
   lua_remove(L, -2);                    /* mt factory */
   lua_pushvalue(L, ud);
@@ -264,29 +263,44 @@ static int tl_jit_closures(lua_State *L, int st, int ud) {
 }
 
 /* When the JIT is on, pushes the metatable of shared locals made now
-** (TL_STATE_JITMT, made on first need) and returns 1; else pushes nothing
-** and returns 0. */
-static int tl_jit_sharedmt(lua_State *L, int st) {
-  st = tl_absindex(L, st);
-  if (!tl_jit_factory(L, st)) return 0; /* jit */
-  tl_getuv(L, st, TL_STATE_JITMT);      /* jit mt? */
-  if (lua_isnil(L, -1)) {
+** (TL_STATE_JITMT, made on first need: the shared-local one with jit.lua's
+** __index) and returns 1; else pushes nothing and returns 0. */
+static int tl_jit_sharedmt(lua_State *L) {
+  int st;
+  if (!tl_jit_on(L)) return 0;
+  st = tl_pushstate(L);                 /* st */
+  if (!tl_jit_factory(L, st)) {
     lua_pop(L, 1);
-    tl_pushsharedmt(L);                 /* jit cmt */
-    tl_copytable(L, -1);                /* jit cmt mt */
-    lua_remove(L, -2);
+    return 0;
+  }                                     /* st jit */
+  tl_getuv(L, st, TL_STATE_JITMT);      /* st jit mt? */
+  if (lua_isnil(L, -1)) {               /* the C one's named entries, */
+    lua_pop(L, 1);                      /* the same functions */
+    tl_pushsharedmt(L);                 /* st jit cmt */
+    lua_createtable(L, 0, 8);           /* st jit cmt mt */
+    lua_pushnil(L);
+    while (lua_next(L, -3)) {
+      if (lua_type(L, -2) == LUA_TSTRING) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, -4);
+      } else
+        lua_pop(L, 1);
+    }
+    lua_remove(L, -2);                  /* st jit mt */
     lua_getfield(L, -2, "shared_index");
     lua_setfield(L, -2, "__index");
     lua_pushvalue(L, -1);
     tl_setuv(L, st, TL_STATE_JITMT);
   }
-  lua_remove(L, -2);                    /* mt */
+  lua_replace(L, st);                   /* mt jit */
+  lua_pop(L, 1);                        /* mt */
   return 1;
 }
 
 #else
 
 #define tl_jit_closures(L, st, ud) 0
-#define tl_jit_sharedmt(L, st) 0
+#define tl_jit_sharedmt(L) 0
 
 #endif

@@ -181,7 +181,6 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 ** on first need:
 **   TL_STATE_BYTHREAD  thread id -> weak set of Locals holding its fields
 **   TL_STATE_SENTINEL  metatable of the per-cycle GC sentinel
-**   TL_STATE_SHARED    name -> this state's shared local userdata
 **   TL_STATE_PROXIES   weak: slab slot + 1 -> a proxy of that slot
 **   TL_STATE_JIT       what lua/threadlocal/jit.lua returns, false without
 **                      the FFI (LuaJIT with the JIT on only: see tl_jit.c)
@@ -193,6 +192,10 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 **                      and what it holds while it holds no thread's fields
 **   TL_STATE_SINK      a table nobody reads: what a Local's __newindex holds
 **                      while it holds no thread's fields (see tl_local_index)
+** The shared-local metatable (in the registry under its name) also maps
+** each tl_sloc, as a light userdata key (which no metamethod name can be),
+** to this state's userdata of it, so that one name has one userdata and a
+** state that only uses shared locals needs no tl_state.
 ** User values of a Local (tl_local):
 **   TL_LOCAL_MAP       thread id -> that thread's fields table
 **   TL_LOCAL_INIT      {init, args...} (ninit values), or nil
@@ -212,7 +215,7 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 #define TL_JIT_UP_FIELDS 1
 #define TL_JIT_UP_ID 2
 
-enum { TL_STATE_BYTHREAD = 1, TL_STATE_SENTINEL, TL_STATE_SHARED, TL_STATE_PROXIES,
+enum { TL_STATE_BYTHREAD = 1, TL_STATE_SENTINEL, TL_STATE_PROXIES,
        TL_STATE_JIT, TL_STATE_JITMT, TL_STATE_EMPTY, TL_STATE_SINK,
        TL_STATE_NUV = TL_STATE_SINK };
 enum { TL_LOCAL_MAP = 1, TL_LOCAL_INIT, TL_LOCAL_GET, TL_LOCAL_SET,

@@ -81,7 +81,6 @@ static int tl_shared_new(lua_State *L) {
   tl_tab *defaults = NULL, *current = NULL;
   tl_sloc *sl;
   tl_sref *ref;
-  int st;
   luaL_argcheck(L, len <= THREADLOCAL_MAXLEN, 1, "name too long");
   if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
@@ -106,25 +105,21 @@ static int tl_shared_new(lua_State *L) {
       tl_raise(L);
     }
   }
-  st = tl_pushstate(L);
-  tl_state_uv(L, st, TL_STATE_SHARED);       /* name defaults st byname */
-  lua_pushvalue(L, 1);
-  lua_rawget(L, -2);                         /* name defaults byname ref? */
+  tl_pushsharedmt(L);                        /* name defaults mt */
+  tl_rawgetp(L, -1, sl);                     /* name defaults mt ref? */
   if (!lua_isnil(L, -1)) return 1;           /* one userdata per name */
   lua_pop(L, 1);
   ref = (tl_sref *)tl_newud(L, sizeof *ref, TL_SREF_NUV);
   memset(ref, 0, sizeof *ref);
   ref->tag = tl_sref_tag;
   ref->sl = sl;
-  if (!tl_jit_sharedmt(L, st)) tl_pushsharedmt(L);
-  lua_setmetatable(L, -2);                   /* name defaults st byname ref */
-  lua_pushvalue(L, 1);                       /* a finalizer that ran in tl_newud */
-  lua_rawget(L, -3);                         /* may have made one */
-  if (!lua_isnil(L, -1)) return 1;
+  if (!tl_jit_sharedmt(L)) lua_pushvalue(L, -2);
+  lua_setmetatable(L, -2);                   /* name defaults mt ref */
+  tl_rawgetp(L, -2, sl);                     /* a finalizer that ran in tl_newud */
+  if (!lua_isnil(L, -1)) return 1;           /* may have made one */
   lua_pop(L, 1);
-  lua_pushvalue(L, 1);
-  lua_pushvalue(L, -2);
-  lua_rawset(L, -4);                         /* byname[name] = ref */
+  lua_pushvalue(L, -1);
+  tl_rawsetp(L, -3, sl);                     /* mt[sl] = ref */
   return 1;
 }
 

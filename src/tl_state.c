@@ -198,8 +198,9 @@ static void tl_state_uv(lua_State *L, int st, int n) {
 }
 
 /* Pushes the metatable `name`, made on first use in this state from funcs
-** (plain C functions), sized once, hidden, and registered under its name
-** as luaL_newmetatable does.  [-0, +1] */
+** (plain C functions), hidden, sized with room for one more entry (see
+** tl_shared_new), and registered under its name as luaL_newmetatable
+** does.  [-0, +1] */
 static void tl_pushmeta(lua_State *L, const char *name, const luaL_Reg *funcs) {
   lua_getfield(L, LUA_REGISTRYINDEX, name);
   if (!lua_isnil(L, -1)) return;
@@ -210,6 +211,12 @@ static void tl_pushmeta(lua_State *L, const char *name, const luaL_Reg *funcs) {
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, "__name");
   lua_setfield(L, -2, "__metatable");
+  lua_getfield(L, LUA_REGISTRYINDEX, name); /* a finalizer may have made one */
+  if (!lua_isnil(L, -1)) {
+    lua_remove(L, -2);
+    return;
+  }
+  lua_pop(L, 1);
   lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, name);
 }
