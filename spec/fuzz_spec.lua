@@ -82,6 +82,13 @@ local function same(a, b, seen)
   return true
 end
 
+-- A field copy without the field the gc_value finalizers set: they run at
+-- any allocation, the making of the arguments and the call's own included.
+local function without_gc(fields)
+  fields.from_gc = nil
+  return fields
+end
+
 local function acceptable(err)
   if err == USER_ERROR then return true end
   if type(err) ~= "string" then return false end
@@ -138,7 +145,7 @@ describe("hostile input (seed " .. SEED .. ", " .. OPS .. " operations)", functi
         refused = refused + 1
         if not acceptable(err) then
           failures[#failures + 1] = ("op %d: unclear error %s"):format(i, tostring(err))
-        elseif before and not same(before, threadlocal.fields(target)) then
+        elseif before and not same(without_gc(before), without_gc(threadlocal.fields(target))) then
           failures[#failures + 1] = ("op %d: a failed call changed the fields (%s)"):format(i, tostring(err))
         end
       end
