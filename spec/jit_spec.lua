@@ -322,11 +322,14 @@ describe("compiled loops over a shared local (JIT on)", function()
     w2:stop()
   end)
 
-  it("have a Lua __index with the JIT on, the C one off; the rest is the same", function()
+  it("have a Lua __index once read 16 times with the JIT on, the C one before and off; the rest is the same", function()
+    local c, j = threadlocal.shared(support.unique("jit.c")), threadlocal.shared(support.unique("jit.j"))
     jit.off()
-    local c = threadlocal.shared(support.unique("jit.c"))
+    for _ = 1, 16 do local _ = c.x end
     jit.on()
-    local j = threadlocal.shared(support.unique("jit.j"))
+    for _ = 1, 15 do local _ = j.x end
+    assert.equal(debug.getmetatable(c), debug.getmetatable(j))
+    local _ = j.x
     local cmt, jmt = debug.getmetatable(c), debug.getmetatable(j)
     assert.equal("C", debug.getinfo(cmt.__index, "S").what)
     assert.equal("Lua", debug.getinfo(jmt.__index, "S").what)
@@ -339,6 +342,21 @@ describe("compiled loops over a shared local (JIT on)", function()
     assert.equal(1, j.x)
     threadlocal.clear(j)
     assert.is_nil(j.x)
+  end)
+
+  it("are switched by the read that makes them hot: a state that reads less never loads the FFI", function()
+    local what, before, after, ffi_before, ffi_after, x = helper.exec([[
+      local threadlocal = require "threadlocal"
+      local sh = threadlocal.shared(...)
+      local function what() return debug.getinfo(debug.getmetatable(sh).__index, "S").what end
+      sh.x = 5
+      for _ = 1, 15 do local _ = sh.x end
+      local before, ffi_before = what(), package.loaded.ffi ~= nil
+      local x = sh.x
+      return jit.status(), before, what(), ffi_before, package.loaded.ffi ~= nil, x
+    ]], support.unique("jit.hot"))
+    assert.is_true(what)
+    assert.same({ "C", "Lua", false, true, 5 }, { before, after, ffi_before, ffi_after, x })
   end)
 
   it("compile into looping traces without a trace abort", function()

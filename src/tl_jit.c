@@ -4,9 +4,10 @@
 **
 ** LuaJIT cannot compile a call to a C function through the Lua API: a loop
 ** over a Local with C closures, or over a shared local with a C __index,
-** aborts its traces and runs interpreted.  Locals and shared locals made
-** while the JIT is on get the Lua functions of lua/threadlocal/jit.lua
-** instead (built in with .incbin, loaded once per state).
+** aborts its traces and runs interpreted.  Locals made while the JIT is on,
+** and shared locals once read often with it on (TL_JIT_HOT, tl_lua.h), get
+** the Lua functions of lua/threadlocal/jit.lua instead (built in with
+** .incbin, loaded once per state, on first need).
 **
 ** A Local's closures: a hit reads the calling thread's id through an FFI
 ** call to tl_jit_myid and does a rawget/rawset on the fields table the
@@ -262,7 +263,7 @@ static int tl_jit_closures(lua_State *L, int st, int ud) {
   return 1;
 }
 
-/* When the JIT is on, pushes the metatable of shared locals made now
+/* When the JIT is on, pushes the metatable of shared locals read often
 ** (TL_STATE_JITMT, made on first need: the shared-local one with jit.lua's
 ** __index) and returns 1; else pushes nothing and returns 0. */
 static int tl_jit_sharedmt(lua_State *L) {
@@ -298,9 +299,15 @@ static int tl_jit_sharedmt(lua_State *L) {
   return 1;
 }
 
+/* The TL_JIT_HOT-th read of the shared local at slot 1 through the C
+** __index (see TL_JIT in tl_lua.h): with the JIT on, it gets the JIT's
+** metatable.  Leaves the stack as it was. */
+static void tl_jit_promote(lua_State *L) {
+  if (tl_jit_sharedmt(L)) lua_setmetatable(L, 1);
+}
+
 #else
 
 #define tl_jit_closures(L, st, ud) 0
-#define tl_jit_sharedmt(L) 0
 
 #endif

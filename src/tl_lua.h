@@ -308,6 +308,7 @@ typedef struct tl_sref {
   const tl_tab *jit_tab;
   const char *jit_key;
   const tl_entry *jit_entry;
+  unsigned reads; /* through the C __index, counted up to TL_JIT_HOT */
 } tl_sref;
 
 /* A proxy of the table in slot `slot` of thread `owner`'s slab. */
@@ -342,10 +343,23 @@ typedef struct tl_proxy {
   extern const char sym##_end[] __attribute__((visibility("hidden")))
 #endif
 
-/* Under LuaJIT (whose headers say 5.1), Locals and shared locals made while
-** the JIT is on get the Lua metamethods of lua/threadlocal/jit.lua (tl_jit.c). */
+/*
+** Under LuaJIT (whose headers say 5.1), Locals made while the JIT is on,
+** and shared locals read TL_JIT_HOT times through the C __index, the last
+** time with the JIT on, get the Lua metamethods of lua/threadlocal/jit.lua
+** (tl_jit.c).  LuaJIT starts recording a loop after hotloop iterations
+** (56 by default), so a loop over a shared local has switched by then; a
+** state that reads it a few times, as a state per request does, never
+** loads jit.lua.
+*/
 #if LUA_VERSION_NUM == 501 && defined(TL_EMBED)
 #define TL_JIT 1
+#define TL_JIT_HOT 16
+static void tl_jit_promote(lua_State *L);
+#define tl_jit_count(L, ref) \
+  ((ref)->reads < TL_JIT_HOT && ++(ref)->reads == TL_JIT_HOT ? tl_jit_promote(L) : (void)0)
+#else
+#define tl_jit_count(L, ref) ((void)0)
 #endif
 
 /* The tl_state at stack index (or upvalue) st. */

@@ -113,7 +113,7 @@ static int tl_shared_new(lua_State *L) {
   memset(ref, 0, sizeof *ref);
   ref->tag = tl_sref_tag;
   ref->sl = sl;
-  if (!tl_jit_sharedmt(L)) lua_pushvalue(L, -2);
+  lua_pushvalue(L, -2);
   lua_setmetatable(L, -2);                   /* name defaults mt ref */
   tl_rawgetp(L, -2, sl);                     /* a finalizer that ran in tl_newud */
   if (!lua_isnil(L, -1)) return 1;           /* may have made one */

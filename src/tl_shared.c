@@ -65,8 +65,10 @@ static TL_NOINLINE int tl_shared_index_slow(lua_State *L, tl_sref *ref, tl_tab *
 
 static int tl_shared_index(lua_State *L) {
   tl_sref *ref = tl_sref_check1(L);
-  tl_tab *tab = tl_shfields_peek(tl_me, ref->sl);
+  tl_tab *tab;
   const void *id = NULL;
+  tl_jit_count(L, ref); /* first: it may run Lua code */
+  tab = tl_shfields_peek(tl_me, ref->sl);
   if (tab != NULL && tl_last_hit(&ref->last, id = tl_keyid(L, 2), tab)) {
     const tl_entry *e = ref->last.entry;
     if (e->val.type == TL_TTAB) /* its proxy, remembered with it */
