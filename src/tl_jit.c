@@ -4,10 +4,10 @@
 **
 ** LuaJIT cannot compile a call to a C function through the Lua API: a loop
 ** over a Local with C closures, or over a shared local with a C __index,
-** aborts its traces and runs interpreted.  Locals and shared locals used
-** often with the JIT on (TL_JIT_HOT, tl_lua.h) get the Lua functions of
-** lua/threadlocal/jit.lua instead (built in with .incbin, loaded once per
-** state, on first need).
+** aborts its traces and runs interpreted.  Locals made while the JIT is on,
+** and shared locals once read often with it on (TL_JIT_HOT, tl_lua.h), get
+** the Lua functions of lua/threadlocal/jit.lua instead (built in with
+** .incbin, loaded once per state, on first need).
 **
 ** A Local's closures: a hit reads the calling thread's id through an FFI
 ** call to tl_jit_myid and does a rawget/rawset on the fields table the
@@ -246,10 +246,10 @@ static int tl_jit_factory(lua_State *L, int st) {
   return 0;
 }
 
-/* With the metatable mt of the Local ud on top, and the JIT on: sets its
-** __index and __newindex to Lua closures and returns 1; 0 without the FFI. */
+/* With the metatable mt of the new Local ud on top: when the JIT is on, sets
+** its __index and __newindex to Lua closures and returns 1; else 0. */
 static int tl_jit_closures(lua_State *L, int st, int ud) {
-  if (!tl_jit_factory(L, st)) return 0; /* mt jit */
+  if (!tl_jit_on(L) || !tl_jit_factory(L, st)) return 0; /* mt jit */
   lua_getfield(L, -1, "closures");
   lua_remove(L, -2);                    /* mt factory */
   lua_pushvalue(L, ud);
@@ -299,25 +299,15 @@ static int tl_jit_sharedmt(lua_State *L) {
   return 1;
 }
 
-/* The TL_JIT_HOT-th call of the C closures of the Local at slot 1 (see
-** TL_JIT in tl_lua.h): with the JIT on, it gets Lua closures, which hold no
-** thread's fields yet.  The C closures let go of theirs first: LuaJIT may
-** keep them alive a while in a stale stack slot.  Leaves the stack as it
-** was. */
-static void tl_jit_promote_local(lua_State *L) {
-  int top = lua_gettop(L), st;
-  if (!tl_jit_on(L)) return;
-  tl_uncache(L, 1, (tl_local *)lua_touserdata(L, 1));
-  st = tl_pushstate(L);
-  lua_getmetatable(L, 1);
-  (void)tl_jit_closures(L, st, 1);
-  lua_settop(L, top);
-}
-
-/* The same for the C __index of the shared local at slot 1: it gets the
-** JIT's metatable. */
-static void tl_jit_promote_shared(lua_State *L) {
+/* The TL_JIT_HOT-th read of the shared local at slot 1 through the C
+** __index (see TL_JIT in tl_lua.h): with the JIT on, it gets the JIT's
+** metatable.  Leaves the stack as it was. */
+static void tl_jit_promote(lua_State *L) {
   if (tl_jit_sharedmt(L)) lua_setmetatable(L, 1);
 }
+
+#else
+
+#define tl_jit_closures(L, st, ud) 0
 
 #endif

@@ -268,7 +268,6 @@ static int tl_local_index(lua_State *L) {
   tl_local *lo = (tl_local *)tl_checkud_hot(L, 1, tl_local_tag);
   if (tl_unlikely(lo->get_id != tl_myid)) tl_local_refresh(L, lo, &lo->get_id);
   lua_rawget(L, TL_UP_FIELDS);
-  tl_jit_count(L, lo, tl_jit_promote_local);
   return 1;
 }
 
@@ -291,7 +290,6 @@ static int tl_local_newindex(lua_State *L) {
   tl_local_checkname(L, 2);
   if (tl_unlikely(lo->set_id != tl_myid)) tl_local_refresh(L, lo, &lo->set_id);
   lua_rawset(L, TL_UP_FIELDS);
-  tl_jit_count(L, lo, tl_jit_promote_local);
   return 0;
 }
 
