@@ -269,6 +269,22 @@ describe("hostile structures and keys", function()
     assert.equal(2, n)
   end)
 
+  it("gives one working userdata per name even after the debug library forged the map", function()
+    local name = support.unique("fuzz forged")
+    local a = threadlocal.shared(name)
+    a.x = 1
+    local mt, forged = debug.getmetatable(a), 0
+    for k, v in next, mt do
+      if rawequal(v, a) then mt[k], forged = "forged", forged + 1 end
+    end
+    assert.equal(1, forged)
+    local b = threadlocal.shared(name)
+    assert.equal("userdata", type(b))
+    assert.equal(1, b.x)
+    assert.equal(b, threadlocal.shared(name))
+    assert.equal("threadlocal.shared '" .. name .. "'", tostring(b):match("^(.-): "))
+  end)
+
   it("prints integer keys as integers in refusals, and cuts long paths", function()
     local s = threadlocal.shared(support.unique("fuzz messages"))
     local ok, err = pcall(function() s.q = { [2 ^ 60] = print } end)

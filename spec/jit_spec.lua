@@ -359,6 +359,24 @@ describe("compiled loops over a shared local (JIT on)", function()
     assert.same({ "C", "Lua", false, true, 5 }, { before, after, ffi_before, ffi_after, x })
   end)
 
+  it("keep the C __index when the switch fails, and the 16th read goes on", function()
+    local got = { helper.exec([[
+      local threadlocal = require "threadlocal"
+      local a, b = threadlocal.shared((...) .. ".a"), threadlocal.shared((...) .. ".b")
+      local function what(sh) return debug.getinfo(debug.getmetatable(sh).__index, "S").what end
+      a.x, b.x = 7, 8
+      for _ = 1, 15 do local _ = a.x + b.x end
+      local status = jit.status
+      jit.status = function() error("not now") end
+      local ok, x = pcall(function() return a.x end)
+      jit.status = function() coroutine.yield() end
+      local resumed, y = coroutine.resume(coroutine.create(function() return b.x end))
+      jit.status = status
+      return ok, x, what(a), resumed, y, what(b), a.x + b.x
+    ]], support.unique("jit.fail")) }
+    assert.same({ true, 7, "C", true, 8, "C", 15 }, got)
+  end)
+
   it("compile into looping traces without a trace abort", function()
     local sh = threadlocal.shared(support.unique("jit.loop"))
     sh.x, sh.b = 1, true

@@ -299,11 +299,33 @@ static int tl_jit_sharedmt(lua_State *L) {
   return 1;
 }
 
-/* The TL_JIT_HOT-th read of the shared local at slot 1 through the C
+/* Protected: sets *made when TL_STATE_JITMT is there (the JIT on and the
+** FFI there), making it if need be. */
+static int tl_jit_makemt(lua_State *L) {
+  int *made = (int *)lua_touserdata(L, 1);
+  *made = tl_jit_sharedmt(L);
+  return 0;
+}
+
+/*
+** The TL_JIT_HOT-th read of the shared local at slot 1 through the C
 ** __index (see TL_JIT in tl_lua.h): with the JIT on, it gets the JIT's
-** metatable.  Leaves the stack as it was. */
+** metatable.  The switch runs Lua code (jit.status, jit.lua) and
+** allocates: it runs protected, and whatever fails there (no memory, a
+** replaced jit.status that raises or yields) leaves the C __index and the
+** read goes on.  Leaves the stack as it was.
+*/
 static void tl_jit_promote(lua_State *L) {
-  if (tl_jit_sharedmt(L)) lua_setmetatable(L, 1);
+  int made = 0;
+  if (tl_cpcall(L, tl_jit_makemt, &made) != 0) {
+    lua_pop(L, 1);
+    return;
+  }
+  if (!made) return;
+  tl_rawgetp(L, LUA_REGISTRYINDEX, &tl_statekey); /* made with the mt; no */
+  tl_getuv(L, -1, TL_STATE_JITMT);                /* allocation from here */
+  lua_setmetatable(L, 1);
+  lua_pop(L, 1);
 }
 
 #else

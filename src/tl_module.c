@@ -75,6 +75,13 @@ static int tl_call(lua_State *L) { /* threadlocal(...) */
   return tl_new(L);
 }
 
+/* Whether slot i holds this state's userdata of sl: the metatable that
+** maps them can be reached, and so written, through debug.getmetatable. */
+static int tl_isref(lua_State *L, int i, const tl_sloc *sl) {
+  const tl_sref *ref = (const tl_sref *)tl_testud(L, i, tl_sref_tag, sizeof *ref);
+  return ref != NULL && ref->sl == sl;
+}
+
 static int tl_shared_new(lua_State *L) {
   size_t len;
   const char *name = luaL_checklstring(L, 1, &len);
@@ -107,7 +114,7 @@ static int tl_shared_new(lua_State *L) {
   }
   tl_pushsharedmt(L);                        /* name defaults mt */
   tl_rawgetp(L, -1, sl);                     /* name defaults mt ref? */
-  if (!lua_isnil(L, -1)) return 1;           /* one userdata per name */
+  if (tl_isref(L, -1, sl)) return 1;         /* one userdata per name */
   lua_pop(L, 1);
   ref = (tl_sref *)tl_newud(L, sizeof *ref, TL_SREF_NUV);
   memset(ref, 0, sizeof *ref);
@@ -116,7 +123,7 @@ static int tl_shared_new(lua_State *L) {
   lua_pushvalue(L, -2);
   lua_setmetatable(L, -2);                   /* name defaults mt ref */
   tl_rawgetp(L, -2, sl);                     /* a finalizer that ran in tl_newud */
-  if (!lua_isnil(L, -1)) return 1;           /* may have made one */
+  if (tl_isref(L, -1, sl)) return 1;         /* may have made one */
   lua_pop(L, 1);
   lua_pushvalue(L, -1);
   tl_rawsetp(L, -3, sl);                     /* mt[sl] = ref */
