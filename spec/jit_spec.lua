@@ -345,7 +345,7 @@ describe("compiled loops over a shared local (JIT on)", function()
   end)
 
   it("are switched by the read that makes them hot: a state that reads less never loads the FFI", function()
-    local what, before, after, ffi_before, ffi_after, x = helper.exec([[
+    local on, before, after, ffi_before, ffi_after, x = helper.exec([[
       local threadlocal = require "threadlocal"
       local sh = threadlocal.shared(...)
       local function what() return debug.getinfo(debug.getmetatable(sh).__index, "S").what end
@@ -355,7 +355,7 @@ describe("compiled loops over a shared local (JIT on)", function()
       local x = sh.x
       return jit.status(), before, what(), ffi_before, package.loaded.ffi ~= nil, x
     ]], support.unique("jit.hot"))
-    assert.is_true(what)
+    assert.is_true(on)
     assert.same({ "C", "Lua", false, true, 5 }, { before, after, ffi_before, ffi_after, x })
   end)
 
