@@ -1,6 +1,6 @@
--- LuaJIT with the JIT on: a Local's __index and __newindex, and a shared
--- local's __index, become Lua functions (lua/threadlocal/jit.lua) that compile
--- into traces at their 16th use.  Elsewhere they are the C ones, as before.
+-- LuaJIT with the JIT on: a Local's __index and __newindex are Lua closures
+-- (lua/threadlocal/jit.lua) that compile into traces.  Elsewhere they are the C
+-- closures, as before.
 local threadlocal = require "threadlocal"
 local helper = require "tlhelper"
 local support = require "support"
@@ -36,20 +36,16 @@ describe("a Local's own metamethods", function()
 
   if not jit_on then return end
 
-  it("are Lua closures from their 16th use with the JIT on, fields as upvalue 1 and id as upvalue 2", function()
+  it("are Lua closures with the JIT on, fields as upvalue 1 and id as upvalue 2", function()
     local tl = threadlocal.new()
-    for i = 1, 15 do
-      if i % 2 == 0 then tl.k = i else local _ = tl.k end
-    end
-    assert.same({ "C", "C" }, { kinds(tl) })
-    tl.k = 16
-    assert.same({ "Lua", "Lua" }, { kinds(tl) })
+    local get, set = kinds(tl)
+    assert.equal("Lua", get)
+    assert.equal("Lua", set)
     for _, mm in ipairs { "__index", "__newindex" } do
       local fields, id = cached(tl, mm)
       assert.is_nil(fields)
       assert.equal(-1, id)
     end
-    assert.equal(16, tl.k)
     tl.k = 1
     local v = tl.k
     assert.equal(1, v)
@@ -57,99 +53,6 @@ describe("a Local's own metamethods", function()
     assert.equal(threadlocal.table(tl), fields)
     assert.equal(threadlocal.id(), id)
     assert.equal(fields, (cached(tl, "__newindex")))
-  end)
-
-  it("are switched by the use that makes them hot: a state that uses one less never loads the FFI", function()
-    local on, before, after, ffi_before, ffi_after, x = helper.exec([[
-      local tl = require("threadlocal").new()
-      local function what() return debug.getinfo(debug.getmetatable(tl).__index, "S").what end
-      for i = 1, 15 do tl.x = i end
-      local before, ffi_before = what(), package.loaded.ffi ~= nil
-      local x = tl.x
-      return jit.status(), before, what(), ffi_before, package.loaded.ffi ~= nil, x
-    ]])
-    assert.is_true(on)
-    assert.same({ "C", "Lua", false, true, 15 }, { before, after, ffi_before, ffi_after, x })
-  end)
-
-  it("keep working when the 16th use falls inside init, on another thread", function()
-    local tl = threadlocal.new(function(self) for i = 1, 8 do self[i] = i end end) -- 8 uses
-    local w = helper.worker()
-    local got = { w:run(function()
-      local a = tl[3] -- init's 8 uses make the 16th
-      local b = tl[3]
-      tl[3] = "w"
-      return a, b, tl[3]
-    end) }
-    w:stop()
-    assert.same({ 3, 3, "w" }, got)
-    assert.same({ "Lua", "Lua" }, { kinds(tl) })
-    assert.equal(3, tl[3])
-  end)
-
-  it("keep working when Lua code run by the switch uses the Local", function()
-    -- jit.lua, loaded by the switch, calls require: here it reads and writes
-    -- the Local that is switching, as a finalizer run by the switch's
-    -- allocations may.
-    local got = { helper.exec([[
-      local tl = require("threadlocal").new()
-      local real = require
-      for i = 1, 15 do tl.x = i end
-      require = function(...) tl.y = tl.x; return real(...) end -- luacheck: ignore
-      local v = tl.x -- the 16th use
-      require = real -- luacheck: ignore
-      return v, tl.x, tl.y, debug.getinfo(debug.getmetatable(tl).__index, "S").what
-    ]]) }
-    assert.same({ 15, 15, 15, "Lua" }, got)
-  end)
-
-  it("answer rightly through their old C closures after the switch, on each thread", function()
-    local tl = threadlocal.new()
-    local mt = debug.getmetatable(tl)
-    local oldget, oldset = mt.__index, mt.__newindex
-    for i = 1, 16 do tl.k = i end
-    assert.same({ "Lua", "Lua" }, { kinds(tl) })
-    tl.k = "main"
-    local w = helper.worker()
-    local got = { w:run(function()
-      oldset(tl, "k", "worker")
-      return oldget(tl, "k"), tl.k
-    end) }
-    w:stop()
-    assert.same({ "worker", "worker" }, got)
-    assert.equal("main", oldget(tl, "k"))
-    assert.equal("main", tl.k)
-    local ok, err = pcall(oldget, 5, "k")
-    assert.is_false(ok)
-    assert.matches("threadlocal.local expected", err, 1, true)
-  end)
-
-  it("switch safely at a 16th call made with fewer arguments than the VM passes", function()
-    local a, b = threadlocal.new(), threadlocal.new()
-    local set, get = debug.getmetatable(a).__newindex, debug.getmetatable(b).__index
-    b[b] = io.stdout -- what a get of b with argument 1 only reads
-    for i = 1, 15 do a.k = i end
-    for i = 1, 14 do b.k = i end
-    assert.is_true((pcall(set, a, "k"))) -- each one's 16th use
-    assert.same({ true, io.stdout }, { pcall(get, b) })
-    assert.same({ "Lua", "Lua" }, { kinds(a) })
-    assert.same({ "Lua", "Lua" }, { kinds(b) })
-    assert.is_true((pcall(io.stdout.write, io.stdout, "")))
-    assert.equal(14, b.k)
-  end)
-
-  it("keep the C closures when the switch fails, and the 16th use goes on", function()
-    local got = { helper.exec([[
-      local tl = require("threadlocal").new()
-      local function what() return debug.getinfo(debug.getmetatable(tl).__index, "S").what end
-      for i = 1, 15 do tl.k = i end
-      local status = jit.status
-      jit.status = function() error("not now") end
-      local ok = pcall(function() tl.k = "sixteenth" end)
-      jit.status = status
-      return ok, tl.k, what()
-    ]]) }
-    assert.same({ true, "sixteenth", "C" }, got)
   end)
 end)
 

@@ -4,10 +4,10 @@
 **
 ** LuaJIT cannot compile a call to a C function through the Lua API: a loop
 ** over a Local with C closures, or over a shared local with a C __index,
-** aborts its traces and runs interpreted.  Locals and shared locals used
-** often with the JIT on (TL_JIT_HOT, tl_lua.h) get the Lua functions of
-** lua/threadlocal/jit.lua instead (built in with .incbin, loaded once per
-** state, on first need).
+** aborts its traces and runs interpreted.  Locals made while the JIT is on,
+** and shared locals once read often with it on (TL_JIT_HOT, tl_lua.h), get
+** the Lua functions of lua/threadlocal/jit.lua instead (built in with
+** .incbin, loaded once per state, on first need).
 **
 ** A Local's closures: a hit reads the calling thread's id through an FFI
 ** call to tl_jit_myid and does a rawget/rawset on the fields table the
@@ -16,9 +16,8 @@
 ** calling thread's fields as they do (tl_local_push) and return them with
 ** the thread's id, which the closure keeps as its upvalues TL_JIT_UP_FIELDS
 ** and TL_JIT_UP_ID.  The Local's get_id and set_id say whose fields the
-** closures hold, as for the C closures before the switch, so that the
-** purge, clear and a failed init drop them (tl_uncache); a C closure called
-** after the switch caches nothing (tl_jit_switch_local).
+** closures hold, as for the C closures, so that the purge, clear and a
+** failed init drop them (tl_uncache).
 **
 ** A shared local's __index (its metatable is TL_STATE_JITMT, the shared-local
 ** one with that __index; the userdata is the same tl_sref): for a string
@@ -247,59 +246,21 @@ static int tl_jit_factory(lua_State *L, int st) {
   return 0;
 }
 
-/* Protected, with the Local at 1: with the JIT on and the FFI there,
-** returns its Lua __index and __newindex; else nothing. */
-static int tl_jit_makeclosures(lua_State *L) {
-  int st;
-  if (!tl_jit_on(L)) return 0;
-  st = tl_pushstate(L);
-  if (!tl_jit_factory(L, st)) return 0;
+/* With the metatable mt of the new Local ud on top: when the JIT is on, sets
+** its __index and __newindex to Lua closures and returns 1; else 0. */
+static int tl_jit_closures(lua_State *L, int st, int ud) {
+  if (!tl_jit_on(L) || !tl_jit_factory(L, st)) return 0; /* mt jit */
   lua_getfield(L, -1, "closures");
-  lua_pushvalue(L, 1);
-  lua_call(L, 1, 2);
-  return 2;
-}
-
-/*
-** The TL_JIT_HOT-th call of the C closures of the Local at slot 1 (see
-** TL_JIT in tl_lua.h), before its access: with the JIT on, the Local gets
-** Lua closures, which hold no thread's fields yet.  Making them runs Lua
-** code (jit.status, jit.lua) and allocates: that runs protected, and a
-** failure leaves the C closures.  Installing them allocates nothing, so no
-** finalizer comes in between: the C closures let go of their fields and
-** their ids, which from then on are the Lua closures', and the Local is
-** marked `jit`, so that a C closure still called (through the debug
-** library, or the call running now) caches nothing (tl_local_refresh).
-** Leaves the stack as it was.
-*/
-static void tl_jit_switch_local(lua_State *L) {
-  int top = lua_gettop(L), ud;
-  tl_local *lo = (tl_local *)lua_touserdata(L, 1);
-  if (lo != lua_touserdata(L, TL_UP_SELF)) return; /* another Local as 1 */
-  lua_pushvalue(L, TL_UP_SELF);
-  ud = lua_gettop(L);
-  lua_pushcfunction(L, tl_jit_makeclosures); /* may raise: before the access */
+  lua_remove(L, -2);                    /* mt factory */
   lua_pushvalue(L, ud);
-  if (lua_pcall(L, 1, 2, 0) == 0 && lua_isfunction(L, -2) && lua_isfunction(L, -1)) {
-    tl_uncache(L, ud, lo);               /* index newindex */
-    lua_getmetatable(L, ud);             /* index newindex mt */
-    lua_insert(L, -3);                   /* mt index newindex */
-    lua_pushvalue(L, -2);
-    tl_setuv(L, ud, TL_LOCAL_GET);
-    lua_pushvalue(L, -1);
-    tl_setuv(L, ud, TL_LOCAL_SET);
-    lua_setfield(L, -3, "__newindex");
-    lua_setfield(L, -2, "__index");
-    lo->jit = 1;
-  }
-  lua_settop(L, top);
-}
-
-/* After the access of a C closure the Local no longer has: it keeps no
-** thread's fields.  uv: TL_LOCAL_GET or TL_LOCAL_SET. */
-static void tl_jit_forget(lua_State *L, int uv) {
-  tl_getuv(L, TL_UP_STATE, uv == TL_LOCAL_GET ? TL_STATE_EMPTY : TL_STATE_SINK);
-  lua_replace(L, TL_UP_FIELDS);
+  lua_call(L, 1, 2);                    /* mt index newindex */
+  lua_pushvalue(L, -2);
+  tl_setuv(L, ud, TL_LOCAL_GET);
+  lua_pushvalue(L, -1);
+  tl_setuv(L, ud, TL_LOCAL_SET);
+  lua_setfield(L, -3, "__newindex");
+  lua_setfield(L, -2, "__index");
+  return 1;
 }
 
 /* When the JIT is on, pushes the metatable of shared locals read often
@@ -347,13 +308,14 @@ static int tl_jit_makemt(lua_State *L) {
 }
 
 /*
-** The same for the C __index of the shared local at slot 1: with the JIT
-** on, it gets the JIT's metatable.  The switch runs Lua code (jit.status, jit.lua) and
+** The TL_JIT_HOT-th read of the shared local at slot 1 through the C
+** __index (see TL_JIT in tl_lua.h): with the JIT on, it gets the JIT's
+** metatable.  The switch runs Lua code (jit.status, jit.lua) and
 ** allocates: it runs protected, and whatever fails there (no memory, a
 ** replaced jit.status that raises or yields) leaves the C __index and the
 ** read goes on.  Leaves the stack as it was.
 */
-static void tl_jit_switch_shared(lua_State *L) {
+static void tl_jit_promote(lua_State *L) {
   int made = 0;
   if (tl_cpcall(L, tl_jit_makemt, &made) != 0) {
     lua_pop(L, 1);
@@ -365,5 +327,9 @@ static void tl_jit_switch_shared(lua_State *L) {
   lua_setmetatable(L, 1);
   lua_pop(L, 1);
 }
+
+#else
+
+#define tl_jit_closures(L, st, ud) 0
 
 #endif

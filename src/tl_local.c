@@ -245,9 +245,9 @@ static void tl_local_find(lua_State *L, int ud, const tl_local *lo, int map, int
 static TL_NOINLINE void tl_local_refresh(lua_State *L, tl_local *lo, uint64_t *cid) {
   if (lo != lua_touserdata(L, TL_UP_SELF)) /* called with another Local */
     luaL_argerror(L, 1, "not the Local whose metamethod this is");
-  tl_local_find(L, 1, lo, TL_UP_MAP, TL_UP_STATE, cid == &lo->get_id); /* init may */
-  lua_replace(L, TL_UP_FIELDS);                                         /* switch it */
-  if (!tl_jit_replaced(lo)) *cid = tl_myid; /* else the ids are the Lua closures' */
+  tl_local_find(L, 1, lo, TL_UP_MAP, TL_UP_STATE, cid == &lo->get_id);
+  lua_replace(L, TL_UP_FIELDS);
+  *cid = tl_myid;
 }
 
 /*
@@ -266,11 +266,8 @@ static TL_NOINLINE void tl_local_refresh(lua_State *L, tl_local *lo, uint64_t *c
 */
 static int tl_local_index(lua_State *L) {
   tl_local *lo = (tl_local *)tl_checkud_hot(L, 1, tl_local_tag);
-  tl_jit_count(L, lo, tl_jit_switch_local); /* first: it may run Lua code */
-  if (tl_unlikely(lo->get_id != tl_myid || tl_jit_replaced(lo)))
-    tl_local_refresh(L, lo, &lo->get_id);
+  if (tl_unlikely(lo->get_id != tl_myid)) tl_local_refresh(L, lo, &lo->get_id);
   lua_rawget(L, TL_UP_FIELDS);
-  if (tl_jit_replaced(lo)) tl_jit_forget(L, TL_LOCAL_GET);
   return 1;
 }
 
@@ -291,11 +288,8 @@ static TL_HOT void tl_local_checkname(lua_State *L, int i) {
 static int tl_local_newindex(lua_State *L) {
   tl_local *lo = (tl_local *)tl_checkud_hot(L, 1, tl_local_tag);
   tl_local_checkname(L, 2);
-  tl_jit_count(L, lo, tl_jit_switch_local);
-  if (tl_unlikely(lo->set_id != tl_myid || tl_jit_replaced(lo)))
-    tl_local_refresh(L, lo, &lo->set_id);
+  if (tl_unlikely(lo->set_id != tl_myid)) tl_local_refresh(L, lo, &lo->set_id);
   lua_rawset(L, TL_UP_FIELDS);
-  if (tl_jit_replaced(lo)) tl_jit_forget(L, TL_LOCAL_SET);
   return 0;
 }
 

@@ -169,9 +169,8 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 **     upvalue 2  TL_UP_FIELDS  the fields table of the thread in get_id/set_id
 **     upvalue 3  TL_UP_SELF    the Local
 **     upvalue 4  TL_UP_MAP     the Local's TL_LOCAL_MAP, for the slow path
-**   or, once used often with LuaJIT's JIT on (TL_JIT_HOT), Lua closures
-**   (lua/threadlocal/jit.lua, whose bodies name these first, in this order;
-**   see tl_jit.c):
+**   or, made while LuaJIT's JIT is on, Lua closures (lua/threadlocal/jit.lua,
+**   whose bodies name these first, in this order; see tl_jit.c):
 **     upvalue 1  TL_JIT_UP_FIELDS  the fields table, as TL_UP_FIELDS
 **     upvalue 2  TL_JIT_UP_ID      the number get_id/set_id, -1 for none
 **   the GC sentinel's __gc: upvalue 1, the tl_state;
@@ -185,7 +184,7 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 **   TL_STATE_PROXIES   weak: slab slot + 1 -> a proxy of that slot
 **   TL_STATE_JIT       what lua/threadlocal/jit.lua returns, false without
 **                      the FFI (LuaJIT with the JIT on only: see tl_jit.c)
-**   TL_STATE_JITMT     the metatable of shared locals read often with the JIT on:
+**   TL_STATE_JITMT     the metatable of shared locals made with the JIT on:
 **                      the shared-local one with jit.lua's __index
 **   TL_STATE_EMPTY     an empty table, never written: what a Local's __index
 **                      reads on a thread without fields (made with the first
@@ -254,8 +253,6 @@ typedef struct tl_local {
   const char *tag; /* tl_local_tag */
   uint64_t get_id, set_id;
   int ninit; /* init and its arguments in TL_LOCAL_INIT; 0: no init */
-  unsigned calls; /* of the C closures, counted up to TL_JIT_HOT */
-  int jit;        /* its closures are the Lua ones (tl_jit.c) */
 } tl_local;
 
 #define TL_NOCACHE UINT64_MAX /* matches no thread, not even "no record yet" */
@@ -311,7 +308,7 @@ typedef struct tl_sref {
   const tl_tab *jit_tab;
   const char *jit_key;
   const tl_entry *jit_entry;
-  unsigned calls; /* of the C __index, counted up to TL_JIT_HOT */
+  unsigned reads; /* through the C __index, counted up to TL_JIT_HOT */
 } tl_sref;
 
 /* A proxy of the table in slot `slot` of thread `owner`'s slab. */
@@ -347,28 +344,22 @@ typedef struct tl_proxy {
 #endif
 
 /*
-** Under LuaJIT (whose headers say 5.1), a Local or a shared local gets the
-** Lua metamethods of lua/threadlocal/jit.lua (tl_jit.c) at the TL_JIT_HOT-th
-** call of its C ones (a Local's __index and __newindex together, a shared
-** local's __index), if the JIT is on then.  LuaJIT starts recording a loop
-** after hotloop iterations (56 by default), so a loop over it has switched
-** by then; a state that uses it less, as a state per request does, never
-** loads jit.lua.  The count comes first in a call, before its access: the
-** switch runs Lua code, and may fail for want of memory.
+** Under LuaJIT (whose headers say 5.1), Locals made while the JIT is on,
+** and shared locals read TL_JIT_HOT times through the C __index, the last
+** time with the JIT on, get the Lua metamethods of lua/threadlocal/jit.lua
+** (tl_jit.c).  LuaJIT starts recording a loop after hotloop iterations
+** (56 by default), so a loop over a shared local has switched by then; a
+** state that reads it a few times, as a state per request does, never
+** loads jit.lua.
 */
 #if LUA_VERSION_NUM == 501 && defined(TL_EMBED)
 #define TL_JIT 1
 #define TL_JIT_HOT 16
-static void tl_jit_switch_local(lua_State *L);
-static void tl_jit_switch_shared(lua_State *L);
-static void tl_jit_forget(lua_State *L, int uv);
-#define tl_jit_count(L, o, sw) \
-  ((o)->calls < TL_JIT_HOT && ++(o)->calls == TL_JIT_HOT ? sw(L) : (void)0)
-#define tl_jit_replaced(lo) ((lo)->jit)
+static void tl_jit_promote(lua_State *L);
+#define tl_jit_count(L, ref) \
+  ((ref)->reads < TL_JIT_HOT && ++(ref)->reads == TL_JIT_HOT ? tl_jit_promote(L) : (void)0)
 #else
-#define tl_jit_count(L, o, sw) ((void)0)
-#define tl_jit_replaced(lo) 0
-#define tl_jit_forget(L, uv) ((void)0)
+#define tl_jit_count(L, ref) ((void)0)
 #endif
 
 /* The tl_state at stack index (or upvalue) st. */

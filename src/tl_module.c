@@ -46,16 +46,16 @@ static int tl_new(lua_State *L) {
   lo->tag = tl_local_tag;
   lo->get_id = lo->set_id = TL_NOCACHE;
   lo->ninit = n > 0 && !lua_isnil(L, 1) ? n : 0;
-  lo->calls = 0;
-  lo->jit = 0;
   lua_createtable(L, 0, 2); /* room for two threads before it grows */
   tl_setuv(L, ud, TL_LOCAL_MAP);
   /* Its own metatable: the shared metamethods, and its own closures. */
   tl_pushmeta(L, THREADLOCAL_LOCAL_MT, tl_local_meta);         /* args st ud localmt */
   tl_copytable(L, -1);                                         /* args st ud localmt mt */
   lua_remove(L, -2);                                           /* args st ud mt */
-  tl_local_closure(L, st, ud, tl_local_index, "__index", TL_LOCAL_GET);
-  tl_local_closure(L, st, ud, tl_local_newindex, "__newindex", TL_LOCAL_SET);
+  if (!tl_jit_closures(L, st, ud)) {
+    tl_local_closure(L, st, ud, tl_local_index, "__index", TL_LOCAL_GET);
+    tl_local_closure(L, st, ud, tl_local_newindex, "__newindex", TL_LOCAL_SET);
+  }
   lua_setmetatable(L, ud);                                     /* args st ud */
   if (lo->ninit > 0) {
     lua_createtable(L, n, 0);                                  /* args st ud init */

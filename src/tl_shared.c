@@ -67,7 +67,7 @@ static int tl_shared_index(lua_State *L) {
   tl_sref *ref = tl_sref_check1(L);
   tl_tab *tab;
   const void *id = NULL;
-  tl_jit_count(L, ref, tl_jit_switch_shared); /* first: it may run Lua code */
+  tl_jit_count(L, ref); /* first: it may run Lua code */
   tab = tl_shfields_peek(tl_me, ref->sl);
   if (tab != NULL && tl_last_hit(&ref->last, id = tl_keyid(L, 2), tab)) {
     const tl_entry *e = ref->last.entry;

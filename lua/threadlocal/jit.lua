@@ -5,8 +5,8 @@
 -- over a Local whose __index and __newindex are C closures, or over a shared
 -- local whose __index is a C function, never becomes a trace.  The module
 -- builds this file in (see src/tl_jit.c) and gives these Lua functions instead
--- to a Local or a shared local at the 16th call of its C ones, if the JIT is on
--- then.
+-- to a Local made while the JIT is on, and to a shared local at its 16th read
+-- with the JIT on.
 --
 -- A Local's closures: a hit costs an FFI call that reads the calling thread's
 -- id (a compiled trace calls it directly) and a rawget/rawset on the fields
