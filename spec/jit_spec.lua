@@ -258,6 +258,31 @@ describe("compiled loops over a Local (JIT on)", function()
     assert.equal(N, tl["k" .. N % 7])
   end)
 
+  it("answer rightly after the debug library called their slow path directly", function()
+    local function upvalue(f, name)
+      for i = 1, 20 do
+        local n, v = debug.getupvalue(f, i)
+        if n == name then return v end
+      end
+    end
+    local tl = threadlocal.new()
+    tl.k = 1
+    local mt = debug.getmetatable(tl)
+    local slow_get, slow_set = upvalue(mt.__index, "__index"), upvalue(mt.__newindex, "__newindex")
+    w1:run(function() tl.secret = "w1's"; local _ = tl.secret end) -- the closures hold w1's
+    slow_get(tl, tl) -- says this thread, and the closures hold nothing of it
+    slow_set(tl, tl, "x")
+    assert.is_nil(tl.secret)
+    tl.mine = "main's"
+    assert.is_nil(w1:run(function() return tl.mine end))
+    assert.equal("w1's", w1:run(function() return tl.secret end))
+    threadlocal.clear(tl)
+    slow_get(tl, tl)
+    assert.is_nil(tl.k)
+    tl.k = 2
+    assert.equal(2, tl.k)
+  end)
+
   it("keep their cache when called with another Local", function()
     local a, b = threadlocal.new(), threadlocal.new()
     a.x, b.x = 1, 2

@@ -158,7 +158,10 @@ static int tl_jit_slow(lua_State *L, int uv) {
     tl_getuv(L, 2, uv);
     lua_getupvalue(L, -1, TL_JIT_UP_FIELDS);
     lua_getupvalue(L, -2, TL_JIT_UP_ID);
-    return 2;
+    /* Unless the closure does not hold them: this function, reached through
+    ** the debug library and called directly, set *cid for nobody. */
+    if (lua_tonumber(L, -1) == (lua_Number)tl_myid) return 2;
+    lua_pop(L, 3);
   }
   if (!lua_rawequal(L, 1, 2))
     tl_jit_argerror(L, uv == TL_LOCAL_GET ? "__index" : "__newindex",
