@@ -102,7 +102,8 @@ local function loops_during(f, ...)
   return loops
 end
 
--- Compiled loops over a Local.
+-- Compiled loops over a Local (get_loop serves shared locals too: each
+-- test starts from jit.flush(), so the two kinds never share a trace).
 local function get_loop(tl, n)
   local s = 0
   for _ = 1, n do s = s + tl.x end
@@ -322,14 +323,8 @@ local function c_open(name)
   return out[0]
 end
 
--- Compiled loops reading a shared local's field k: the sum, and the value
--- read last (any type).
-local function sum_loop(sh, n)
-  local s = 0
-  for _ = 1, n do s = s + sh.x end
-  return s
-end
-
+-- Compiled loops reading a shared local: get_loop (above) sums field x;
+-- last_loop gives the value of field k read last (any type).
 local function last_loop(sh, k, n)
   local v
   for _ = 1, n do v = sh[k] end
@@ -405,11 +400,11 @@ describe("compiled loops over a shared local (JIT on)", function()
   it("compile into looping traces without a trace abort", function()
     local sh = threadlocal.shared(support.unique("jit.loop"))
     sh.x, sh.b = 1, true
-    assert.equal(0, aborts_during(sum_loop, sh, N))
+    assert.equal(0, aborts_during(get_loop, sh, N))
     for _, k in ipairs { "b", "absent" } do -- strings and tables: the C __index
       assert.equal(0, aborts_during(last_loop, sh, k, N))
     end
-    assert.is_true(loops_during(sum_loop, sh, N) > 0)
+    assert.is_true(loops_during(get_loop, sh, N) > 0)
   end)
 
   it("see each thread's own value as the state moves between threads", function()
@@ -419,15 +414,15 @@ describe("compiled loops over a shared local (JIT on)", function()
     assert.is_nil(w2:run(last_loop, sh, "x", N)) -- w2 has no fields yet
     w2:run(function() sh.x = 3.5 end)
     for _ = 1, 5 do
-      assert.equal(N, sum_loop(sh, N))
-      assert.equal(2 * N, w1:run(sum_loop, sh, N))
-      assert.equal(3.5 * N, w2:run(sum_loop, sh, N))
+      assert.equal(N, get_loop(sh, N))
+      assert.equal(2 * N, w1:run(get_loop, sh, N))
+      assert.equal(3.5 * N, w2:run(get_loop, sh, N))
     end
     -- Writes between and inside compiled reads.
     for i = 1, 3 do
       w1:run(function() sh.x = 10 * i end)
-      assert.equal(10 * i * N, w1:run(sum_loop, sh, N))
-      assert.equal(N, sum_loop(sh, N))
+      assert.equal(10 * i * N, w1:run(get_loop, sh, N))
+      assert.equal(N, get_loop(sh, N))
     end
     local s = 0
     for i = 1, N do
@@ -435,7 +430,7 @@ describe("compiled loops over a shared local (JIT on)", function()
       s = s + sh.x
     end
     assert.equal(N * (N + 1) / 2, s)
-    assert.equal(30 * N, w1:run(sum_loop, sh, N))
+    assert.equal(30 * N, w1:run(get_loop, sh, N))
     w1:run(threadlocal.release)
     assert.is_nil(w1:run(last_loop, sh, "x", N))
   end)
@@ -444,9 +439,9 @@ describe("compiled loops over a shared local (JIT on)", function()
     local name = support.unique("jit.capi")
     local sh, sl = threadlocal.shared(name), c_open(name)
     assert.equal(0, capi.threadlocal_set_integer(sl, "x", 5))
-    assert.equal(5 * N, sum_loop(sh, N))
+    assert.equal(5 * N, get_loop(sh, N))
     assert.equal(0, capi.threadlocal_set_float(sl, "x", 0.25))
-    assert.equal(0.25 * N, sum_loop(sh, N))
+    assert.equal(0.25 * N, get_loop(sh, N))
     local s = 0
     for i = 1, N do
       capi.threadlocal_set_integer(sl, "x", i)
@@ -459,10 +454,10 @@ describe("compiled loops over a shared local (JIT on)", function()
     assert.is_nil(last_loop(sh, "x", N))
     -- Another state on this thread, and one on a worker.
     helper.exec("require('threadlocal').shared(...).x = 7", name)
-    assert.equal(7 * N, sum_loop(sh, N))
+    assert.equal(7 * N, get_loop(sh, N))
     w1:exec("require('threadlocal').shared(...).x = 8", name)
-    assert.equal(7 * N, sum_loop(sh, N))
-    assert.equal(8 * N, w1:run(sum_loop, sh, N))
+    assert.equal(7 * N, get_loop(sh, N))
+    assert.equal(8 * N, w1:run(get_loop, sh, N))
   end)
 
   it("give what the C __index gives, for every kind of field and key", function()
