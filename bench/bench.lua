@@ -297,25 +297,43 @@ local function thread_rows()
     report("threads", "Local get, first access after the move", median(ns), median(base), median(ratio), 2.0)
   end
 
-  -- First access on a new thread: the thread has no fields yet.
+  -- First access on a new thread: the thread has no fields yet.  Its floor
+  -- is the same first access on the floor: a floor get, and with init a
+  -- floor that makes its table and runs init on its first access
+  -- (floor.lazy); the ratio to a plain floor get is shown too.
   for _, with_init in ipairs { false, true } do
-    local ns, base, ratio = {}, {}, {}
-    for _ = 1, REPS do
-      local locals, floors = {}, {}
+    local ns, base, ratio, plain, ratio_plain = {}, {}, {}, {}, {}
+    for rep = 1, REPS do
+      local locals, floors, lazies = {}, {}, {}
       local init = with_init and function(self) self.k = 1 end or nil
       for j = 1, M do
         locals[j] = threadlocal.new(init)
         floors[j] = floor_with(j)
+        lazies[j] = with_init and floor.lazy(init) or nil
       end
       local fresh = helper.worker()
       full_gc()
-      local tr = fresh:run(loops.each(locals))
-      local tb_ = fresh:run(loops.each(floors))
+      local tr, tp, tb_
+      if rep % 2 == 1 then -- alternate which runs first on the fresh thread
+        tr = fresh:run(loops.each(locals))
+        tp = fresh:run(loops.each(floors))
+        tb_ = with_init and fresh:run(loops.each(lazies)) or tp
+      else
+        tb_ = with_init and fresh:run(loops.each(lazies)) or nil
+        tp = fresh:run(loops.each(floors))
+        tr = fresh:run(loops.each(locals))
+        tb_ = tb_ or tp
+      end
       fresh:stop()
       ns[#ns + 1], base[#base + 1], ratio[#ratio + 1] = tr / M, tb_ / M, tr / tb_
+      plain[#plain + 1], ratio_plain[#ratio_plain + 1] = tp / M, tr / tp
     end
-    report("threads", "Local first access on a new thread" .. (with_init and " (init)" or ""),
-      median(ns), median(base), median(ratio), 3.0)
+    local name = "Local first access on a new thread" .. (with_init and " (init)" or "")
+    report("threads", name, median(ns), median(base), median(ratio), 3.0,
+      with_init and "floor: a floor's first access that runs init" or nil)
+    if with_init then
+      report("threads", "  the same, against a floor get", median(ns), median(plain), median(ratio_plain))
+    end
   end
   w:stop()
 end
