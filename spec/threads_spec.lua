@@ -133,6 +133,49 @@ describe("a Local used from several OS threads", function()
     assert.equal(3, calls)
   end)
 
+  it("keeps building a thread's fields when init clears them, without running init again", function()
+    local calls, seen = 0, "unset"
+    local tl = threadlocal.new(function(self)
+      calls = calls + 1
+      self.a = 1
+      threadlocal.clear(self)
+      seen = self.a -- the cleared fields: init does not start over
+      self.b = 2
+    end)
+    assert.equal(1, calls)
+    assert.is_nil(seen)
+    local a, b = w1:run(function() return tl.a, tl.b end)
+    assert.equal(2, calls)
+    assert.is_nil(a)
+    assert.equal(2, b)
+    assert.same({ b = 2 }, w1:run(function() return threadlocal.fields(tl) end))
+    assert.equal(2, calls)
+  end)
+
+  it("refuses threadlocal.release() inside init: the thread keeps its id, init runs again", function()
+    local calls, release = 0, false
+    local tl = threadlocal.new(function(self)
+      calls = calls + 1
+      self.n = calls
+      if release then threadlocal.release() end
+    end)
+    local before, ok, err, after, n = w1:run(function()
+      local id = threadlocal.id()
+      release = true
+      local ok_, err_ = pcall(function() return tl.n end)
+      release = false
+      return id, ok_, err_, threadlocal.id(), tl.n
+    end)
+    assert.is_false(ok)
+    assert.equal("threadlocal: release() called while an init runs on this thread", err)
+    assert.equal(before, after)
+    assert.equal(3, n) -- the failed init left no fields: the next read ran it again
+    assert.equal(3, calls)
+    assert.equal(1, tl.n)
+    -- outside init, release works as always
+    assert.are_not.equal(after, w1:run(function() threadlocal.release(); return threadlocal.id() end))
+  end)
+
   it("lists every live thread's fields with threads()", function()
     local tl = threadlocal.new()
     tl.who = "main"

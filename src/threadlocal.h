@@ -158,7 +158,9 @@ THREADLOCAL_API int threadlocal_clear(threadlocal_shared *sh);
 ** Releases all the calling thread's data now, as if it had exited: its
 ** shared fields are freed (destructors run) and its Local values become
 ** garbage of their states.  The thread gets a new id on its next use.  For
-** hosts that reuse threads across unrelated jobs.
+** hosts that reuse threads across unrelated jobs.  Called while a Local's
+** init runs on this thread (from a C function init calls), it does nothing
+** and returns THREADLOCAL_ERRARG.
 */
 THREADLOCAL_API int threadlocal_release(void);
 

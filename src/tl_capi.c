@@ -240,6 +240,8 @@ THREADLOCAL_API int threadlocal_clear(threadlocal_shared *sl) {
 
 THREADLOCAL_API int threadlocal_release(void) {
   tl_thread *t = tl_me;
+  if (t != NULL && t->inits > 0) /* an init is building fields for this id */
+    return THREADLOCAL_ERRARG;
   if (t != NULL) {
     tl_thread_retire(t);
     t->id = atomic_fetch_add(&tl_nextid, 1);

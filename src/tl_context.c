@@ -434,8 +434,8 @@ static int tl_run(lua_State *L) {
 
 /* threadlocal.release(): drop the calling thread's data, as at its exit. */
 static int tl_release(lua_State *L) {
-  (void)L;
-  threadlocal_release();
+  if (threadlocal_release() != THREADLOCAL_OK)
+    tl_error(L, "threadlocal: release() called while an init runs on this thread");
   return 0;
 }
 

@@ -143,7 +143,9 @@ static void tl_enroll(lua_State *L, int ud, tl_thread *t, int st) {
   lua_pop(L, 2);
 }
 
-/* Gives the calling thread t its fields table and runs init for it.
+/* Gives the calling thread t its fields table and runs init for it,
+** unless init already runs for t (it cleared its own fields: they start
+** again empty).  Release is refused while an init runs: t keeps its id.
 ** Leaves the stack as it was. */
 static void tl_local_start(lua_State *L, int ud, tl_thread *t, int st) {
   tl_local *lo = (tl_local *)lua_touserdata(L, ud);
@@ -161,14 +163,20 @@ static void tl_local_start(lua_State *L, int ud, tl_thread *t, int st) {
   tl_rawseti64(L, map, t->id);
   if (lo->get_id == t->id) /* __index holds the empty table for t */
     tl_uncache1(L, ud, lo, TL_LOCAL_GET);
-  if (lo->ninit > 0) {
-    int i, n = lo->ninit;
+  if (lo->ninit > 0 && lo->init_id != t->id) {
+    int i, n = lo->ninit, status;
+    uint64_t outer = lo->init_id; /* init may hand the state to another thread */
     tl_getuv(L, ud, TL_LOCAL_INIT);
     luaL_checkstack(L, n + 1, "threadlocal: too many init arguments");
     lua_rawgeti(L, -1, 1);
     lua_pushvalue(L, ud);
     for (i = 2; i <= n; i++) lua_rawgeti(L, map + 1, i);
-    if (lua_pcall(L, n, 0, 0) != 0) {
+    lo->init_id = t->id;
+    t->inits++;
+    status = lua_pcall(L, n, 0, 0);
+    t->inits--;
+    lo->init_id = outer;
+    if (status != 0) {
       /* The thread keeps no fields; the next access runs init again. */
       tl_delid(L, map, t->id);
       tl_uncache(L, ud, lo);

@@ -381,6 +381,32 @@ static void test_scope_dtors(void) {
   threadlocal_clear(clearing);
 }
 
+/* Called by a Local's init: threadlocal_release() there does nothing. */
+static int release_codes[2];
+static uint64_t release_ids[2];
+
+static int c_release(lua_State *L) {
+  int i = (int)luaL_checkinteger(L, 1);
+  release_ids[i] = threadlocal_id();
+  release_codes[i] = threadlocal_release();
+  return 0;
+}
+
+static void test_release_in_init(void) {
+  lua_State *L = new_state(NULL);
+  uint64_t before = threadlocal_id();
+  int ok;
+  lua_register(L, "c_release", c_release);
+  ok = run(L, "local tl = threadlocal.new(function(self) c_release(0); self.x = 1 end)\n"
+              "assert(tl.x == 1)\n"
+              "c_release(1)\n");
+  check(ok && release_codes[0] == THREADLOCAL_ERRARG && release_ids[0] == before,
+        "threadlocal_release inside a Local's init does nothing and returns THREADLOCAL_ERRARG");
+  check(release_codes[1] == THREADLOCAL_OK && threadlocal_id() != before,
+        "and releases as always outside it");
+  lua_close(L);
+}
+
 int main(void) {
   int i;
   for (i = 0; i < 64; i++) atomic_init(&dtor_calls[i], 0);
@@ -398,5 +424,6 @@ int main(void) {
   test_snapshots();
   test_snapshot_twice();
   test_scope_dtors();
+  test_release_in_init();
   return exit_status();
 }
