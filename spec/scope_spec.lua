@@ -202,6 +202,46 @@ describe("threadlocal.capture and threadlocal.run", function()
     assert.is_nil(sh.n)
   end)
 
+  it("keeps a shared local's scope inside the run it was opened in", function()
+    local name = support.unique("runscope")
+    local sh = threadlocal.shared(name)
+    sh.db = "own"
+    local inner = threadlocal.run({ [name] = { db = "job" } }, function()
+      return threadlocal.scope(sh, { db = "scoped" }) -- escapes the run, open
+    end)
+    local msg = "threadlocal: scope on a shared local closed outside the threadlocal.run it was "
+      .. "opened in, or inside one it was not"
+    local ok, err = pcall(inner.close, inner)
+    assert.is_false(ok)
+    assert.equal(msg, err)
+    assert.equal("own", sh.db) -- the job's value did not leak into the thread's own fields
+    local outer = threadlocal.scope(sh, { db = "outer" })
+    local ok2, err2 = threadlocal.run({ [name] = { db = "job" } }, function()
+      local ok_, err_ = pcall(outer.close, outer)
+      return ok_, err_, sh.db
+    end)
+    assert.is_false(ok2)
+    assert.equal(msg, err2)
+    assert.equal("outer", sh.db)
+    outer:close() -- back in its own context: it restores
+    assert.equal("own", sh.db)
+    local v = threadlocal.run({ [name] = { db = "job" } }, function()
+      local s = threadlocal.scope(sh, { db = "in" })
+      threadlocal.run({ [name] = { db = "nested" } }, function()
+        assert.is_false(pcall(s.close, s))
+      end)
+      s:close()
+      return sh.db
+    end)
+    assert.equal("job", v)
+    -- a Local's fields are not swapped by run: its scopes may cross it
+    local loc = threadlocal.new()
+    loc.db = "own"
+    local ls = threadlocal.run({}, function() return threadlocal.scope(loc, { db = "scoped" }) end)
+    ls:close()
+    assert.equal("own", loc.db)
+  end)
+
   it("run puts the thread's fields back after an error, and raises the same value", function()
     local name = support.unique("runerr")
     local sh = threadlocal.shared(name)

@@ -22,6 +22,7 @@ typedef struct tl_saved {
 
 typedef struct tl_scope {
   uint64_t owner; /* id of the thread that opened it */
+  uint64_t run;   /* the threadlocal.run it was opened in (tl_thread.run) */
   int closed;
   size_t n;        /* fields replaced */
   tl_sloc *sl;     /* NULL for a Local */
@@ -196,6 +197,7 @@ static int tl_scope_open(lua_State *L) {
   tl_scope_pushmeta(L);
   lua_setmetatable(L, -2);
   sc->owner = tl_self(L)->id;
+  sc->run = tl_me->run;
   sc->closed = 0;
   if (kind == TL_KSHARED)
     tl_scope_shared(L, sc);
@@ -218,6 +220,11 @@ static int tl_scope_close(lua_State *L) {
   if (sc->sl != NULL) {
     tl_thread *t = tl_self(L);
     int err;
+    /* run swaps shared fields: a scope put back elsewhere would leak its
+    ** values from one context into the other */
+    if (sc->run != t->run)
+      tl_error(L, "threadlocal: scope on a shared local closed outside the threadlocal.run "
+                  "it was opened in, or inside one it was not");
     tl_tab *fields = tl_shfields_peek(t, sc->sl);
     if (fields == NULL && (fields = tl_shfields_start(t, sc->sl, 1, &err)) == NULL)
       tl_memerror(L);
@@ -370,7 +377,7 @@ static int tl_capture(lua_State *L) {
 */
 static int tl_run(lua_State *L) {
   tl_thread *t = tl_self(L);
-  uint64_t id = t->id;
+  uint64_t id = t->id, outer;
   tl_guard *g;
   size_t n = 0, i = 0, ntables = 0;
   uint32_t maxidx = 0;
@@ -413,7 +420,10 @@ static int tl_run(lua_State *L) {
     g->snap->e[i].fields = NULL;
   }
   lua_remove(L, 2);                 /* guard fn args... */
+  outer = t->run;
+  t->run = ++t->clock; /* never repeats on this thread, never 0 */
   status = lua_pcall(L, lua_gettop(L) - 2, LUA_MULTRET, 0);
+  t->run = outer;
   for (i = n; i > 0; i--) {
     tl_tab *own = g->aside[i - 1];
     if (t->id == id) { /* put the thread's own fields back */

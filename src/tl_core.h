@@ -219,6 +219,7 @@ typedef struct tl_thread {
   uint32_t nslab, nslabfree, capslab;
   uint64_t clock; /* the next table version: never repeats on this thread */
   unsigned inits; /* Local inits running on this thread: no release meanwhile */
+  uint64_t run;   /* the threadlocal.run whose fn runs now (from clock), or 0 */
   struct tl_thread *prev, *next; /* every live record: for fork */
 } tl_thread;
 
