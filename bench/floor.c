@@ -14,6 +14,20 @@
 
 int luaopen_floor(lua_State *L);
 
+/* The lazy pair keeps its table in the userdata's user value (Lua 5.1
+** and LuaJIT, whose environments must be tables: in a box, [1]) and init
+** as upvalue 1.  Pushes the table, made and init run on the first call. */
+#if LUA_VERSION_NUM >= 504
+#define fl_getlazy(L) lua_getiuservalue(L, 1, 1)
+#define fl_setlazy(L) lua_setiuservalue(L, 1, 1)
+#elif LUA_VERSION_NUM >= 502
+#define fl_getlazy(L) (lua_getuservalue(L, 1), lua_type(L, -1))
+#define fl_setlazy(L) lua_setuservalue(L, 1)
+#else
+#define fl_getlazy(L) (lua_getfenv(L, 1), lua_rawgeti(L, -1, 1), lua_remove(L, -2), lua_type(L, -1))
+#define fl_setlazy(L) (lua_getfenv(L, 1), lua_insert(L, -2), lua_rawseti(L, -2, 1), lua_pop(L, 1))
+#endif
+
 static int fl_index(lua_State *L) {
   lua_rawget(L, lua_upvalueindex(1));
   return 1;
@@ -29,16 +43,13 @@ static int fl_nothing(lua_State *L) {
   return 0;
 }
 
-/* Upvalue 1 of the lazy pair: a box whose [1] is the table once made;
-** upvalue 2: init.  Pushes the table. */
 static void fl_lazy_table(lua_State *L) {
-  lua_rawgeti(L, lua_upvalueindex(1), 1);
-  if (lua_isnil(L, -1)) {
+  if (fl_getlazy(L) == LUA_TNIL) {
     lua_pop(L, 1);
     lua_createtable(L, 0, 1);
     lua_pushvalue(L, -1);
-    lua_rawseti(L, lua_upvalueindex(1), 1);
-    lua_pushvalue(L, lua_upvalueindex(2));
+    fl_setlazy(L);
+    lua_pushvalue(L, lua_upvalueindex(1));
     lua_pushvalue(L, 1);
     lua_call(L, 1, 0);
   }
@@ -79,17 +90,17 @@ static int fl_lazy(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   lua_settop(L, 1);
   lua_newuserdata(L, 1);    /* 2 */
-  lua_createtable(L, 0, 2); /* 3: its metatable */
-  lua_createtable(L, 1, 0); /* 4: the box */
-  lua_pushvalue(L, 4);
+#if LUA_VERSION_NUM < 502
+  lua_createtable(L, 1, 0); /* the box */
+  lua_setfenv(L, 2);
+#endif
+  lua_createtable(L, 0, 2); /* its metatable */
   lua_pushvalue(L, 1);
-  lua_pushcclosure(L, fl_lazy_index, 2);
+  lua_pushcclosure(L, fl_lazy_index, 1);
   lua_setfield(L, 3, "__index");
-  lua_pushvalue(L, 4);
   lua_pushvalue(L, 1);
-  lua_pushcclosure(L, fl_lazy_newindex, 2);
+  lua_pushcclosure(L, fl_lazy_newindex, 1);
   lua_setfield(L, 3, "__newindex");
-  lua_pop(L, 1);
   lua_setmetatable(L, 2);
   return 1;
 }
