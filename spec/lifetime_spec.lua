@@ -60,6 +60,28 @@ describe("values of an exited thread", function()
     support.full_gc(2)
     assert.is_true(collected)
   end)
+
+  -- A finalizer that runs inside the allocation of the thread's new fields
+  -- table may release the thread: the table must then be recorded under the
+  -- new id, or the purge at the thread's exit never finds it.
+  it("are dropped when a finalizer released the thread during its first access", function()
+    local tl = threadlocal.new(function(self) self.v = true end)
+    local w = helper.worker()
+    w:run(function()
+      support.under_finalizers(function() pcall(threadlocal.release) end, function()
+        threadlocal.clear(tl)
+        assert.is_true(tl.v)
+      end, 200)
+    end)
+    w:stop()
+    support.full_gc(2)
+    local v = tl.v -- an access purges the exited ids
+    support.full_gc(2)
+    local ids = {}
+    for id in threadlocal.threads(tl) do ids[#ids + 1] = id end
+    assert.is_true(v)
+    assert.same({ threadlocal.id() }, ids)
+  end)
 end)
 
 describe("a collected Local", function()
