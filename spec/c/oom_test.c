@@ -107,6 +107,16 @@ static const char *steps[] = {
   "local C = require 'threadlocal.context'\n"
   "local v = C.var('v', 0); local tok = v:set(1); assert(v:get() == 1); v:reset(tok)\n"
   "assert(v:get() == 0)\n",
+
+  /* init that clears its own fields goes on with empty ones; release()
+  ** inside init is refused */
+  "local T = require 'threadlocal'\n"
+  "local tl = T.new(function(self) self.a = { 1 }; T.clear(self); self.b = { 2 }\n"
+  "  local ok, e = pcall(T.release)\n"
+  "  if not ok and e ~= 'threadlocal: release() called while an init runs on this thread' then error(e, 0) end\n"
+  "  assert(not ok); T.clear(self); assert(#self == 0); self.c = T.fields(self) end)\n"
+  "assert(tl.a == nil and tl.b == nil and tl.c)\n"
+  "T.clear(tl); assert(tl.c and tl.a == nil)\n",
   NULL
 };
 
@@ -178,7 +188,12 @@ static int run_script(int *memerrors) {
     bad++;
   }
   lua_close(L);
-  threadlocal_release(); /* this thread's shared data, as a thread exit would */
+  /* this thread's shared data, as a thread exit would; refused only while
+  ** an init runs, so a refusal here means an init left its mark behind */
+  if (threadlocal_release() != THREADLOCAL_OK) {
+    printf("# release refused after the run (allocation %ld failing)\n", saved);
+    bad++;
+  }
   return bad;
 }
 
