@@ -82,6 +82,30 @@ describe("values of an exited thread", function()
     assert.is_true(v)
     assert.same({ threadlocal.id() }, ids)
   end)
+
+  -- The same when init clears its own fields last: the access then makes
+  -- the thread's empty fields table after init.
+  it("are dropped when a finalizer released the thread after an init that cleared its fields", function()
+    local tl = threadlocal.new(function(self)
+      self.v = true
+      threadlocal.clear(self)
+    end)
+    local w = helper.worker()
+    w:run(function()
+      support.under_finalizers(function() pcall(threadlocal.release) end, function()
+        threadlocal.clear(tl)
+        assert.equal(0, #tl)
+      end, 200)
+    end)
+    w:stop()
+    support.full_gc(2)
+    local n = #tl -- an access purges the exited ids
+    support.full_gc(2)
+    local ids = {}
+    for id in threadlocal.threads(tl) do ids[#ids + 1] = id end
+    assert.equal(0, n)
+    assert.same({ threadlocal.id() }, ids)
+  end)
 end)
 
 describe("a collected Local", function()
