@@ -116,7 +116,7 @@ static int tl_sentinel_gc(lua_State *L) {
 ** another Local of this state on this thread, and so enrolls the thread
 ** first: what was read before an allocation is read again after it.
 */
-static void tl_enroll(lua_State *L, int ud, tl_thread *t, int st) {
+static void tl_enroll1(lua_State *L, int ud, tl_thread *t, int st) {
   tl_home *home = tl_state_at(L, st)->home;
   tl_state_uv(L, st, TL_STATE_BYTHREAD);
   tl_rawgeti64(L, -1, t->id);
@@ -143,6 +143,17 @@ static void tl_enroll(lua_State *L, int ud, tl_thread *t, int st) {
   lua_pop(L, 2);
 }
 
+/* The same, for t's id after the last allocation: a finalizer run by one
+** may have released t, whose fields then go under its new id.  Callers
+** make their table first and store it with no allocation after this. */
+static void tl_enroll(lua_State *L, int ud, tl_thread *t, int st) {
+  uint64_t id;
+  do {
+    id = t->id;
+    tl_enroll1(L, ud, t, st);
+  } while (t->id != id);
+}
+
 /* Gives the calling thread t its fields table and runs init for it,
 ** unless init already runs for t (it cleared its own fields: they start
 ** again empty).  Release is refused while an init runs: t keeps its id.
@@ -150,11 +161,12 @@ static void tl_enroll(lua_State *L, int ud, tl_thread *t, int st) {
 static void tl_local_start(lua_State *L, int ud, tl_thread *t, int st) {
   tl_local *lo = (tl_local *)lua_touserdata(L, ud);
   int map, top = lua_gettop(L);
+  lua_createtable(L, 0, 1); /* it is made for a write, or init's */
   tl_enroll(L, ud, t, st);
   tl_getuv(L, ud, TL_LOCAL_MAP);
-  map = lua_gettop(L);
-  lua_createtable(L, 0, 1); /* it is made for a write, or init's */
-  tl_rawgeti64(L, map, t->id); /* a finalizer that ran during newtable may have */
+  lua_insert(L, -2);
+  map = top + 1;
+  tl_rawgeti64(L, map, t->id); /* a finalizer that ran meanwhile may have */
   if (!lua_isnil(L, -1)) { /* started this thread already */
     lua_settop(L, top);
     return;
@@ -202,9 +214,10 @@ static void tl_local_push(lua_State *L, int ud, int st) {
     lua_pop(L, 1);
     tl_local_start(L, ud, t, st);
     tl_rawgeti64(L, -1, t->id);
-    if (lua_isnil(L, -1)) { /* init cleared its own fields */
+    if (lua_isnil(L, -1)) { /* init cleared its own fields, or t was released */
       lua_pop(L, 1);
       lua_newtable(L);
+      tl_enroll(L, ud, t, st);
       tl_rawgeti64(L, -2, t->id); /* a finalizer may have started it again */
       if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
