@@ -41,7 +41,8 @@
 **
 **   Functions return THREADLOCAL_OK, THREADLOCAL_ERRMEM (out of memory:
 **   nothing changed; a destructor passed in was not called) or
-**   THREADLOCAL_ERRARG (a NULL or otherwise bad argument: nothing changed).
+**   THREADLOCAL_ERRARG (a NULL or otherwise bad argument, or a call that
+**   cannot be made now: nothing changed).
 **
 **   Example:
 **       threadlocal_shared *ctx;

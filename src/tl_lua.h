@@ -252,7 +252,7 @@ static const char tl_proxy_tag[] = THREADLOCAL_TABLE_MT;
 typedef struct tl_local {
   const char *tag; /* tl_local_tag */
   uint64_t get_id, set_id;
-  uint64_t init_id; /* the thread whose init runs now, or TL_NOCACHE */
+  uint64_t init_id; /* the thread whose init runs now, or 0 (ids start at 1) */
   int ninit; /* init and its arguments in TL_LOCAL_INIT; 0: no init */
 } tl_local;
 
