@@ -332,7 +332,8 @@ local function thread_rows()
     report("threads", name, median(ns), median(base), median(ratio), 3.0,
       with_init and "floor: a floor's first access that runs init" or nil)
     if with_init then
-      report("threads", "Local first access (init), against a floor get", median(ns), median(plain), median(ratio_plain))
+      report("threads", "Local first access (init), against a floor get", median(ns), median(plain),
+        median(ratio_plain))
     end
   end
   w:stop()
