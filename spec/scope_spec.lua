@@ -202,42 +202,56 @@ describe("threadlocal.capture and threadlocal.run", function()
     assert.is_nil(sh.n)
   end)
 
-  it("keeps a shared local's scope inside the run it was opened in", function()
+  it("keeps a scope on a shared local a run swapped in inside that run", function()
     local name = support.unique("runscope")
     local sh = threadlocal.shared(name)
     sh.db = "own"
     local inner = threadlocal.run({ [name] = { db = "job" } }, function()
       return threadlocal.scope(sh, { db = "scoped" }) -- escapes the run, open
     end)
-    local msg = "threadlocal: scope on a shared local closed outside the threadlocal.run it was "
-      .. "opened in, or inside one it was not"
+    local msg = "threadlocal: scope closed outside the threadlocal.run context it was opened in"
     local ok, err = pcall(inner.close, inner)
     assert.is_false(ok)
     assert.equal(msg, err)
     assert.equal("own", sh.db) -- the job's value did not leak into the thread's own fields
     local outer = threadlocal.scope(sh, { db = "outer" })
-    local ok2, err2 = threadlocal.run({ [name] = { db = "job" } }, function()
+    local ok2, err2, seen = threadlocal.run({ [name] = { db = "job" } }, function()
       local ok_, err_ = pcall(outer.close, outer)
       return ok_, err_, sh.db
     end)
     assert.is_false(ok2)
     assert.equal(msg, err2)
+    assert.equal("job", seen) -- nor the thread's own into the job's
     assert.equal("outer", sh.db)
     outer:close() -- back in its own context: it restores
     assert.equal("own", sh.db)
     local v = threadlocal.run({ [name] = { db = "job" } }, function()
       local s = threadlocal.scope(sh, { db = "in" })
       threadlocal.run({ [name] = { db = "nested" } }, function()
-        assert.is_false(pcall(s.close, s))
+        local ok_, err_ = pcall(s.close, s)
+        assert.is_false(ok_)
+        assert.equal(msg, err_)
       end)
-      s:close()
+      threadlocal.run({}, function() s:close() end) -- a run that leaves sh alone
       return sh.db
     end)
     assert.equal("job", v)
-    -- a Local's fields are not swapped by run: its scopes may cross it
+  end)
+
+  it("lets scopes cross a run that leaves their local alone", function()
+    local name, other = support.unique("runscope"), support.unique("runscope")
+    local sh = threadlocal.shared(name)
+    sh.db = "own"
+    local s = threadlocal.run({ [other] = { x = 1 } }, function()
+      return threadlocal.scope(sh, { db = "scoped" })
+    end)
+    assert.equal("scoped", sh.db)
+    s:close()
+    assert.equal("own", sh.db)
+    -- a Local's fields are not swapped by run either
     local loc = threadlocal.new()
     loc.db = "own"
-    local ls = threadlocal.run({}, function() return threadlocal.scope(loc, { db = "scoped" }) end)
+    local ls = threadlocal.run({ [name] = {} }, function() return threadlocal.scope(loc, { db = "scoped" }) end)
     ls:close()
     assert.equal("own", loc.db)
   end)

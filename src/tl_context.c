@@ -22,7 +22,7 @@ typedef struct tl_saved {
 
 typedef struct tl_scope {
   uint64_t owner; /* id of the thread that opened it */
-  uint64_t run;   /* the threadlocal.run it was opened in (tl_thread.run) */
+  uint64_t run;   /* the run whose snapshot held sl when it was opened, or 0 */
   int closed;
   size_t n;        /* fields replaced */
   tl_sloc *sl;     /* NULL for a Local */
@@ -70,6 +70,17 @@ static size_t tl_scope_restore(tl_thread *t, tl_tab *fields, tl_saved *saved, si
   return left;
 }
 
+/* The threadlocal.run whose snapshot holds sl's fields on t now (the
+** innermost that names it), or 0: the thread's own fields. */
+static uint64_t tl_runof(const tl_thread *t, const tl_sloc *sl) {
+  const tl_runframe *f;
+  size_t i;
+  for (f = t->runs; f != NULL; f = f->outer)
+    for (i = 0; i < f->snap->n; i++)
+      if (f->snap->e[i].sl == sl) return f->id;
+  return 0;
+}
+
 /* Opens a scope on the shared local at slot 1 with the fields at slot 2. */
 static void tl_scope_shared(lua_State *L, tl_scope *sc) {
   tl_sref *ref = (tl_sref *)lua_touserdata(L, 1);
@@ -81,6 +92,7 @@ static void tl_scope_shared(lua_State *L, tl_scope *sc) {
   tl_tovalue(L, 2, 0, NULL, 0, &v); /* all checks first */
   conv = v.u.tab;
   sc->sl = ref->sl;
+  sc->run = tl_runof(t, sc->sl);
   if ((sc->saved = (tl_saved *)tl_calloc(conv->count + 1u, sizeof *sc->saved)) == NULL ||
       tl_slab_reserve(t, tl_tab_ntables(conv)) != 0) {
     tl_tab_free(conv);
@@ -197,7 +209,6 @@ static int tl_scope_open(lua_State *L) {
   tl_scope_pushmeta(L);
   lua_setmetatable(L, -2);
   sc->owner = tl_self(L)->id;
-  sc->run = tl_me->run;
   sc->closed = 0;
   if (kind == TL_KSHARED)
     tl_scope_shared(L, sc);
@@ -219,13 +230,13 @@ static int tl_scope_close(lua_State *L) {
     tl_error(L, "threadlocal: scope closed on another thread than the one that opened it");
   if (sc->sl != NULL) {
     tl_thread *t = tl_self(L);
+    tl_tab *fields;
     int err;
-    /* run swaps shared fields: a scope put back elsewhere would leak its
-    ** values from one context into the other */
-    if (sc->run != t->run)
-      tl_error(L, "threadlocal: scope on a shared local closed outside the threadlocal.run "
-                  "it was opened in, or inside one it was not");
-    tl_tab *fields = tl_shfields_peek(t, sc->sl);
+    /* run swaps shared fields: put back into the other ones, the replaced
+    ** values would leak from one context into the other */
+    if (tl_runof(t, sc->sl) != sc->run)
+      tl_error(L, "threadlocal: scope closed outside the threadlocal.run context it was opened in");
+    fields = tl_shfields_peek(t, sc->sl);
     if (fields == NULL && (fields = tl_shfields_start(t, sc->sl, 1, &err)) == NULL)
       tl_memerror(L);
     if ((sc->n = tl_scope_restore(t, fields, sc->saved, sc->n)) != 0) tl_memerror(L);
@@ -377,7 +388,8 @@ static int tl_capture(lua_State *L) {
 */
 static int tl_run(lua_State *L) {
   tl_thread *t = tl_self(L);
-  uint64_t id = t->id, outer;
+  uint64_t id = t->id;
+  tl_runframe frame;
   tl_guard *g;
   size_t n = 0, i = 0, ntables = 0;
   uint32_t maxidx = 0;
@@ -420,10 +432,12 @@ static int tl_run(lua_State *L) {
     g->snap->e[i].fields = NULL;
   }
   lua_remove(L, 2);                 /* guard fn args... */
-  outer = t->run;
-  t->run = ++t->clock; /* never repeats on this thread, never 0 */
+  frame.id = ++t->clock;
+  frame.snap = g->snap;
+  frame.outer = t->runs;
+  t->runs = &frame; /* until fn returns: lua_pcall catches every error */
   status = lua_pcall(L, lua_gettop(L) - 2, LUA_MULTRET, 0);
-  t->run = outer;
+  t->runs = frame.outer;
   for (i = n; i > 0; i--) {
     tl_tab *own = g->aside[i - 1];
     if (t->id == id) { /* put the thread's own fields back */

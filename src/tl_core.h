@@ -207,6 +207,14 @@ typedef struct tl_home {
 ** Its tables sit in the slab so that a Lua proxy can name one by (slot,
 ** generation) and find out, without touching freed memory, that it is gone.
 */
+/* A threadlocal.run in progress on a thread (tl_context.c): the shared
+** locals its snapshot names are swapped in while it lasts. */
+typedef struct tl_runframe {
+  uint64_t id; /* from the thread's clock: never repeats there, never 0 */
+  const struct threadlocal_snapshot *snap;
+  struct tl_runframe *outer;
+} tl_runframe;
+
 typedef struct tl_thread {
   uint64_t id;     /* never reused in this process */
   tl_home **homes; /* states this thread stored Local values in */
@@ -219,7 +227,7 @@ typedef struct tl_thread {
   uint32_t nslab, nslabfree, capslab;
   uint64_t clock; /* the next table version: never repeats on this thread */
   unsigned inits; /* Local inits running on this thread: no release meanwhile */
-  uint64_t run;   /* the threadlocal.run whose fn runs now (from clock), or 0 */
+  tl_runframe *runs; /* the innermost threadlocal.run in progress, or NULL */
   struct tl_thread *prev, *next; /* every live record: for fork */
 } tl_thread;
 
