@@ -65,7 +65,12 @@ describe("values of an exited thread", function()
   -- table may release the thread: the table must then be recorded under the
   -- new id, or the purge at the thread's exit never finds it.
   it("are dropped when a finalizer released the thread during its first access", function()
-    local tl = threadlocal.new(function(self) self.v = true end)
+    local made, collected = 0, 0
+    local tl = threadlocal.new(function(self)
+      self.v = true
+      made = made + 1
+      support.store_gc(self, "g", function() collected = collected + 1 end)
+    end)
     local w = helper.worker()
     w:run(function()
       support.under_finalizers(function() pcall(threadlocal.release) end, function()
@@ -81,13 +86,19 @@ describe("values of an exited thread", function()
     for id in threadlocal.threads(tl) do ids[#ids + 1] = id end
     assert.is_true(v)
     assert.same({ threadlocal.id() }, ids)
+    assert.is_true(made > 1)
+    assert.equal(made - 1, collected) -- all but the main thread's
   end)
 
   -- The same when init clears its own fields last: the access then makes
   -- the thread's empty fields table after init.
   it("are dropped when a finalizer released the thread after an init that cleared its fields", function()
+    local made, collected = 0, 0
     local tl = threadlocal.new(function(self)
       self.v = true
+      threadlocal.clear(self)
+      made = made + 1
+      support.store_gc(self, "g", function() collected = collected + 1 end)
       threadlocal.clear(self)
     end)
     local w = helper.worker()
@@ -105,6 +116,8 @@ describe("values of an exited thread", function()
     for id in threadlocal.threads(tl) do ids[#ids + 1] = id end
     assert.equal(0, n)
     assert.same({ threadlocal.id() }, ids)
+    assert.is_true(made > 1)
+    assert.equal(made, collected) -- every init cleared what it stored
   end)
 end)
 

@@ -214,7 +214,7 @@ static void tl_local_push(lua_State *L, int ud, int st) {
     lua_pop(L, 1);
     tl_local_start(L, ud, t, st);
     tl_rawgeti64(L, -1, t->id);
-    if (lua_isnil(L, -1)) { /* init cleared its own fields, or t was released */
+    if (lua_isnil(L, -1)) { /* init cleared its own fields */
       lua_pop(L, 1);
       lua_newtable(L);
       tl_enroll(L, ud, t, st);
