@@ -678,8 +678,9 @@ callgrind_rows()
 
 local missed = 0
 for _, r in ipairs(results) do if r.status == "MISSED" then missed = missed + 1 end end
-io.write(TARGETS and ("\n%d targets missed\n"):format(missed)
-  or jit and ("\n%d LuaJIT JIT targets missed; the other targets are for Lua 5.4\n"):format(missed)
+local plural = missed == 1 and "" or "s"
+io.write(TARGETS and ("\n%d target%s missed\n"):format(missed, plural)
+  or jit and ("\n%d LuaJIT JIT target%s missed; the other targets are for Lua 5.4\n"):format(missed, plural)
   or "\ntargets are for Lua 5.4: this run only measures\n")
 
 local csv = arg[1]
