@@ -202,11 +202,6 @@ typedef struct tl_home {
   struct tl_home *hprev, *hnext; /* every home: for fork */
 } tl_home;
 
-/*
-** What the module knows of one OS thread; only that thread touches it.
-** Its tables sit in the slab so that a Lua proxy can name one by (slot,
-** generation) and find out, without touching freed memory, that it is gone.
-*/
 /* A threadlocal.run in progress on a thread (tl_context.c): the shared
 ** locals its snapshot names are swapped in while it lasts. */
 typedef struct tl_runframe {
@@ -215,6 +210,11 @@ typedef struct tl_runframe {
   struct tl_runframe *outer;
 } tl_runframe;
 
+/*
+** What the module knows of one OS thread; only that thread touches it.
+** Its tables sit in the slab so that a Lua proxy can name one by (slot,
+** generation) and find out, without touching freed memory, that it is gone.
+*/
 typedef struct tl_thread {
   uint64_t id;     /* never reused in this process */
   tl_home **homes; /* states this thread stored Local values in */
