@@ -145,19 +145,22 @@ elif make --no-print-directory LUA=lua5.4 BUILD=build/asan CFLAGS="-O1 -g -Werro
 else
   result FAIL "build with AddressSanitizer and UndefinedBehaviorSanitizer" "$log"
 fi
-# Before Lua 5.3 a long string is pushed through a protected call of its own:
-# out of memory there must not leak either.
-log="$out/asan51-build.log"
-if ! can_build "$SAN"; then
-  result SKIP "asan+ubsan lua5.1: out of memory" "${CC:-cc} cannot build with $SAN"
-elif ! have lua5.1 -v || [ ! -f "$(incdir lua5.1)/lua.h" ]; then
-  result SKIP "asan+ubsan lua5.1: out of memory" "lua5.1 or its headers are missing"
-elif make --no-print-directory LUA=lua5.1 BUILD=build/asan51 CFLAGS="-O1 -g -Werror $SAN" \
-    LDFLAGS="$SAN" build/asan51/oom_test >"$log" 2>&1; then
-  tap_run "asan+ubsan lua5.1" "$out/asan51-oom.tap" build/asan51/oom_test
-else
-  result FAIL "build oom_test for lua5.1 with AddressSanitizer" "$log"
-fi
+# Before Lua 5.3 a long string is pushed through a protected call of its own,
+# and LuaJIT with the JIT on gives a Local Lua closures made by jit.lua: out
+# of memory there must not leak or crash either.
+for lua in lua5.1 luajit; do
+  log="$out/asan-$lua-build.log"
+  if ! can_build "$SAN"; then
+    result SKIP "asan+ubsan $lua: out of memory" "${CC:-cc} cannot build with $SAN"
+  elif ! have "$lua" -v || [ ! -f "$(incdir "$lua")/lua.h" ]; then
+    result SKIP "asan+ubsan $lua: out of memory" "$lua or its headers are missing"
+  elif make --no-print-directory LUA="$lua" BUILD="build/asan-$lua" CFLAGS="-O1 -g -Werror $SAN" \
+      LDFLAGS="$SAN" "build/asan-$lua/oom_test" >"$log" 2>&1; then
+    tap_run "asan+ubsan $lua" "$out/asan-$lua-oom.tap" "build/asan-$lua/oom_test"
+  else
+    result FAIL "build oom_test for $lua with AddressSanitizer" "$log"
+  fi
+done
 log="$out/tsan-build.log"
 if ! can_build -fsanitize=thread; then
   result SKIP "tsan: stress" "${CC:-cc} cannot build with -fsanitize=thread"

@@ -128,7 +128,9 @@ static const char *verify =
 
 /* Lua 5.1's require leaves a marker in package.loaded when a loader fails
 ** ("loop or previous error loading module"): drop it, as 5.2 and later
-** leave nothing, so that the next step requires the module again. */
+** leave nothing, so that the next step requires the module again.  The
+** marker is a light userdata in 5.1 and, in LuaJIT, a value that type()
+** calls a number: anything but a table (a module) or nil. */
 static void forget_failed_require(lua_State *L) {
   static const char *const names[] = {"threadlocal", "threadlocal.context", NULL};
   int i;
@@ -136,7 +138,7 @@ static void forget_failed_require(lua_State *L) {
   lua_getfield(L, -1, "loaded");
   for (i = 0; names[i] != NULL; i++) {
     lua_getfield(L, -1, names[i]);
-    if (lua_isuserdata(L, -1)) { /* the marker; a module is a table */
+    if (!lua_isnil(L, -1) && !lua_istable(L, -1)) {
       lua_pushnil(L);
       lua_setfield(L, -3, names[i]);
     }
@@ -160,6 +162,11 @@ static int run_script(int *memerrors) {
   lua_pushcfunction(L, luaopen_threadlocal);
   lua_setfield(L, -2, "threadlocal");
   lua_pop(L, 2);
+  /* LuaJIT's own luaopen_ffi is not safe when an allocation fails: the
+  ** state then crashes in lua_close, with or without this module.  The
+  ** module requires "ffi" on first need with the JIT on (a Local's first
+  ** access); loaded here, its failures stay out of the count. */
+  if (luaL_dostring(L, "if jit then require 'ffi' end") != 0) return 1;
   fail_at = saved;
   for (i = 0; steps[i] != NULL; i++) {
     if (luaL_loadstring(L, steps[i]) != 0 || lua_pcall(L, 0, 0, 0) != 0) {
