@@ -89,18 +89,31 @@ end
 -- whose metamethod LuaJIT cannot compile is stitched around the call into
 -- traces that end, not loop, without any abort.
 local traceinfo = require("jit.util").traceinfo
-local function loops_during(f, ...)
+local function loops_after(prepare, f, ...)
   local loops = 0
   local function on_trace(what, tr)
     if what == "stop" and traceinfo(tr).linktype == "loop" then loops = loops + 1 end
   end
   jit.flush()
+  prepare()
   jit.attach(on_trace, "trace")
   local ok, err = pcall(f, ...)
   jit.attach(on_trace)
   assert(ok, err)
   return loops
 end
+
+local function loops_during(f, ...)
+  return loops_after(function() end, f, ...)
+end
+
+-- Calls from code that LuaJIT does not compile: a metamethod called this
+-- way often enough would become hot as a function and get a trace of its
+-- own, recorded on whatever path the call took (jit.off below).
+local function interpreted(n, f)
+  for _ = 1, n do f() end
+end
+jit.off(interpreted)
 
 -- Compiled loops over a Local (get_loop serves shared locals too: each
 -- test starts from jit.flush(), so the two kinds never share a trace).
@@ -135,6 +148,23 @@ describe("compiled loops over a Local (JIT on)", function()
     assert.equal(N, tl.x)
     assert.is_true(loops_during(get_loop, tl, N) > 0)
     assert.is_true(loops_during(set_loop, tl, N, 0) > 0)
+  end)
+
+  it("compile into looping traces after many misses from code LuaJIT runs interpreted", function()
+    -- As a Local read or written once per request on rotating threads: every
+    -- such access misses and calls the slow path in C.  A trace of the closure
+    -- as a function, recorded on that path, would not loop, and the loops of
+    -- every Local would link to it instead of looping themselves.
+    local tl = threadlocal.new()
+    tl.x = 1
+    local function misses()
+      interpreted(N, function() local _ = threadlocal.new().x end)
+      interpreted(N, function() threadlocal.new().x = 1 end)
+    end
+    jit.off(misses, true) -- and the functions made inside
+    assert.is_true(loops_after(misses, get_loop, tl, N) > 0)
+    assert.is_true(loops_after(misses, set_loop, tl, N, 0) > 0)
+    assert.equal(N, tl.x)
   end)
 
   it("are made without a trace abort, however many Locals are made", function()
@@ -405,6 +435,21 @@ describe("compiled loops over a shared local (JIT on)", function()
       assert.equal(0, aborts_during(last_loop, sh, k, N))
     end
     assert.is_true(loops_during(get_loop, sh, N) > 0)
+  end)
+
+  it("compile into looping traces after many reads of other fields from code LuaJIT runs interpreted", function()
+    -- A string field is read through the C __index: a trace of the Lua
+    -- __index as a function, recorded on that path, would not loop, and the
+    -- loops over every shared local would link to it.
+    local names = threadlocal.shared(support.unique("jit.names"))
+    names.user = "alice"
+    local sh = threadlocal.shared(support.unique("jit.after"))
+    sh.x = 1
+    local function reads()
+      interpreted(N, function() assert(names.user == "alice") end)
+    end
+    jit.off(reads, true) -- and the function made inside
+    assert.is_true(loops_after(reads, get_loop, sh, N) > 0)
   end)
 
   it("see each thread's own value as the state moves between threads", function()

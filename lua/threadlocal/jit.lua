@@ -42,6 +42,18 @@ if type(internals) ~= "table" then return nil end
 local ok, ffi = pcall(require, "ffi")
 if not ok or type(ffi) ~= "table" then return false end
 
+-- The metamethods below take `...` that they never use: LuaJIT counts calls
+-- to a function only when it has fixed parameters, and when the count runs
+-- out it compiles the function as a trace of its own, along the path the
+-- call took.  Called often from code that runs interpreted (a Local read
+-- once per request, on another thread each time), that path is the slow
+-- one, through C, and a trace along it does not end in a return, so no
+-- other trace can record through it: every loop over a Local or a shared
+-- local would end in it instead of looping, 8 to 25 times slower.  Without
+-- the count, these functions are only ever compiled inside their callers'
+-- traces.
+-- luacheck: ignore 212/...
+
 local rawequal, rawget, rawset = rawequal, rawget, rawset
 local myid = ffi.cast("double (*)(void)", internals.myid)
 local closures
@@ -58,7 +70,7 @@ do
       -- (o, k): fields[k] of the calling thread.  The slow path checks o as the
       -- C closure does: another Local is answered from this one's fields while
       -- they are the calling thread's, refused otherwise.
-      index = function(o, k)
+      index = function(o, k, ...)
         local f = fields
         if id ~= myid() or not rawequal(o, self) then
           fields, id = __index(o, self)
@@ -69,7 +81,7 @@ do
     end
     do
       local fields, id = nil, -1
-      newindex = function(o, k, v)
+      newindex = function(o, k, v, ...)
         local f = fields
         if id ~= myid() or not rawequal(o, self) or k == nil or not rawequal(k, k) then
           fields, id = __newindex(o, self, k) -- raises for a nil or NaN key
@@ -97,7 +109,7 @@ local code = ffi.new("int[1]") -- a state runs on one thread at a time
 local shared_index
 do
   local __index = internals.sindex -- raises as the C __index, placed at o's use
-  shared_index = function(o, k)
+  shared_index = function(o, k, ...)
     if type(o) == "userdata" and type(k) == "string" then
       local v = sget(o, k, #k, code)
       if v == v then return v end
