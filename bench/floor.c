@@ -8,7 +8,11 @@
 **                  as floor.new(), but the table is made on the first
 **                  access, which then runs init(self) as a Local's first
 **                  access on a thread does: the floor for that first access
+**   floor.nop      a light userdata, the address of double nop(void), which
+**                  returns 0: for LuaJIT's FFI, the floor of one C call
 */
+#include <stdint.h>
+
 #include "lua.h"
 #include "lauxlib.h"
 
@@ -105,13 +109,19 @@ static int fl_lazy(lua_State *L) {
   return 1;
 }
 
+static double fl_nop(void) {
+  return 0;
+}
+
 static int fl_empty(lua_State *L) {
   fl_make(L, fl_nothing, fl_nothing);
   return 1;
 }
 
 int luaopen_floor(lua_State *L) {
-  lua_createtable(L, 0, 3);
+  lua_createtable(L, 0, 4);
+  lua_pushlightuserdata(L, (void *)(uintptr_t)fl_nop);
+  lua_setfield(L, -2, "nop");
   lua_pushcfunction(L, fl_lazy);
   lua_setfield(L, -2, "lazy");
   lua_pushcfunction(L, fl_new);
