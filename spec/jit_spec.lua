@@ -167,6 +167,24 @@ describe("compiled loops over a Local (JIT on)", function()
     assert.equal(N, tl.x)
   end)
 
+  it("compile into looping traces after a Local is used once per request on rotating threads", function()
+    -- The case the closures take `...` for: each request runs on the other
+    -- thread, so every access misses and calls the slow path in C, from code
+    -- LuaJIT runs interpreted.
+    local tl = threadlocal.new()
+    local function request() tl.x = (tl.x or 0) + 1 end
+    local function requests()
+      for i = 1, N do (i % 2 == 0 and w1 or w2):run(request) end
+    end
+    jit.off(requests, true) -- and request
+    tl.x = 1
+    assert.is_true(loops_after(requests, get_loop, tl, N) > 0)
+    assert.is_true(loops_after(requests, set_loop, tl, N, 0) > 0)
+    assert.equal(N, tl.x)
+    assert.equal(N, w1:run(function() return tl.x end))
+    assert.equal(N, w2:run(function() return tl.x end))
+  end)
+
   it("are made without a trace abort, however many Locals are made", function()
     -- Well past the point where making closures gets hot enough to trace.
     local function make(n)
@@ -450,6 +468,23 @@ describe("compiled loops over a shared local (JIT on)", function()
     end
     jit.off(reads, true) -- and the function made inside
     assert.is_true(loops_after(reads, get_loop, sh, N) > 0)
+  end)
+
+  it("compile into looping traces after reads of table fields on rotating threads", function()
+    -- A table field is read through the C __index, here from code LuaJIT
+    -- runs interpreted, on whichever thread the request runs.
+    local conf = threadlocal.shared(support.unique("jit.conf"))
+    local function request()
+      if conf.limits == nil then conf.limits = { 10 } end
+      assert(conf.limits[1] == 10)
+    end
+    local function requests()
+      for i = 1, N do (i % 2 == 0 and w1 or w2):run(request) end
+    end
+    jit.off(requests, true) -- and request
+    local sh = threadlocal.shared(support.unique("jit.rotating"))
+    sh.x = 1
+    assert.is_true(loops_after(requests, get_loop, sh, N) > 0)
   end)
 
   it("see each thread's own value as the state moves between threads", function()
