@@ -42,20 +42,46 @@ if type(internals) ~= "table" then return nil end
 local ok, ffi = pcall(require, "ffi")
 if not ok or type(ffi) ~= "table" then return false end
 
--- The metamethods below take `...` that they never use: LuaJIT counts calls
--- to a function only when it has fixed parameters, and when the count runs
--- out it compiles the function as a trace of its own, along the path the
--- call took.  Called often from code that runs interpreted (a Local read
--- once per request, on another thread each time), that path is the slow
--- one, through C, and a trace along it does not end in a return, so no
--- other trace can record through it: every loop over a Local or a shared
--- local would end in it instead of looping, 8 to 25 times slower.  Without
--- the count, these functions are only ever compiled inside their callers'
--- traces.
+-- How these functions get compiled.  LuaJIT counts the calls to a function
+-- with fixed parameters, and when the count runs out it compiles the
+-- function from its entry as a trace of its own, along the path that call
+-- took.  Callers' traces record through such a trace when it ends in a
+-- return; one that calls C through the Lua API ends elsewhere, and a loop
+-- that calls the function then ends in it instead of looping.  So:
+-- - the metamethods take `...` that they never use: LuaJIT counts no calls
+--   to them.  Called often from interpreted code on their slow path (a
+--   Local read once per request, on another thread each time; a shared
+--   local's string or table field), they would otherwise get such a trace,
+--   and every loop over a Local or a shared local would run 8 to 24 times
+--   slower;
+-- - their fast path is a function with fixed parameters and no call through
+--   the Lua API (`get`, `set`, `fast`): it may get a trace of its own, one
+--   that returns, so that a metamethod called from interpreted code still
+--   runs its fast path compiled (interpreted, the FFI calls in it cost
+--   several times more).
 -- luacheck: ignore 212/...
 
 local rawequal, rawget, rawset = rawequal, rawget, rawset
 local myid = ffi.cast("double (*)(void)", internals.myid)
+
+-- The fast paths of a Local's closures, which hold `fields`, the fields
+-- table of thread `id`: usable while the calling thread is that thread and
+-- argument o is the Local `self` itself.  get: fields[k] and true, else nil
+-- and false; set: whether it stored v in fields[k] (never for a nil or NaN
+-- key, which the slow path refuses).
+local function get(o, k, self, fields, id)
+  if id == myid() and rawequal(o, self) then return rawget(fields, k), true end
+  return nil, false
+end
+
+local function set(o, k, v, self, fields, id)
+  if id == myid() and rawequal(o, self) and k ~= nil and rawequal(k, k) then
+    rawset(fields, k, v)
+    return true
+  end
+  return false
+end
+
 local closures
 do
   -- Named as the metamethods, so that their errors read as the C closures' do:
@@ -71,23 +97,20 @@ do
       -- C closure does: another Local is answered from this one's fields while
       -- they are the calling thread's, refused otherwise.
       index = function(o, k, ...)
-        local f = fields
-        if id ~= myid() or not rawequal(o, self) then
-          fields, id = __index(o, self)
-          f = fields
-        end
-        return rawget(f, k)
+        local f, i = fields, id -- named first: upvalues 1 and 2
+        local v, done = get(o, k, self, f, i)
+        if done then return v end
+        fields, id = __index(o, self)
+        return rawget(fields, k)
       end
     end
     do
       local fields, id = nil, -1
       newindex = function(o, k, v, ...)
-        local f = fields
-        if id ~= myid() or not rawequal(o, self) or k == nil or not rawequal(k, k) then
-          fields, id = __newindex(o, self, k) -- raises for a nil or NaN key
-          f = fields
-        end
-        rawset(f, k, v)
+        local f, i = fields, id -- named first: upvalues 1 and 2
+        if set(o, k, v, self, f, i) then return end
+        fields, id = __newindex(o, self, k) -- raises for a nil or NaN key
+        rawset(fields, k, v)
       end
     end
     return index, newindex
@@ -105,20 +128,29 @@ local type = type
 local sget = ffi.cast("double (*)(void *, const char *, size_t, int *)", internals.sget)
 local code = ffi.new("int[1]") -- a state runs on one thread at a time
 
+-- (o, k): field k of the calling thread's fields of the shared local o, and
+-- true, when sget answers; else nil and false.
+local function fast(o, k)
+  if type(o) == "userdata" and type(k) == "string" then
+    local v = sget(o, k, #k, code)
+    if v == v then return v, true end
+    local r = code[0]
+    if r == TRUE then return true, true end
+    if r == FALSE then return false, true end
+    if r == NIL then return nil, true end
+  end
+  return nil, false
+end
+
 -- (o, k): field k of the calling thread's fields of the shared local o.
 local shared_index
 do
   local __index = internals.sindex -- raises as the C __index, placed at o's use
   shared_index = function(o, k, ...)
-    if type(o) == "userdata" and type(k) == "string" then
-      local v = sget(o, k, #k, code)
-      if v == v then return v end
-      local r = code[0]
-      if r == TRUE then return true end
-      if r == FALSE then return false end
-      if r == NIL then return nil end
+    local v, answered = fast(o, k)
+    if not answered then
+      v = __index(o, k) -- not a tail call: its errors name the caller's line
     end
-    local v = __index(o, k) -- not a tail call: its errors name the caller's line
     return v
   end
 end
