@@ -185,6 +185,37 @@ describe("compiled loops over a Local (JIT on)", function()
     assert.equal(N, w2:run(function() return tl.x end))
   end)
 
+  it("compile into looping traces after many uses of number keys no array holds, from interpreted code", function()
+    -- A Local used as an array, also read and written with a fraction, a
+    -- key past the array's range or NaN: LuaJIT cannot record such a lookup
+    -- in a table with an array part.  A function with fixed parameters
+    -- called often this way from interpreted code sees each attempt at its
+    -- own trace abort, until LuaJIT blacklists it; then every trace that
+    -- would call it aborts too, whichever Local it serves.
+    local arr = threadlocal.new()
+    for i = 1, 4 do arr[i] = i end
+    local keys = { 2.5, 2 ^ 40, 0 / 0 }
+    local function uses()
+      interpreted(150000, function()
+        for j = 1, 3 do
+          local k = keys[j]
+          local _ = arr[k]
+          if k == k then arr[k] = j end
+        end
+      end)
+    end
+    jit.off(uses, true) -- and the function made inside
+    local tl = threadlocal.new()
+    tl.x = 1
+    assert.is_true(loops_after(uses, get_loop, tl, N) > 0)
+    assert.is_true(loops_after(function() end, set_loop, tl, N, 0) > 0)
+    assert.equal(0, aborts_during(get_loop, tl, N))
+    assert.equal(N, tl.x)
+    assert.equal(1, arr[1])
+    assert.equal(1, arr[2.5])
+    assert.equal(2, arr[2 ^ 40])
+  end)
+
   it("are made without a trace abort, however many Locals are made", function()
     -- Well past the point where making closures gets hot enough to trace.
     local function make(n)
