@@ -47,39 +47,37 @@ if not ok or type(ffi) ~= "table" then return false end
 -- function from its entry as a trace of its own, along the path that call
 -- took.  Callers' traces record through such a trace when it ends in a
 -- return; one that calls C through the Lua API ends elsewhere, and a loop
--- that calls the function then ends in it instead of looping.  So:
+-- that calls the function then ends in it instead of looping.  And when
+-- that compilation fails again and again, LuaJIT blacklists the function:
+-- every trace that would call it fails too.  So:
 -- - the metamethods take `...` that they never use: LuaJIT counts no calls
 --   to them.  Called often from interpreted code on their slow path (a
 --   Local read once per request, on another thread each time; a shared
 --   local's string or table field), they would otherwise get such a trace,
 --   and every loop over a Local or a shared local would run 8 to 24 times
---   slower;
--- - their fast path is a function with fixed parameters and no call through
---   the Lua API (`get`, `set`, `fast`): it may get a trace of its own, one
---   that returns, so that a metamethod called from interpreted code still
---   runs its fast path compiled (interpreted, the FFI calls in it cost
---   several times more).
+--   slower; with keys LuaJIT cannot compile a lookup of (a fraction in a
+--   table with an array part), they would be blacklisted;
+-- - the FFI calls, which cost several times more run interpreted, are in
+--   small functions with fixed parameters (`valid`, `valid_key`, `fast`)
+--   that look up no key a script chose and call nothing through the Lua
+--   API, whatever their arguments: their own traces compile, and return, so
+--   that a metamethod called from interpreted code still runs them compiled.
 -- luacheck: ignore 212/...
 
 local rawequal, rawget, rawset = rawequal, rawget, rawset
 local myid = ffi.cast("double (*)(void)", internals.myid)
 
--- The fast paths of a Local's closures, which hold `fields`, the fields
--- table of thread `id`: usable while the calling thread is that thread and
--- argument o is the Local `self` itself.  get: fields[k] and true, else nil
--- and false; set: whether it stored v in fields[k] (never for a nil or NaN
--- key, which the slow path refuses).
-local function get(o, k, self, fields, id)
-  if id == myid() and rawequal(o, self) then return rawget(fields, k), true end
-  return nil, false
+-- Whether a closure of the Local `self`, which holds the fields table of
+-- thread `id`, may use it for argument o: o is self and the calling thread
+-- is that thread.
+local function valid(o, self, id)
+  return id == myid() and rawequal(o, self)
 end
 
-local function set(o, k, v, self, fields, id)
-  if id == myid() and rawequal(o, self) and k ~= nil and rawequal(k, k) then
-    rawset(fields, k, v)
-    return true
-  end
-  return false
+-- The same, for a write of key k, which the slow path checks (nil and NaN
+-- are refused; raw comparisons: a key's own __eq is not called).
+local function valid_key(o, self, id, k)
+  return id == myid() and rawequal(o, self) and not rawequal(k, nil) and rawequal(k, k)
 end
 
 local closures
@@ -98,19 +96,22 @@ do
       -- they are the calling thread's, refused otherwise.
       index = function(o, k, ...)
         local f, i = fields, id -- named first: upvalues 1 and 2
-        local v, done = get(o, k, self, f, i)
-        if done then return v end
-        fields, id = __index(o, self)
-        return rawget(fields, k)
+        if not valid(o, self, i) then
+          fields, id = __index(o, self)
+          f = fields
+        end
+        return rawget(f, k)
       end
     end
     do
       local fields, id = nil, -1
       newindex = function(o, k, v, ...)
         local f, i = fields, id -- named first: upvalues 1 and 2
-        if set(o, k, v, self, f, i) then return end
-        fields, id = __newindex(o, self, k) -- raises for a nil or NaN key
-        rawset(fields, k, v)
+        if not valid_key(o, self, i, k) then
+          fields, id = __newindex(o, self, k) -- raises for a nil or NaN key
+          f = fields
+        end
+        rawset(f, k, v)
       end
     end
     return index, newindex
