@@ -164,9 +164,13 @@ static int run_script(int *memerrors) {
   lua_pop(L, 2);
   /* LuaJIT's own luaopen_ffi is not safe when an allocation fails: the
   ** state then crashes in lua_close, with or without this module.  The
-  ** module requires "ffi" on first need with the JIT on (a Local's first
-  ** access); loaded here, its failures stay out of the count. */
-  if (luaL_dostring(L, "if jit then require 'ffi' end") != 0) return 1;
+  ** module requires "ffi" on first need with the JIT on (a Local made, a
+  ** shared local read often); loaded here, its failures stay out of the
+  ** count. */
+  if (luaL_dostring(L, "if jit then require 'ffi' end") != 0) {
+    lua_close(L);
+    return 1;
+  }
   fail_at = saved;
   for (i = 0; steps[i] != NULL; i++) {
     if (luaL_loadstring(L, steps[i]) != 0 || lua_pcall(L, 0, 0, 0) != 0) {
