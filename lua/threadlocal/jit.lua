@@ -77,7 +77,7 @@ end
 -- The same, for a write of key k, which the slow path checks (nil and NaN
 -- are refused; raw comparisons: a key's own __eq is not called).
 local function valid_key(o, self, id, k)
-  return id == myid() and rawequal(o, self) and not rawequal(k, nil) and rawequal(k, k)
+  return valid(o, self, id) and not rawequal(k, nil) and rawequal(k, k)
 end
 
 local closures
