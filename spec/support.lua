@@ -82,4 +82,23 @@ function support.unique(prefix)
   return ("%s-%d-%s"):format(prefix, serial, tostring({}):match("0x%x+") or "")
 end
 
+-- Runs a Lua script in a child process of the interpreter under test (TL_LUA)
+-- with this process's module paths; prefix is a command put before it (such
+-- as valgrind).  Returns whether it ran to its end, and what it printed: a
+-- crash is counted, not fatal.
+function support.run_script(code, prefix)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write(("package.path, package.cpath = %q, %q\n"):format(package.path, package.cpath))
+  f:write(code, "\nio.write('\\nSCRIPT-END\\n')\n")
+  f:close()
+  local p = assert(io.popen(("%s%s %s 2>&1"):format(prefix and prefix .. " " or "", support.lua, path)))
+  local out = p:read("*a")
+  p:close()
+  os.remove(path)
+  local clean = not out:find("AddressSanitizer", 1, true) and not out:find("runtime error:", 1, true)
+    and not out:find("==%d+== %a")
+  return out:find("\nSCRIPT%-END\n") ~= nil and clean, out
+end
+
 return support

@@ -9,7 +9,7 @@
 #endif
 
 #define TL_SCOPE_MT "threadlocal.scope"
-#define TL_GUARD_MT "threadlocal.snapshot"
+#define TL_GUARD_MT "threadlocal.guard"
 
 /*
 ** A scope: what threadlocal.scope replaced on the thread that opened it.
@@ -21,6 +21,7 @@ typedef struct tl_saved {
 } tl_saved;
 
 typedef struct tl_scope {
+  const char *tag; /* tl_scope_tag */
   uint64_t owner; /* id of the thread that opened it */
   uint64_t run;   /* the run whose snapshot held sl when it was opened, or 0 */
   int closed;
@@ -30,6 +31,8 @@ typedef struct tl_scope {
 } tl_scope;
 
 enum { TL_SCOPE_LOCAL = 1, TL_SCOPE_OLD, TL_SCOPE_NUV = TL_SCOPE_OLD };
+
+static const char tl_scope_tag[] = TL_SCOPE_MT;
 
 static void tl_saved_free(tl_scope *sc) {
   size_t i;
@@ -205,20 +208,21 @@ static int tl_scope_open(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   sc = (tl_scope *)tl_newud(L, sizeof *sc, TL_SCOPE_NUV);
   memset(sc, 0, sizeof *sc);
-  sc->closed = 1; /* until it holds something */
+  sc->tag = tl_scope_tag;
+  sc->closed = 1; /* until it holds something: opening may raise */
   tl_scope_pushmeta(L);
   lua_setmetatable(L, -2);
   sc->owner = tl_self(L)->id;
-  sc->closed = 0;
   if (kind == TL_KSHARED)
     tl_scope_shared(L, sc);
   else
     tl_scope_local(L, sc, lua_gettop(L));
+  sc->closed = 0;
   return 1;
 }
 
 static tl_scope *tl_checkscope(lua_State *L) {
-  return (tl_scope *)luaL_checkudata(L, 1, TL_SCOPE_MT);
+  return (tl_scope *)tl_checkud(L, 1, tl_scope_tag, sizeof(tl_scope));
 }
 
 /* scope:close(): restores what the scope replaced; a second call does nothing. */
@@ -243,11 +247,15 @@ static int tl_scope_close(lua_State *L) {
     tl_saved_free(sc);
   } else {
     int fields;
-    tl_getuv(L, 1, TL_SCOPE_LOCAL);
-    tl_local_push1(L, lua_gettop(L));     /* sc lo F */
+    tl_getuv(L, 1, TL_SCOPE_OLD);         /* sc old: alive whatever init does */
+    tl_getuv(L, 1, TL_SCOPE_LOCAL);       /* sc old lo */
+    tl_local_push1(L, lua_gettop(L));     /* sc old lo F: init may close sc */
+    if (sc->closed) {
+      lua_settop(L, top);
+      return 0;
+    }
     fields = lua_gettop(L);
-    tl_getuv(L, 1, TL_SCOPE_OLD);         /* sc lo F old */
-    tl_scope_putback(L, fields, fields + 1, sc->n);
+    tl_scope_putback(L, fields, top + 1, sc->n);
     lua_pushnil(L);
     tl_setuv(L, 1, TL_SCOPE_OLD);
   }
@@ -256,12 +264,17 @@ static int tl_scope_close(lua_State *L) {
   return 0;
 }
 
+/* Closes sc without putting anything back. */
+static void tl_scope_forget(tl_scope *sc) {
+  tl_saved_free(sc);
+  sc->closed = 1;
+}
+
 /* An unclosed scope that is collected drops what it held, on whatever
 ** thread the collector runs (pointers' destructors run there). */
 static int tl_scope_gc(lua_State *L) {
-  tl_scope *sc = (tl_scope *)lua_touserdata(L, 1);
-  tl_saved_free(sc);
-  sc->closed = 1;
+  tl_scope *sc = (tl_scope *)tl_testud(L, 1, tl_scope_tag, sizeof *sc);
+  if (sc != NULL) tl_scope_forget(sc);
   return 0;
 }
 
@@ -292,12 +305,17 @@ static void tl_scope_pushmeta(lua_State *L) {
 /* threadlocal.with(loc, fields, fn, ...): fn(...) inside a scope. */
 static int tl_with(lua_State *L) {
   int status;
+  uint64_t id;
   luaL_checktype(L, 3, LUA_TFUNCTION);
   tl_scope_open(L);         /* loc fields fn args... scope */
   lua_replace(L, 1);        /* scope fields fn args... */
   lua_remove(L, 2);         /* scope fn args... */
+  id = tl_myid;
   status = lua_pcall(L, lua_gettop(L) - 2, LUA_MULTRET, 0);
-  tl_scope_close(L);        /* leaves the stack as it was */
+  if (tl_myid != id)        /* fn released the thread: nothing to put back */
+    tl_scope_forget((tl_scope *)lua_touserdata(L, 1));
+  else
+    tl_scope_close(L);      /* leaves the stack as it was */
   if (status != 0) tl_raise(L);
   return lua_gettop(L) - 1;
 }
@@ -311,13 +329,18 @@ static int tl_with(lua_State *L) {
 ** allocation of the copy cannot change or free what is being copied.
 */
 typedef struct tl_guard {
+  const char *tag; /* tl_guard_tag */
+  int busy;        /* run's fn runs: a finalizer called by hand leaves it */
   tl_snap *snap, *own;
   tl_tab *clone;
   tl_tab **aside; /* run: the thread's own fields while fn runs (still its own) */
 } tl_guard;
 
+static const char tl_guard_tag[] = TL_GUARD_MT;
+
 static int tl_guard_gc(lua_State *L) {
-  tl_guard *g = (tl_guard *)lua_touserdata(L, 1);
+  tl_guard *g = (tl_guard *)tl_testud(L, 1, tl_guard_tag, sizeof *g);
+  if (g == NULL || g->busy) return 0;
   tl_snap_free(g->snap);
   tl_snap_free(g->own);
   if (g->clone != NULL) tl_tab_free(g->clone);
@@ -331,6 +354,8 @@ static int tl_guard_gc(lua_State *L) {
 /* Pushes an empty guard.  [-0, +1] */
 static tl_guard *tl_newguard(lua_State *L) {
   tl_guard *g = (tl_guard *)tl_newud(L, sizeof *g, 0);
+  g->tag = tl_guard_tag;
+  g->busy = 0;
   g->snap = g->own = NULL;
   g->clone = NULL;
   g->aside = NULL;
@@ -436,7 +461,9 @@ static int tl_run(lua_State *L) {
   frame.snap = g->snap;
   frame.outer = t->runs;
   t->runs = &frame; /* until fn returns: lua_pcall catches every error */
+  g->busy = 1;
   status = lua_pcall(L, lua_gettop(L) - 2, LUA_MULTRET, 0);
+  g->busy = 0;
   t->runs = frame.outer;
   for (i = n; i > 0; i--) {
     tl_tab *own = g->aside[i - 1];

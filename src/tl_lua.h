@@ -18,6 +18,8 @@
 #define tl_absindex(L, i) \
   ((i) < 0 && (i) > LUA_REGISTRYINDEX ? lua_gettop(L) + (i) + 1 : (i))
 #define tl_checkversion(L) ((void)0)
+/* newproxy() makes a full userdata of no bytes from plain Lua. */
+#define tl_udfits(L, i) (lua_objlen(L, i) >= sizeof(void *))
 
 static void tl_rawgetp(lua_State *L, int i, const void *p) {
   i = tl_absindex(L, i);
@@ -51,6 +53,7 @@ static void tl_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
 #define tl_rawlen(L, i) lua_rawlen(L, i)
 #define tl_absindex(L, i) lua_absindex(L, i)
 #define tl_checkversion(L) luaL_checkversion(L)
+#define tl_udfits(L, i) 1 /* only C makes a userdata too small for a tag */
 #define tl_rawgetp(L, i, p) ((void)lua_rawgetp(L, i, p))
 #define tl_rawsetp(L, i, p) lua_rawsetp(L, i, p)
 #define tl_setfuncs(L, l, nup) luaL_setfuncs(L, l, nup)
@@ -226,6 +229,7 @@ enum { TL_PROXY_KEY = 1, TL_PROXY_NUV = TL_PROXY_KEY };
 
 /* The per-state anchor, made on first need. */
 typedef struct tl_state {
+  const char *tag; /* tl_state_tag */
   tl_home *home; /* made with the first Local; NULL again once closed */
   int closed;    /* the state is closing */
   int sentinel;  /* 1: a GC sentinel is live; 0: none yet (no Local), or
@@ -241,6 +245,7 @@ typedef struct tl_state {
 static const char tl_local_tag[] = THREADLOCAL_LOCAL_MT;
 static const char tl_sref_tag[] = THREADLOCAL_SHARED_MT;
 static const char tl_proxy_tag[] = THREADLOCAL_TABLE_MT;
+static const char tl_state_tag[] = "threadlocal.state";
 
 /*
 ** A Local.  Its __index and __newindex closures each keep one thread's

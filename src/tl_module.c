@@ -72,6 +72,7 @@ static int tl_new(lua_State *L) {
 }
 
 static int tl_call(lua_State *L) { /* threadlocal(...) */
+  luaL_checktype(L, 1, LUA_TTABLE); /* the module; anything when called by hand */
   lua_remove(L, 1);
   return tl_new(L);
 }
@@ -247,6 +248,7 @@ static const luaL_Reg tl_funcs[] = {
 static int tl_module_index(lua_State *L) {
   const luaL_Reg *f;
   const char *name = lua_tostring(L, 2);
+  luaL_checktype(L, 1, LUA_TTABLE); /* it rawsets there */
   if (lua_type(L, 2) != LUA_TSTRING) return 0;
   if (strcmp(name, "version") == 0) {
     lua_settop(L, 2);

@@ -50,18 +50,15 @@ static void *tl_checkud(lua_State *L, int i, const char *tag, size_t size) {
 }
 
 /*
-** The same check for the hot metamethods (__index, __newindex), without
-** the length, which would cost one more call into Lua on every access.
-** Lua code reaches them only through debug.getmetatable, and whatever it
-** passes is caught, except a light userdata holding an address that
-** cannot be read, which only C code makes (as debug.setupvalue on
-** string.gmatch's iterator can crash Lua itself, the debug library is
-** outside what Lua code is kept from).  Nothing else is read from p before
-** the tag matched.
+** The same check for the hot metamethods, without the exact length, which
+** costs one more call into Lua per access.  Before 5.2 the length is still
+** asked, since newproxy() makes empty userdata.  Only C code makes a light
+** userdata whose address cannot be read.
 */
 static TL_HOT void *tl_checkud_hot(lua_State *L, int i, const char *tag) {
   void *p = lua_touserdata(L, i);
-  if (tl_unlikely(p == NULL || *(const char *const *)p != tag)) tl_typeerror(L, i, tag);
+  if (tl_unlikely(p == NULL || !tl_udfits(L, i) || *(const char *const *)p != tag))
+    tl_typeerror(L, i, tag);
   return p;
 }
 
@@ -125,8 +122,10 @@ static const char tl_statekey = 0; /* registry key of the tl_state */
 
 static int tl_sentinel_gc(lua_State *L);
 
+/* Finalizers ignore what is not theirs: Lua code can call them by hand. */
 static int tl_state_gc(lua_State *L) {
-  tl_state *st = (tl_state *)lua_touserdata(L, 1);
+  tl_state *st = (tl_state *)tl_testud(L, 1, tl_state_tag, sizeof *st);
+  if (st == NULL) return 0;
   st->closed = 1;
   if (st->home != NULL) {
     tl_home_close(st->home);
@@ -142,6 +141,7 @@ static int tl_pushstate(lua_State *L) {
   if (!lua_isnil(L, -1)) return lua_gettop(L);
   lua_pop(L, 1);
   st = (tl_state *)tl_newud(L, sizeof *st, TL_STATE_NUV);
+  st->tag = tl_state_tag;
   st->home = NULL;
   st->closed = st->sentinel = 0;
   tl_rawgetp(L, LUA_REGISTRYINDEX, &tl_statekey); /* a finalizer may have made one */
