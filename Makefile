@@ -93,7 +93,7 @@ helper: $(MODULE) $(HELPER) $(BUILD)/spec_host $(BUILD)/capi_test
 
 # The reliability checks of make test, run on Lua 5.4 (some with sanitizers).
 RELIABILITY = $(BUILD)/fork_test $(BUILD)/churn_test $(BUILD)/stress_test $(BUILD)/oom_test \
-	$(BUILD)/hostile_test
+	$(BUILD)/hostile_test $(BUILD)/names_test
 
 reliability: $(RELIABILITY)
 

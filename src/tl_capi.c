@@ -54,27 +54,6 @@ done:
   return sl;
 }
 
-/* t's fields of sl, or NULL if it has none (t may be NULL). */
-static TL_HOT tl_tab *tl_shfields_peek(const tl_thread *t, const tl_sloc *sl) {
-  return t != NULL && sl->idx < t->nshfields ? t->shfields[sl->idx] : NULL;
-}
-
-/* Makes t->shfields long enough for index idx.  0, or -1 when out of memory. */
-static int tl_shfields_grow(tl_thread *t, uint32_t idx) {
-  uint32_t n = t->nshfields ? t->nshfields : 4;
-  tl_tab **ns;
-  if (idx < t->nshfields) return 0;
-  while (n <= idx) {
-    if (n > UINT32_MAX / 2) return -1;
-    n *= 2;
-  }
-  if ((ns = (tl_tab **)tl_reallocarray(t->shfields, n, sizeof *ns)) == NULL) return -1;
-  memset(ns + t->nshfields, 0, (n - t->nshfields) * sizeof *ns);
-  t->shfields = ns;
-  t->nshfields = n;
-  return 0;
-}
-
 /*
 ** t's fields of sl, when it has none yet: with create, or when sl has
 ** defaults, they are made (a copy of the defaults); otherwise NULL.  *err
@@ -83,14 +62,18 @@ static int tl_shfields_grow(tl_thread *t, uint32_t idx) {
 static tl_tab *tl_shfields_start(tl_thread *t, tl_sloc *sl, int create, int *err) {
   tl_tab *defaults = atomic_load_explicit(&sl->defaults, memory_order_acquire);
   tl_tab *tab;
+  tl_shslot *s;
   *err = 0;
   if (!create && defaults == NULL) return NULL;
-  if (tl_shfields_grow(t, sl->idx) != 0) goto fail;
+  if ((s = tl_shmap_get(t, sl)) == NULL) goto fail;
   if (defaults != NULL) {
-    if (tl_tab_clone(defaults, t, 0, &tab) != TL_COPY_OK) goto fail; /* fits: see tl_conv */
-  } else if ((tab = tl_tab_new(t, 0)) == NULL)
+    if (tl_tab_clone(defaults, t, 0, &tab) != TL_COPY_OK) tab = NULL; /* fits: see tl_conv */
+  } else
+    tab = tl_tab_new(t, 0);
+  if ((s->fields = tab) == NULL) {
+    tl_shmap_drop(t, s);
     goto fail;
-  t->shfields[sl->idx] = tab;
+  }
   return tab;
 fail:
   *err = 1;
@@ -99,11 +82,12 @@ fail:
 
 /* Deletes t's fields of sl (destructors run). */
 static void tl_shfields_clear(tl_thread *t, const tl_sloc *sl) {
-  tl_tab *tab = tl_shfields_peek(t, sl);
-  if (tab != NULL) {
-    t->shfields[sl->idx] = NULL;
-    tl_tab_free(tab);
-  }
+  tl_shslot *s = tl_shmap_find(t, sl);
+  tl_tab *tab;
+  if (s == NULL || (tab = s->fields) == NULL) return;
+  s->fields = NULL;
+  tl_shmap_drop(t, s);
+  tl_tab_free(tab);
 }
 
 /* ---------------------------------------------------------------------- */

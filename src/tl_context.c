@@ -76,12 +76,8 @@ static size_t tl_scope_restore(tl_thread *t, tl_tab *fields, tl_saved *saved, si
 /* The threadlocal.run whose snapshot holds sl's fields on t now (the
 ** innermost that names it), or 0: the thread's own fields. */
 static uint64_t tl_runof(const tl_thread *t, const tl_sloc *sl) {
-  const tl_runframe *f;
-  size_t i;
-  for (f = t->runs; f != NULL; f = f->outer)
-    for (i = 0; i < f->snap->n; i++)
-      if (f->snap->e[i].sl == sl) return f->id;
-  return 0;
+  const tl_shslot *s = tl_shmap_find(t, sl);
+  return s != NULL ? s->run : 0;
 }
 
 /* Opens a scope on the shared local at slot 1 with the fields at slot 2. */
@@ -333,7 +329,7 @@ typedef struct tl_guard {
   int busy;        /* run's fn runs: a finalizer called by hand leaves it */
   tl_snap *snap, *own;
   tl_tab *clone;
-  tl_tab **aside; /* run: the thread's own fields while fn runs (still its own) */
+  tl_shslot *aside; /* run: the thread's own fields while fn runs (still its own) */
 } tl_guard;
 
 static const char tl_guard_tag[] = TL_GUARD_MT;
@@ -413,11 +409,9 @@ static int tl_capture(lua_State *L) {
 */
 static int tl_run(lua_State *L) {
   tl_thread *t = tl_self(L);
-  uint64_t id = t->id;
-  tl_runframe frame;
+  uint64_t id = t->id, run;
   tl_guard *g;
-  size_t n = 0, i = 0, ntables = 0;
-  uint32_t maxidx = 0;
+  size_t n = 0, i = 0;
   int status;
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -442,39 +436,20 @@ static int tl_run(lua_State *L) {
     g->snap->e[i++].fields = v.u.tab;
     lua_pop(L, 1);
   }
-  for (i = 0; i < n; i++) {
-    if (g->snap->e[i].sl->idx > maxidx) maxidx = g->snap->e[i].sl->idx;
-    ntables += tl_tab_ntables(g->snap->e[i].fields);
-  }
-  if ((g->aside = (tl_tab **)tl_calloc(n + 1, sizeof *g->aside)) == NULL ||
-      (n > 0 && tl_shfields_grow(t, maxidx) != 0) || tl_slab_reserve(t, ntables) != 0)
+  if ((g->aside = (tl_shslot *)tl_calloc(n + 1, sizeof *g->aside)) == NULL ||
+      tl_snap_reserve(t, g->snap) != 0)
     tl_memerror(L);
-  for (i = 0; i < n; i++) { /* nothing below fails until fn */
-    uint32_t idx = g->snap->e[i].sl->idx;
-    g->aside[i] = t->shfields[idx];
-    t->shfields[idx] = g->snap->e[i].fields;
-    tl_tab_adopt(g->snap->e[i].fields, t);
-    g->snap->e[i].fields = NULL;
-  }
+  run = ++t->clock;
+  tl_snap_swapin(t, g->snap, run, g->aside); /* nothing below fails until fn */
   lua_remove(L, 2);                 /* guard fn args... */
-  frame.id = ++t->clock;
-  frame.snap = g->snap;
-  frame.outer = t->runs;
-  t->runs = &frame; /* until fn returns: lua_pcall catches every error */
-  g->busy = 1;
+  g->busy = 1; /* until fn returns: lua_pcall catches every error */
   status = lua_pcall(L, lua_gettop(L) - 2, LUA_MULTRET, 0);
   g->busy = 0;
-  t->runs = frame.outer;
-  for (i = n; i > 0; i--) {
-    tl_tab *own = g->aside[i - 1];
-    if (t->id == id) { /* put the thread's own fields back */
-      uint32_t idx = g->snap->e[i - 1].sl->idx;
-      tl_tab *job = t->shfields[idx];
-      t->shfields[idx] = own;
-      if (job != NULL) tl_tab_free(job);
-    } else if (own != NULL) /* fn released the thread: its own fields */
-      tl_tab_free(own);     /* went with its old id */
-  }
+  if (t->id == id)
+    tl_snap_swapback(t, g->aside, n);
+  else /* fn released the thread: its own fields went with its old id */
+    for (i = 0; i < n; i++)
+      if (g->aside[i].fields != NULL) tl_tab_free(g->aside[i].fields);
   tl_free(g->aside);
   tl_snap_free(g->snap); /* its tables were moved in */
   g->aside = NULL;

@@ -202,13 +202,17 @@ typedef struct tl_home {
   struct tl_home *hprev, *hnext; /* every home: for fork */
 } tl_home;
 
-/* A threadlocal.run in progress on a thread (tl_context.c): the shared
-** locals its snapshot names are swapped in while it lasts. */
-typedef struct tl_runframe {
-  uint64_t id; /* from the thread's clock: never repeats there, never 0 */
-  const struct threadlocal_snapshot *snap;
-  struct tl_runframe *outer;
-} tl_runframe;
+/*
+** A thread's fields of one shared local, in the thread's map of them.  A
+** threadlocal.run swaps in its snapshot's fields and marks them with its
+** own id (from the thread's clock: never 0, never repeated there), so
+** that a scope knows in O(1) which run's fields it changed.
+*/
+typedef struct tl_shslot {
+  struct threadlocal_shared *sl; /* NULL: an empty slot */
+  struct tl_tab *fields; /* NULL: none (the slot stays while run is set) */
+  uint64_t run;          /* the run whose snapshot put fields here, or 0 */
+} tl_shslot;
 
 /*
 ** What the module knows of one OS thread; only that thread touches it.
@@ -219,15 +223,14 @@ typedef struct tl_thread {
   uint64_t id;     /* never reused in this process */
   tl_home **homes; /* states this thread stored Local values in */
   size_t nhomes, caphomes;
-  tl_tab **shfields; /* by shared local index: this thread's fields, or NULL */
-  uint32_t nshfields;
+  tl_shslot *shmap; /* its shared fields: open addressing by the name's hash */
+  uint32_t shmask, shcount; /* slots - 1 (a power of 2 minus 1); used slots */
   tl_tab **slab;      /* the live tables, by slot */
   uint32_t *slabgen;  /* generation of each slot: bumped when it is freed */
   uint32_t *slabfree; /* free slots */
   uint32_t nslab, nslabfree, capslab;
   uint64_t clock; /* the next table version: never repeats on this thread */
   unsigned inits; /* Local inits running on this thread: no release meanwhile */
-  tl_runframe *runs; /* the innermost threadlocal.run in progress, or NULL */
   struct tl_thread *prev, *next; /* every live record: for fork */
 } tl_thread;
 

@@ -99,7 +99,7 @@ static TL_NOINLINE double tl_jit_sget_slow(tl_sref *ref, const char *s, size_t l
 ** The usual path: the key read last through ref, whose entry is still
 ** right while the calling thread is the one that read it and its fields
 ** table is the same with the same version (see tl_sref); then, since the
-** id matches, the thread has a record, and its shfields reach sl->idx.
+** id matches, the thread has a record.
 ** The key at the same address is confirmed by its bytes (a short key, in
 ** place in the entry): an address may be reused by another string.  A leaf
 ** function, which saves no registers.
@@ -107,7 +107,7 @@ static TL_NOINLINE double tl_jit_sget_slow(tl_sref *ref, const char *s, size_t l
 static double tl_jit_sget(void *p, const char *s, size_t len, int *code) {
   tl_sref *ref = (tl_sref *)p;
   if (ref != NULL && ref->tag == tl_sref_tag && s == ref->jit_key &&
-      tl_myid == ref->jit_owner && tl_me->shfields[ref->sl->idx] == ref->jit_tab &&
+      tl_myid == ref->jit_owner && tl_shfields_peek(tl_me, ref->sl) == ref->jit_tab &&
       ref->jit_tab->version == ref->jit_version && len <= TL_SHORTKEY) {
     const tl_entry *e = ref->jit_entry;
     size_t i;

@@ -98,33 +98,80 @@ static void tl_snap_free(tl_snap *s) {
   tl_free(s);
 }
 
+/* Makes room on t for swapping in s, so that tl_snap_swapin cannot fail.
+** 0, or -1 when out of memory. */
+static int tl_snap_reserve(tl_thread *t, const tl_snap *s) {
+  size_t i, ntables = 0;
+  for (i = 0; i < s->n; i++)
+    if (s->e[i].fields != NULL) ntables += tl_tab_ntables(s->e[i].fields);
+  return tl_shmap_reserve(t, s->n) == 0 && tl_slab_reserve(t, ntables) == 0 ? 0 : -1;
+}
+
+/*
+** Moves s's fields into t's slots, in order; aside[i] gets what entry i
+** replaced (still t's).  A run marks its slots with its id; 0 keeps the
+** marks.  Room must be reserved.
+*/
+static void tl_snap_swapin(tl_thread *t, tl_snap *s, uint64_t run, tl_shslot *aside) {
+  size_t i;
+  for (i = 0; i < s->n; i++) {
+    tl_shslot *slot = tl_shmap_get(t, s->e[i].sl); /* cannot fail: reserved */
+    aside[i] = *slot;
+    slot->fields = s->e[i].fields;
+    if (slot->fields != NULL) tl_tab_adopt(slot->fields, t);
+    if (run != 0) slot->run = run;
+    s->e[i].fields = NULL;
+  }
+}
+
+/* Drops the slots of aside's shared locals that hold nothing now. */
+static void tl_snap_tidy(tl_thread *t, const tl_shslot *aside, size_t n) {
+  size_t i;
+  for (i = 0; i < n; i++) {
+    tl_shslot *slot = tl_shmap_find(t, aside[i].sl);
+    if (slot != NULL) tl_shmap_drop(t, slot);
+  }
+}
+
+/* Puts back what tl_snap_swapin set aside, last first, and frees what the
+** swap put there.  The slots are there: a run's mark keeps them. */
+static void tl_snap_swapback(tl_thread *t, tl_shslot *aside, size_t n) {
+  size_t i;
+  for (i = n; i > 0; i--) {
+    tl_shslot *slot = tl_shmap_find(t, aside[i - 1].sl);
+    tl_tab *job = slot != NULL ? slot->fields : NULL;
+    if (slot != NULL) {
+      *slot = aside[i - 1];
+      if (job != NULL) tl_tab_free(job); /* may call back in: slot is not used after */
+    } else if (aside[i - 1].fields != NULL)
+      tl_tab_free(aside[i - 1].fields);
+  }
+  tl_snap_tidy(t, aside, n);
+}
+
 /*
 ** Installs s on t: each entry's fields replace t's, and *replaced gets
 ** what was there (moved, destructors and all).  s is consumed.  Returns 0,
 ** or -1 when out of memory (then nothing changed and s is untouched).
 */
 static int tl_snap_install(tl_thread *t, tl_snap *s, tl_snap **replaced) {
-  size_t i, ntables = 0;
-  uint32_t maxidx = 0;
+  size_t i;
   tl_snap *r = tl_snap_new(s->n);
-  if (r == NULL) return -1;
-  for (i = 0; i < s->n; i++) {
-    if (s->e[i].fields != NULL) ntables += tl_tab_ntables(s->e[i].fields);
-    if (s->e[i].sl->idx > maxidx) maxidx = s->e[i].sl->idx;
-  }
-  if ((s->n > 0 && tl_shfields_grow(t, maxidx) != 0) || tl_slab_reserve(t, ntables) != 0) {
+  tl_shslot *aside = (tl_shslot *)tl_calloc(s->n + 1, sizeof *aside);
+  if (r == NULL || aside == NULL || tl_snap_reserve(t, s) != 0) {
     tl_free(r);
+    tl_free(aside);
     return -1;
   }
-  for (i = 0; i < s->n; i++) { /* nothing below can fail */
-    uint32_t idx = s->e[i].sl->idx;
-    size_t j = s->n - 1 - i; /* last first: installing r undoes s, even */
-    r->e[j].sl = s->e[i].sl; /* when s names a shared local twice */
-    r->e[j].fields = t->shfields[idx];
-    if (r->e[j].fields != NULL) tl_tab_disown(r->e[j].fields);
-    t->shfields[idx] = s->e[i].fields;
-    if (s->e[i].fields != NULL) tl_tab_adopt(s->e[i].fields, t);
+  tl_snap_swapin(t, s, 0, aside);
+  for (i = 0; i < s->n; i++) { /* last first: installing r undoes s, even */
+    tl_tab *old = aside[i].fields; /* when s names a shared local twice */
+    r->e[s->n - 1 - i].sl = s->e[i].sl;
+    r->e[s->n - 1 - i].fields = old;
+    if (old != NULL) tl_tab_disown(old);
   }
+  tl_snap_tidy(t, aside, s->n);
+  tl_free(aside);
   tl_free(s);
   *replaced = r;
   return 0;
@@ -135,19 +182,14 @@ static int tl_snap_install(tl_thread *t, tl_snap *s, tl_snap **replaced) {
 /* ---------------------------------------------------------------------- */
 
 /* Every shared local the calling thread has fields of, in *out (an array
-** the caller frees) and *n.  Takes the registry lock.  0, or -1 (memory). */
+** the caller frees) and *n: a walk of t's own map.  0, or -1 (memory). */
 static int tl_sloc_withfields(const tl_thread *t, tl_sloc ***out, size_t *n) {
-  tl_sloc **v, *sl;
-  uint32_t b;
+  tl_sloc **v = (tl_sloc **)tl_calloc(t->shcount + 1u, sizeof *v);
+  uint32_t i;
   size_t k = 0;
-  pthread_mutex_lock(&tl_reg_lock);
-  v = (tl_sloc **)tl_calloc(tl_reg_count + 1u, sizeof *v);
-  if (v != NULL)
-    for (b = 0; b < tl_reg_cap; b++)
-      for (sl = tl_reg[b]; sl != NULL; sl = sl->next)
-        if (tl_shfields_peek(t, sl) != NULL) v[k++] = sl;
-  pthread_mutex_unlock(&tl_reg_lock);
   if (v == NULL) return -1;
+  for (i = 0; i <= t->shmask; i++)
+    if (t->shmap[i].fields != NULL) v[k++] = t->shmap[i].sl;
   *out = v;
   *n = k;
   return 0;

@@ -25,6 +25,107 @@ static _Thread_local uint64_t tl_myid TL_TLS_MODEL; /* tl_me->id, or 0 */
 /* The registry of shared locals by name (tl_capi.c); fork takes its lock. */
 static pthread_mutex_t tl_reg_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* ---------------------------------------------------------------------- */
+/* A thread's map of its shared fields                                    */
+/* ---------------------------------------------------------------------- */
+
+/*
+** Linear probing keyed by the name's seeded hash, at most half full, so a
+** thread pays for what it holds, not for every name the process made.
+** A thread with no slots points at tl_noslots, which is never written.
+*/
+static tl_shslot tl_noslots[1];
+
+static void tl_shmap_reset(tl_thread *t) {
+  t->shmap = tl_noslots;
+  t->shmask = 0;
+  t->shcount = 0;
+}
+
+/* t's slot of sl, or NULL. */
+static TL_HOT tl_shslot *tl_shmap_find(const tl_thread *t, const tl_sloc *sl) {
+  uint32_t i = sl->hash & t->shmask;
+  for (;; i = (i + 1) & t->shmask) {
+    tl_shslot *s = &t->shmap[i];
+    if (s->sl == sl) return s;
+    if (s->sl == NULL) return NULL;
+  }
+}
+
+/* t's fields of sl, or NULL if it has none (t may be NULL). */
+static TL_HOT tl_tab *tl_shfields_peek(const tl_thread *t, const tl_sloc *sl) {
+  const tl_shslot *s;
+  if (t == NULL) return NULL;
+  s = &t->shmap[sl->hash & t->shmask];
+  if (tl_unlikely(s->sl != sl)) s = s->sl == NULL ? NULL : tl_shmap_find(t, sl);
+  return s != NULL ? s->fields : NULL;
+}
+
+/* Rebuilds t's map with n slots (a power of 2).  0, or -1 (memory). */
+static int tl_shmap_resize(tl_thread *t, uint32_t n) {
+  tl_shslot *old = t->shmap, *map = (tl_shslot *)tl_calloc(n, sizeof *map);
+  uint32_t i, nold = t->shmask + 1;
+  if (map == NULL) return -1;
+  t->shmap = map;
+  t->shmask = n - 1;
+  if (old == tl_noslots) return 0;
+  for (i = 0; i < nold; i++)
+    if (old[i].sl != NULL) {
+      uint32_t j = old[i].sl->hash & t->shmask;
+      while (map[j].sl != NULL) j = (j + 1) & t->shmask;
+      map[j] = old[i];
+    }
+  tl_free(old);
+  return 0;
+}
+
+/* Makes room for n more slots, so that adding them cannot fail. */
+static int tl_shmap_reserve(tl_thread *t, size_t n) {
+  uint32_t cap = t->shmask + 1;
+  if (n == 0) return 0;
+  if (n > UINT32_MAX / 4 || t->shcount + n > UINT32_MAX / 4) return -1;
+  if (t->shmap != tl_noslots && 2 * (t->shcount + n) <= cap) return 0;
+  if (cap < 8) cap = 8;
+  while (2 * (t->shcount + n) > cap) cap *= 2;
+  return tl_shmap_resize(t, cap);
+}
+
+/* t's slot of sl, added empty if missing; NULL when out of memory. */
+static tl_shslot *tl_shmap_get(tl_thread *t, tl_sloc *sl) {
+  tl_shslot *s = tl_shmap_find(t, sl);
+  uint32_t i;
+  if (s != NULL) return s;
+  if (tl_shmap_reserve(t, 1) != 0) return NULL;
+  for (i = sl->hash & t->shmask; t->shmap[i].sl != NULL; i = (i + 1) & t->shmask) {}
+  s = &t->shmap[i];
+  s->sl = sl;
+  s->fields = NULL;
+  s->run = 0;
+  t->shcount++;
+  return s;
+}
+
+/* Removes s if it holds nothing, shifting later probes back.  A large
+** map an eighth full shrinks, when memory allows. */
+static void tl_shmap_drop(tl_thread *t, tl_shslot *s) {
+  uint32_t i = (uint32_t)(s - t->shmap), j = i;
+  if (s->fields != NULL || s->run != 0) return;
+  for (;;) {
+    uint32_t home;
+    t->shmap[i].sl = NULL;
+    do {
+      j = (j + 1) & t->shmask;
+      if (t->shmap[j].sl == NULL) goto shrink;
+      home = t->shmap[j].sl->hash & t->shmask;
+    } while (((j - home) & t->shmask) < ((j - i) & t->shmask)); /* j may stay */
+    t->shmap[i] = t->shmap[j];
+    i = j;
+  }
+shrink:
+  if (--t->shcount > 0 && t->shmask >= 32 && 8 * t->shcount <= t->shmask + 1)
+    (void)tl_shmap_resize(t, (t->shmask + 1) / 4);
+}
+
 static void tl_home_unref(tl_home *h) {
   if (atomic_fetch_sub(&h->refs, 1) == 1) {
     pthread_mutex_lock(&tl_list_lock);
@@ -43,8 +144,8 @@ static void tl_home_unref(tl_home *h) {
 ** them, so that a destructor that calls back in finds a consistent thread.
 */
 static void tl_thread_retire(tl_thread *t) {
-  tl_tab **shfields = t->shfields;
-  uint32_t n = t->nshfields, i;
+  tl_shslot *map = t->shmap;
+  uint32_t n = t->shmask + 1, i;
   size_t j;
   for (j = 0; j < t->nhomes; j++) {
     tl_home *h = t->homes[j];
@@ -58,11 +159,11 @@ static void tl_thread_retire(tl_thread *t) {
     tl_home_unref(h);
   }
   t->nhomes = 0;
-  t->shfields = NULL;
-  t->nshfields = 0;
+  tl_shmap_reset(t);
+  if (map == tl_noslots) return;
   for (i = 0; i < n; i++)
-    if (shfields[i] != NULL) tl_tab_free(shfields[i]);
-  tl_free(shfields);
+    if (map[i].fields != NULL) tl_tab_free(map[i].fields);
+  tl_free(map);
 }
 
 static void tl_list_remove(tl_thread *t) { /* tl_list_lock held */
@@ -150,6 +251,7 @@ static tl_thread *tl_thread_get(void) { /* NULL when out of memory */
     t = (tl_thread *)tl_calloc(1, sizeof *t);
     if (t == NULL) return NULL;
     t->id = atomic_fetch_add(&tl_nextid, 1);
+    tl_shmap_reset(t);
     if (pthread_setspecific(tl_exitkey, t) != 0) {
       tl_free(t);
       return NULL;

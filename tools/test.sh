@@ -174,6 +174,7 @@ fi
 if make --no-print-directory LUA=lua5.4 BUILD=build/lua5.4 CFLAGS="-O2 -g -Werror" reliability >"$out/churn-build.log" 2>&1; then
   tap_run "lua5.4" "$out/churn.tap" build/lua5.4/churn_test "$CHURN_THREADS"
   tap_run "lua5.4" "$out/hostile.tap" build/lua5.4/hostile_test
+  tap_run "lua5.4" "$out/names.tap" build/lua5.4/names_test
 else
   result FAIL "build the reliability checks" "$out/churn-build.log"
 fi
