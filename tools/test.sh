@@ -180,11 +180,12 @@ else
 fi
 # The specs that run a finalizer in every allocation (their names say
 # "finalizers") take minutes under valgrind: they run under ASan above.
+# Specs tagged #nogrind measure memory or spawn processes of their own.
 if have valgrind --version; then
   TL_LUA=lua5.4 tap_run "valgrind memcheck specs" "$out/valgrind.tap" \
     valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
     --show-leak-kinds=definite lua5.4 "$busted" -o TAP --lpath='spec/?.lua;lua/?.lua' \
-    --cpath='build/lua5.4/?.so' --filter-out='finalizers' spec
+    --cpath='build/lua5.4/?.so' --filter-out='finalizers' --exclude-tags=nogrind spec
 else
   result SKIP "valgrind memcheck specs" "valgrind is not installed"
 fi
