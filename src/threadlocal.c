@@ -9,8 +9,9 @@
 **   core (plain C, compiled before lua.h is included)
 **     tl_core.h     data structures: values, tables, threads, homes
 **     tl_table.c    allocator hook, hashing, shared tables, slabs
-**     tl_thread.c   thread records, homes, thread exit, fork, set-up
-**     tl_capi.c     registry of shared locals by name, the C API
+**     tl_registry.c shared locals by name
+**     tl_thread.c   thread records, their shared fields, homes, exit, fork
+**     tl_capi.c     a thread's fields of a shared local, the C API
 **     tl_snapshot.c moving tables between threads, snapshots (C API)
 **   Lua binding
 **     tl_lua.h      version compatibility, the binding's structures
@@ -26,6 +27,7 @@
 
 #include "tl_core.h"
 #include "tl_table.c"
+#include "tl_registry.c"
 #include "tl_thread.c"
 #include "tl_capi.c"
 #include "tl_snapshot.c"

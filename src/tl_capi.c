@@ -1,58 +1,10 @@
 /*
-** tl_capi.c: the registry of shared locals by name, each thread's fields
-** of a shared local, and the C API of threadlocal.h.  Part of threadlocal.c
-** (core: no Lua).
+** tl_capi.c: each thread's fields of a shared local, and the C API of
+** threadlocal.h.  Part of threadlocal.c (core: no Lua).
 */
 #ifndef TL_CORE_H
 #error "compile threadlocal.c, which includes this file"
 #endif
-
-/* The registry: chained buckets, under tl_reg_lock (tl_thread.c). */
-static tl_sloc **tl_reg;
-static uint32_t tl_reg_cap, tl_reg_count;
-
-#define TL_MAXSLOCS ((uint32_t)1 << 30) /* shared locals: their indexes double in uint32_t */
-
-/* Finds or creates; NULL when out of memory.  Takes the registry lock.
-** len <= THREADLOCAL_MAXLEN, so that no size below overflows. */
-static tl_sloc *tl_sloc_open(const char *name, size_t len) {
-  uint32_t h = tl_hash_bytes(name, len);
-  tl_sloc *sl;
-  pthread_mutex_lock(&tl_reg_lock);
-  if (tl_reg_cap > 0)
-    for (sl = tl_reg[h & (tl_reg_cap - 1)]; sl != NULL; sl = sl->next, TL_STAT(tl_stat_probes++))
-      if (sl->hash == h && sl->len == len && memcmp(sl->name, name, len) == 0) goto done;
-  if (tl_reg_count == tl_reg_cap) { /* grow the buckets */
-    uint32_t cap = tl_reg_cap ? 2 * tl_reg_cap : 16, i;
-    tl_sloc **nb = tl_reg_count < TL_MAXSLOCS ? (tl_sloc **)tl_calloc(cap, sizeof *nb) : NULL;
-    if (nb == NULL) {
-      sl = NULL;
-      goto done;
-    }
-    for (i = 0; i < tl_reg_cap; i++)
-      while ((sl = tl_reg[i]) != NULL) {
-        tl_reg[i] = sl->next;
-        sl->next = nb[sl->hash & (cap - 1)];
-        nb[sl->hash & (cap - 1)] = sl;
-      }
-    tl_free(tl_reg);
-    tl_reg = nb;
-    tl_reg_cap = cap;
-  }
-  if ((sl = (tl_sloc *)tl_malloc(sizeof *sl + len + 1)) != NULL) {
-    sl->idx = tl_reg_count++;
-    sl->hash = h;
-    atomic_init(&sl->defaults, NULL);
-    sl->len = len;
-    memcpy(sl->name, name, len);
-    sl->name[len] = '\0';
-    sl->next = tl_reg[h & (tl_reg_cap - 1)];
-    tl_reg[h & (tl_reg_cap - 1)] = sl;
-  }
-done:
-  pthread_mutex_unlock(&tl_reg_lock);
-  return sl;
-}
 
 /*
 ** t's fields of sl, when it has none yet: with create, or when sl has

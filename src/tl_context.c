@@ -16,10 +16,6 @@
 ** For a shared local, `saved` holds the replaced values, owner-less (so a
 ** scope may outlive its thread); for a Local they are in its user values.
 */
-typedef struct tl_saved {
-  tl_val key, old; /* old is TL_TNIL where the field was absent */
-} tl_saved;
-
 typedef struct tl_scope {
   const char *tag; /* tl_scope_tag */
   uint64_t owner; /* id of the thread that opened it */
@@ -34,50 +30,10 @@ enum { TL_SCOPE_LOCAL = 1, TL_SCOPE_OLD, TL_SCOPE_NUV = TL_SCOPE_OLD };
 
 static const char tl_scope_tag[] = TL_SCOPE_MT;
 
-static void tl_saved_free(tl_scope *sc) {
-  size_t i;
-  if (sc->saved == NULL) return; /* a Local's scope */
-  for (i = 0; i < sc->n; i++) {
-    tl_val_free(&sc->saved[i].key);
-    tl_val_free(&sc->saved[i].old);
-  }
-  tl_free(sc->saved);
+static void tl_scope_free(tl_scope *sc) {
+  tl_saved_free(sc->saved, sc->n);
   sc->saved = NULL;
   sc->n = 0;
-}
-
-/* Puts back saved[i] for i < n, last first; what they replace is freed
-** after, once fields is consistent, since a destructor may call back in
-** (and clear it).  Returns the number still to restore: 0, or more when
-** out of memory. */
-static size_t tl_scope_restore(tl_thread *t, tl_tab *fields, tl_saved *saved, size_t n) {
-  size_t need = 0, i, left;
-  for (i = 0; i < n; i++) need += tl_val_ntables(&saved[i].old);
-  if (tl_slab_reserve(t, need) != 0) return n;
-  for (left = n; left > 0; left--) {
-    tl_saved *s = &saved[left - 1];
-    tl_key k;
-    tl_val cur;
-    tl_key_of(&k, &s->key);
-    tl_val_adopt(&s->old, t);
-    if (tl_tab_put(fields, &k, &s->old, &cur) != 0) {
-      tl_val_disown(&s->old);
-      break;
-    }
-    s->old = cur; /* freed below */
-  }
-  for (i = left; i < n; i++) {
-    tl_val_free(&saved[i].key);
-    tl_val_free(&saved[i].old);
-  }
-  return left;
-}
-
-/* The threadlocal.run whose snapshot holds sl's fields on t now (the
-** innermost that names it), or 0: the thread's own fields. */
-static uint64_t tl_runof(const tl_thread *t, const tl_sloc *sl) {
-  const tl_shslot *s = tl_shmap_find(t, sl);
-  return s != NULL ? s->run : 0;
 }
 
 /* Opens a scope on the shared local at slot 1 with the fields at slot 2. */
@@ -91,7 +47,7 @@ static void tl_scope_shared(lua_State *L, tl_scope *sc) {
   tl_tovalue(L, 2, 0, NULL, 0, &v); /* all checks first */
   conv = v.u.tab;
   sc->sl = ref->sl;
-  sc->run = tl_runof(t, sc->sl);
+  sc->run = tl_shmap_run(t, sc->sl);
   if ((sc->saved = (tl_saved *)tl_calloc(conv->count + 1u, sizeof *sc->saved)) == NULL ||
       tl_slab_reserve(t, tl_tab_ntables(conv)) != 0) {
     tl_tab_free(conv);
@@ -113,7 +69,7 @@ static void tl_scope_shared(lua_State *L, tl_scope *sc) {
   }
   sc->n = n;
   if (i < conv->cap) { /* out of memory: undo */
-    left = tl_scope_restore(t, fields, sc->saved, n);
+    left = tl_saved_restore(t, fields, sc->saved, n);
     sc->n = left;
     tl_tab_free(conv);
     tl_memerror(L);
@@ -234,13 +190,13 @@ static int tl_scope_close(lua_State *L) {
     int err;
     /* run swaps shared fields: put back into the other ones, the replaced
     ** values would leak from one context into the other */
-    if (tl_runof(t, sc->sl) != sc->run)
+    if (tl_shmap_run(t, sc->sl) != sc->run)
       tl_error(L, "threadlocal: scope closed outside the threadlocal.run context it was opened in");
     fields = tl_shfields_peek(t, sc->sl);
     if (fields == NULL && (fields = tl_shfields_start(t, sc->sl, 1, &err)) == NULL)
       tl_memerror(L);
-    if ((sc->n = tl_scope_restore(t, fields, sc->saved, sc->n)) != 0) tl_memerror(L);
-    tl_saved_free(sc);
+    if ((sc->n = tl_saved_restore(t, fields, sc->saved, sc->n)) != 0) tl_memerror(L);
+    tl_scope_free(sc);
   } else {
     int fields;
     tl_getuv(L, 1, TL_SCOPE_OLD);         /* sc old: alive whatever init does */
@@ -262,7 +218,7 @@ static int tl_scope_close(lua_State *L) {
 
 /* Closes sc without putting anything back. */
 static void tl_scope_forget(tl_scope *sc) {
-  tl_saved_free(sc);
+  tl_scope_free(sc);
   sc->closed = 1;
 }
 

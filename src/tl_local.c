@@ -59,25 +59,17 @@ static void tl_purge_id(lua_State *L, int bythread, uint64_t id) {
     lua_pop(L, 1);
 }
 
-/* st: the index (or upvalue) of the tl_state. */
+/* Drops the fields of the threads that exited since the last purge; st is
+** the index (or upvalue) of the tl_state. */
 static void tl_purge(lua_State *L, int st) {
   tl_home *h = tl_state_at(L, st)->home;
   uint64_t ids[32];
   size_t n, i;
-  if (h == NULL || atomic_load_explicit(&h->ndead, memory_order_relaxed) == 0)
-    return;
+  if (h == NULL || (n = tl_home_drain(h, ids, 32)) == 0) return;
   tl_state_uv(L, st, TL_STATE_BYTHREAD);
   do {
-    size_t nd;
-    pthread_mutex_lock(&h->lock);
-    nd = atomic_load_explicit(&h->ndead, memory_order_relaxed);
-    n = nd < 32 ? nd : 32;
-    for (i = 0; i < n; i++) ids[i] = h->dead[nd - 1 - i];
-    atomic_store(&h->ndead, nd - n);
-    h->nreserved -= n;
-    pthread_mutex_unlock(&h->lock);
     for (i = 0; i < n; i++) tl_purge_id(L, lua_gettop(L), ids[i]);
-  } while (n == 32);
+  } while (n == 32 && (n = tl_home_drain(h, ids, 32)) > 0);
   lua_pop(L, 1);
 }
 

@@ -87,7 +87,7 @@ static int tl_isref(lua_State *L, int i, const tl_sloc *sl) {
 static int tl_shared_new(lua_State *L) {
   size_t len;
   const char *name = luaL_checklstring(L, 1, &len);
-  tl_tab *defaults = NULL, *current = NULL;
+  tl_tab *defaults = NULL;
   tl_sloc *sl;
   tl_sref *ref;
   luaL_argcheck(L, len <= THREADLOCAL_MAXLEN, 1, "name too long");
@@ -102,17 +102,12 @@ static int tl_shared_new(lua_State *L) {
     if (defaults) tl_tab_free(defaults);
     tl_memerror(L);
   }
-  if (defaults != NULL &&
-      !atomic_compare_exchange_strong(&sl->defaults, &current, defaults)) {
-    int same = tl_tab_equal(current, defaults);
-    tl_tab_free(defaults);
-    if (!same) {
-      lua_pushliteral(L, "threadlocal: shared local '");
-      lua_pushlstring(L, name, len);
-      lua_pushliteral(L, "' already has other defaults");
-      lua_concat(L, 3);
-      tl_raise(L);
-    }
+  if (defaults != NULL && tl_sloc_setdefaults(sl, defaults) != 0) {
+    lua_pushliteral(L, "threadlocal: shared local '");
+    lua_pushlstring(L, name, len);
+    lua_pushliteral(L, "' already has other defaults");
+    lua_concat(L, 3);
+    tl_raise(L);
   }
   tl_pushsharedmt(L);                        /* name defaults mt */
   tl_rawgetp(L, -1, sl);                     /* name defaults mt ref? */

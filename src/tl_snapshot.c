@@ -64,6 +64,48 @@ static void tl_val_disown(tl_val *v) {
   if (v->type == TL_TTAB) tl_tab_disown(v->u.tab);
 }
 
+/* A field a scope replaced: old is TL_TNIL where the field was absent. */
+typedef struct tl_saved {
+  tl_val key, old;
+} tl_saved;
+
+static void tl_saved_free(tl_saved *saved, size_t n) {
+  size_t i;
+  if (saved == NULL) return; /* a Local's scope */
+  for (i = 0; i < n; i++) {
+    tl_val_free(&saved[i].key);
+    tl_val_free(&saved[i].old);
+  }
+  tl_free(saved);
+}
+
+/* Puts back saved[i] for i < n, last first; what they replace is freed
+** after, once fields is consistent, since a destructor may call back in
+** (and clear it).  Returns the number still to restore: 0, or more when
+** out of memory. */
+static size_t tl_saved_restore(tl_thread *t, tl_tab *fields, tl_saved *saved, size_t n) {
+  size_t need = 0, i, left;
+  for (i = 0; i < n; i++) need += tl_val_ntables(&saved[i].old);
+  if (tl_slab_reserve(t, need) != 0) return n;
+  for (left = n; left > 0; left--) {
+    tl_saved *s = &saved[left - 1];
+    tl_key k;
+    tl_val cur;
+    tl_key_of(&k, &s->key);
+    tl_val_adopt(&s->old, t);
+    if (tl_tab_put(fields, &k, &s->old, &cur) != 0) {
+      tl_val_disown(&s->old);
+      break;
+    }
+    s->old = cur; /* freed below */
+  }
+  for (i = left; i < n; i++) {
+    tl_val_free(&saved[i].key);
+    tl_val_free(&saved[i].old);
+  }
+  return left;
+}
+
 /*
 ** A snapshot: for each of some shared locals, owner-less fields (NULL: the
 ** thread had none).  Installing one moves its tables in and hands back

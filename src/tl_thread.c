@@ -22,9 +22,6 @@ static tl_home *tl_homes;
 static _Thread_local tl_thread *tl_me TL_TLS_MODEL;
 static _Thread_local uint64_t tl_myid TL_TLS_MODEL; /* tl_me->id, or 0 */
 
-/* The registry of shared locals by name (tl_capi.c); fork takes its lock. */
-static pthread_mutex_t tl_reg_lock = PTHREAD_MUTEX_INITIALIZER;
-
 /* ---------------------------------------------------------------------- */
 /* A thread's map of its shared fields                                    */
 /* ---------------------------------------------------------------------- */
@@ -59,6 +56,13 @@ static TL_HOT tl_tab *tl_shfields_peek(const tl_thread *t, const tl_sloc *sl) {
   s = &t->shmap[sl->hash & t->shmask];
   if (tl_unlikely(s->sl != sl)) s = s->sl == NULL ? NULL : tl_shmap_find(t, sl);
   return s != NULL ? s->fields : NULL;
+}
+
+/* The threadlocal.run whose snapshot holds sl's fields on t now (the
+** innermost that names it), or 0: the thread's own fields. */
+static uint64_t tl_shmap_run(const tl_thread *t, const tl_sloc *sl) {
+  const tl_shslot *s = tl_shmap_find(t, sl);
+  return s != NULL ? s->run : 0;
 }
 
 /* Rebuilds t's map with n slots (a power of 2).  0, or -1 (memory). */
@@ -124,6 +128,21 @@ static void tl_shmap_drop(tl_thread *t, tl_shslot *s) {
 shrink:
   if (--t->shcount > 0 && t->shmask >= 32 && 8 * t->shcount <= t->shmask + 1)
     (void)tl_shmap_resize(t, (t->shmask + 1) / 4);
+}
+
+/* Takes up to max ids of exited threads out of h, into ids; returns how
+** many.  The state that owns h calls it, then drops their fields. */
+static size_t tl_home_drain(tl_home *h, uint64_t *ids, size_t max) {
+  size_t n, i, nd;
+  if (atomic_load_explicit(&h->ndead, memory_order_relaxed) == 0) return 0;
+  pthread_mutex_lock(&h->lock);
+  nd = atomic_load_explicit(&h->ndead, memory_order_relaxed);
+  n = nd < max ? nd : max;
+  for (i = 0; i < n; i++) ids[i] = h->dead[nd - 1 - i];
+  atomic_store(&h->ndead, nd - n);
+  h->nreserved -= n;
+  pthread_mutex_unlock(&h->lock);
+  return n;
 }
 
 static void tl_home_unref(tl_home *h) {
