@@ -8,6 +8,8 @@
 #   make test            install what is missing, build, run every test on
 #                        every Lua version present; ends
 #                        "N passed, N failed, N skipped"
+#   make quick           the Lua 5.4 specs and the C API test, for the
+#                        edit-compile-test loop
 #   make check           make test with bigger slow checks (stress x10, churn x3)
 #   make bench           the access costs against their targets: README, Speed
 #                        (LUA=luajit works)
@@ -63,7 +65,7 @@ ALL_CFLAGS = $(WARNFLAGS) $(CFLAGS) -fPIC -I$(LUA_INCDIR) -Isrc
 SRC = src/threadlocal.c
 SRC_PARTS = $(wildcard src/*.c src/*.h lua/threadlocal/*.lua)
 
-.PHONY: all static helper reliability examples bench check deps-bench install uninstall demo test deps-demo deps-test clean
+.PHONY: all static helper reliability examples bench check deps-bench install uninstall demo test quick deps-demo deps-test clean
 
 all: $(MODULE)
 
@@ -191,6 +193,10 @@ demo: deps-demo
 
 test: deps-test
 	@sh tools/test.sh
+
+# The edit-compile-test loop: the Lua 5.4 specs and the C API test.
+quick:
+	@sh tools/test.sh quick
 
 # make test with bigger slow checks: stress x10, churn x3.
 check: deps-test
