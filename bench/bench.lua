@@ -541,6 +541,56 @@ local function memory_rows()
   w:stop()
 end
 
+-- The LuaJIT JIT rows (jit_rows).  Each loop is compiled from its own
+-- source, so that a row and its floor never share bytecode, and so each
+-- gets a root trace of its own instead of one being a side trace of the
+-- other.
+local jsource = {
+  get = [[
+    local clock, o = ...
+    return function(n)
+      local t0, s = clock(), 0
+      for _ = 1, n do s = s + o.x end
+      return clock() - t0, s
+    end]],
+  set = [[
+    local clock, o = ...
+    return function(n)
+      local t0 = clock()
+      for i = 1, n do o.x = i end
+      return clock() - t0
+    end]],
+  -- The get loop with one empty FFI call and its guard per iteration, as
+  -- a compiled Local get or shared read makes one to learn the calling
+  -- thread: the floor of any such path.
+  ffi = [[
+    local clock, o, nop = ...
+    return function(n)
+      local t0, s = clock(), 0
+      for _ = 1, n do
+        if nop() ~= 0 then break end
+        s = s + o.x
+      end
+      return clock() - t0, s
+    end]],
+}
+local nop -- made on first use, when the JIT rows run, as ffi is loaded then
+local function jloop(kind, o, name)
+  nop = nop or require("ffi").cast("double (*)(void)", floor.nop)
+  return assert(load(jsource[kind], "=" .. name))(clock, o, nop)
+end
+local function with_x(o) o.x = 1; return o end
+local jrows = {
+  { name = "JIT: Local get  s = s + tl.x", kind = "get", target = 4,
+    make = function() return with_x(threadlocal.new()) end },
+  { name = "JIT: Local set  tl.x = i", kind = "set", target = 8,
+    make = function() return with_x(threadlocal.new()) end },
+  { name = "JIT: shared scalar read  s = s + sh.x", kind = "get", target = 4,
+    make = function() return with_x(threadlocal.shared("bench.jit." .. tostring(clock()))) end },
+  { name = "JIT: empty FFI call + plain read (context)", kind = "ffi", floor_kind = "get",
+    make = function() return with_x({}) end },
+}
+
 -- LuaJIT with the JIT on: compiled loops over a Local (whose metamethods are
 -- then Lua closures) and a shared local, each against the same loop on a plain
 -- table.  The targets hold on LuaJIT; every row must also compile without a
@@ -550,53 +600,6 @@ local function jit_rows()
   header("LuaJIT JIT (compiled loops; floor: the same loop on a plain table)")
   jit.on()
   jit.flush()
-  -- Each loop is compiled from its own source, so that a row and its
-  -- floor never share bytecode, and so each gets a root trace of its own
-  -- instead of one being a side trace of the other.
-  local jsource = {
-    get = [[
-      local clock, o = ...
-      return function(n)
-        local t0, s = clock(), 0
-        for _ = 1, n do s = s + o.x end
-        return clock() - t0, s
-      end]],
-    set = [[
-      local clock, o = ...
-      return function(n)
-        local t0 = clock()
-        for i = 1, n do o.x = i end
-        return clock() - t0
-      end]],
-    -- The get loop with one empty FFI call and its guard per iteration, as
-    -- a compiled Local get or shared read makes one to learn the calling
-    -- thread: the floor of any such path.
-    ffi = [[
-      local clock, o, nop = ...
-      return function(n)
-        local t0, s = clock(), 0
-        for _ = 1, n do
-          if nop() ~= 0 then break end
-          s = s + o.x
-        end
-        return clock() - t0, s
-      end]],
-  }
-  local nop = require("ffi").cast("double (*)(void)", floor.nop)
-  local function jloop(kind, o, name)
-    return assert(load(jsource[kind], "=" .. name))(clock, o, nop)
-  end
-  local function with_x(o) o.x = 1; return o end
-  local jrows = {
-    { name = "JIT: Local get  s = s + tl.x", kind = "get", target = 4,
-      make = function() return with_x(threadlocal.new()) end },
-    { name = "JIT: Local set  tl.x = i", kind = "set", target = 8,
-      make = function() return with_x(threadlocal.new()) end },
-    { name = "JIT: shared scalar read  s = s + sh.x", kind = "get", target = 4,
-      make = function() return with_x(threadlocal.shared("bench.jit." .. tostring(clock()))) end },
-    { name = "JIT: empty FFI call + plain read (context)", kind = "ffi", floor_kind = "get",
-      make = function() return with_x({}) end },
-  }
   local n = 10 * N
   -- Aborts that matter: those of traces that start in the row's loop or in
   -- the module's metamethods, but not LuaJIT recording past a loop's end into
