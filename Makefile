@@ -135,12 +135,25 @@ $(BUILD)/tlbench.so: bench/tlbench.c $(SRC_PARTS)
 	@mkdir -p $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ bench/tlbench.c src/threadlocal.c $(LIBS)
 
+$(BUILD)/fixseed.so: bench/fixseed.c
+	@mkdir -p $(BUILD)
+	$(CC) $(ALL_CFLAGS) $(LIBFLAG) $(LDFLAGS) -o $@ bench/fixseed.c
+
 BENCH_CSV ?= build/bench-$(LUA).csv
+BENCH_ROUNDS ?= 15
 
 # Prints the table of bench/bench.lua and writes it as CSV to $(BENCH_CSV).
-bench: deps-bench $(MODULE) $(HELPER) $(BUILD)/floor.so $(BUILD)/tlbench.so
+# With BASE=<rev>: builds that revision under build/base/ with these
+# variables and compares the two builds (bench/compare.sh, docs/benchmarks.md).
+bench: deps-bench $(MODULE) $(HELPER) $(BUILD)/floor.so $(BUILD)/tlbench.so \
+		$(if $(BASE),$(BUILD)/fixseed.so)
+ifeq ($(BASE),)
 	TL_LUA=$(LUA) $(LUA) -e "package.cpath = '$(BUILD)/?.so;' .. package.cpath" \
 		bench/bench.lua $(BENCH_CSV)
+else
+	sh bench/compare.sh '$(BASE)' '$(LUA)' '$(BUILD)' '$(BENCH_ROUNDS)' $(MAKE) LUA='$(LUA)' \
+		LUA_INCDIR='$(LUA_INCDIR)' CC='$(CC)' CFLAGS='$(CFLAGS)' LIBFLAG='$(LIBFLAG)' LDFLAGS='$(LDFLAGS)'
+endif
 
 # threadlocal.pc and the CMake package files name the final paths (without
 # DESTDIR), the Lua headers of this build and the version of threadlocal.h.

@@ -4,6 +4,9 @@
 --   LUA bench/bench.lua [CSV]              the whole table; CSV file optional
 --   LUA bench/bench.lua --count ROW N      run ROW's loop N times and exit
 --                                          (for callgrind instruction counts)
+--   LUA bench/bench.lua --serve | --instr N
+--                                          for make bench BASE=<rev>: see
+--                                          "make bench BASE" below
 --
 -- Every timed row runs interleaved with its baseline (the floor: a userdata
 -- whose C __index/__newindex rawget/rawset one fixed table), REPS times, in
@@ -541,10 +544,10 @@ local function memory_rows()
   w:stop()
 end
 
--- The LuaJIT JIT rows (jit_rows).  Each loop is compiled from its own
--- source, so that a row and its floor never share bytecode, and so each
--- gets a root trace of its own instead of one being a side trace of the
--- other.
+-- The LuaJIT JIT rows, for jit_rows and the --serve mode.  Each loop is
+-- compiled from its own source, so that a row and its floor never share
+-- bytecode, and so each gets a root trace of its own instead of one being a
+-- side trace of the other.
 local jsource = {
   get = [[
     local clock, o = ...
@@ -680,6 +683,173 @@ local function callgrind_rows()
   local with, without = per["per-request state, module"], per["per-request state, no module"]
   report("callgrind", "per-request state", nil, nil, with / without, nil,
          ("%.0f instructions/lifecycle (%.0f without the module)"):format(with, without))
+end
+
+-- make bench BASE=<rev> (bench/compare.lua) runs this file on both builds,
+-- in two more modes:
+--   LUA bench/bench.lua --serve     answers commands on stdin, one a line:
+--     list      "section<TAB>row" lines of the compared rows, then "end"
+--     setup I   prepares row I (warmed, after a collection): "ok", or
+--               "skip<TAB>why" when it fails (an API a build lacks)
+--     sample    times the row set up once more: ns per operation
+--   LUA bench/bench.lua --instr N   for each hot-path row, os.clock(), its
+--                                   loop of 0, os.clock(), of N, os.clock():
+--                                   callgrind --dump-before=clock counts them
+-- A compared row is a setup that returns its sampler, a function that
+-- measures the row afresh and returns ns per operation, and optionally what
+-- ends it (run before the next setup).
+local compared = {}
+local function compare(section, name, setup)
+  compared[#compared + 1] = { section = section, name = name, setup = setup }
+end
+
+-- A loop's sampler: n / SLICES operations a sample, after a warm-up.  The
+-- samples are short (a few ms), so that most run without being preempted.
+local SLICES = 40
+local function sampler(f, n)
+  local m = math.floor(n / SLICES)
+  f(math.floor(n / 20))
+  full_gc()
+  return function() return f(m) / m end
+end
+
+for _, r in ipairs(steady) do
+  compare("access", r.name, function() return sampler(loops[r.kind](r.make()), N) end)
+end
+for _, r in ipairs(compound) do
+  compare("context", r.name, function() return sampler(loops[r.kind](r.make()), r.n) end)
+end
+if jit then
+  for _, r in ipairs(jrows) do
+    compare("jit", r.name, function()
+      jit.on() -- until the next setup
+      jit.flush()
+      return sampler(jloop(r.kind, r.make(), r.name), 10 * N)
+    end)
+  end
+end
+for _, with in ipairs { false, true } do
+  compare("lifecycle", "per-request state, " .. (with and "module" or "no module"), function()
+    local m = LIFECYCLES / SLICES
+    tb.lifecycle(m, with)
+    return function() return tb.lifecycle(m, with) / m end
+  end)
+end
+for _, kind in ipairs { "get", "set" } do
+  compare("threads", "Local " .. kind .. " after the state moved", function()
+    local w, tl = helper.worker(), threadlocal.new()
+    tl.k = 1
+    local f, m = loops[kind](tl), N / SLICES
+    w:run(f, math.floor(N / 20))
+    full_gc()
+    return function() return w:run(f, m) / m end, function() w:stop() end
+  end)
+end
+compare("threads", "Local get, first access after the move", function()
+  local M, ROUNDS, w = 1000, 4, helper.worker()
+  return function()
+    local locals = {}
+    for j = 1, M do
+      locals[j] = threadlocal.new()
+      locals[j].k = j
+    end
+    w:run(function() for j = 1, M do locals[j].k = j end end)
+    local on_main, on_worker = loops.each(locals), loops.each(locals)
+    full_gc()
+    local t = 0
+    for _ = 1, ROUNDS do
+      on_main()
+      t = t + w:run(on_worker)
+    end
+    return t / (M * ROUNDS)
+  end, function() w:stop() end
+end)
+for _, with_init in ipairs { false, true } do
+  compare("threads", "Local first access on a new thread" .. (with_init and " (init)" or ""), function()
+    local M, THREADS = 1000, 2
+    local init = with_init and function(self) self.k = 1 end or nil
+    return function()
+      local t = 0
+      for _ = 1, THREADS do
+        local locals = {}
+        for j = 1, M do locals[j] = threadlocal.new(init) end
+        local fresh = helper.worker()
+        full_gc()
+        t = t + fresh:run(loops.each(locals))
+        fresh:stop()
+      end
+      return t / (M * THREADS)
+    end
+  end)
+end
+local function capi_loop(op)
+  return function(n) return tb.capi(op, n) end
+end
+local capi_names = { get = "C API get (threadlocal_get)", set = "C API set (threadlocal_set_integer)" }
+for _, op in ipairs { "get", "set" } do
+  compare("capi", capi_names[op], function() return sampler(capi_loop(op), N) end)
+end
+
+local function one_line(err)
+  return (tostring(err):gsub("%s+", " "))
+end
+
+if arg[1] == "--serve" then
+  local sample, finish
+  for line in io.lines() do
+    local cmd, i = line:match("^(%a+)%s*(%d*)$")
+    if cmd == "list" then
+      for _, c in ipairs(compared) do io.write(c.section, "\t", c.name, "\n") end
+      io.write("end\n")
+    elseif cmd == "setup" then
+      if finish then finish() end
+      sample, finish = nil, nil
+      if jit then jit.off() end
+      full_gc()
+      local ok, f, g = pcall(compared[tonumber(i)].setup)
+      if ok then
+        sample, finish = f, g
+        io.write("ok\n")
+      else
+        io.write("skip\t", one_line(f), "\n")
+      end
+    elseif cmd == "sample" then
+      io.write(("%.4f\n"):format(sample()))
+    else
+      error("bench --serve: no command " .. line)
+    end
+    io.flush()
+  end
+  os.exit(0)
+end
+
+if arg[1] == "--instr" then
+  local n = assert(tonumber(arg[2]), "--instr N")
+  for _, name in ipairs { "floor get", "floor set", "Local get", "Local set", "shared get (integer)",
+                          "shared set (integer)", "shared set (short string)",
+                          "shared nested read sh.t.k", capi_names.get, capi_names.set } do
+    local ok, f = pcall(function()
+      local r = rows_by_name[name]
+      local f = r and loops[r.kind](r.make()) or capi_loop(name == capi_names.get and "get" or "set")
+      f(100) -- past the first accesses
+      return f
+    end)
+    if ok then
+      full_gc()
+      io.write(name, "\n")
+      io.flush()
+      -- Each os.clock() ends a callgrind part: the second part is f(n)'s, and
+      -- the first, f(0)'s, is what it costs besides its n iterations.
+      os.clock()
+      f(0)
+      os.clock()
+      f(n)
+      os.clock()
+    else
+      io.write(("skip\t%s\t%s\n"):format(name, one_line(f)))
+    end
+  end
+  os.exit(0)
 end
 
 io.write(("threadlocal %s bench on %s, %d runs of %d operations per row, medians\n")
