@@ -82,6 +82,11 @@ function support.unique(prefix)
   return ("%s-%d-%s"):format(prefix, serial, tostring({}):match("0x%x+") or "")
 end
 
+-- An error message without Lua's leading "chunk:line: " position.
+function support.bare(err)
+  return (tostring(err):gsub("^[^:\n]*:%d+: ", ""))
+end
+
 -- Runs a Lua script in a child process of the interpreter under test (TL_LUA)
 -- with this process's module paths; prefix is a command put before it (such
 -- as valgrind).  Returns whether it ran to its end, and what it printed: a

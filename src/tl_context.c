@@ -258,6 +258,8 @@ static void tl_scope_pushmeta(lua_State *L) {
 static int tl_with(lua_State *L) {
   int status;
   uint64_t id;
+  tl_checkkind(L, TL_KLOCAL | TL_KSHARED, "threadlocal.local or threadlocal.shared");
+  luaL_checktype(L, 2, LUA_TTABLE); /* in order: the first bad one is blamed */
   luaL_checktype(L, 3, LUA_TFUNCTION);
   tl_scope_open(L);         /* loc fields fn args... scope */
   lua_replace(L, 1);        /* scope fields fn args... */

@@ -40,8 +40,10 @@ static int tl_tokey(lua_State *L, int i, tl_key *k) {
 static void tl_checkkey(lua_State *L, int i, tl_key *k) {
   if (tl_tokey(L, i, k)) return;
   if (lua_type(L, i) == LUA_TNUMBER) tl_error(L, "threadlocal: cannot use NaN as a field name");
+  luaL_where(L, 1);
   lua_pushfstring(L, "threadlocal: shared field names are strings, numbers or booleans, not %s",
                   luaL_typename(L, i));
+  lua_concat(L, 2);
   tl_raise(L);
 }
 
@@ -174,8 +176,9 @@ static TL_HOT tl_tab *tl_proxy_tab(lua_State *L, int i) {
 
 /*
 ** Lua value -> shared value, never raising, so that a failure can free
-** what was built and leave everything as it was.  Nested tables are copied
-** raw (metatables are not followed); a proxy's table is copied.
+** what was built and leave everything as it was.  Tables are copied raw;
+** one with a metatable is refused, since its copy would lose it.  A
+** proxy's table is copied.
 */
 typedef struct tl_conv {
   lua_State *L;
@@ -259,6 +262,10 @@ static int tl_conv_table(tl_conv *c, int i, tl_tab **out) {
     if (c->tables[d] == self) return tl_conv_fail(c, "cannot store a table that contains itself");
   if (c->base + (uint32_t)c->ntables > TL_MAXDEPTH || !lua_checkstack(L, 4))
     return tl_conv_deep(c);
+  if (lua_getmetatable(L, i)) {
+    lua_pop(L, 1);
+    return tl_conv_fail(c, "cannot store a table with a metatable");
+  }
   if ((tab = tl_tab_new(c->owner, c->base + (uint32_t)c->ntables)) == NULL)
     return tl_conv_nomem(c);
   c->tables[c->ntables++] = self;

@@ -177,9 +177,14 @@ static void tl_local_start(lua_State *L, int ud, tl_thread *t, int st) {
     for (i = 2; i <= n; i++) lua_rawgeti(L, map + 1, i);
     lo->init_id = t->id;
     t->inits++;
-    status = lua_pcall(L, n, 0, 0);
+    status = lua_pcall(L, n, 1, 0);
     t->inits--;
     lo->init_id = outer;
+    if (status == 0 && !lua_isnil(L, -1)) { /* as Python's __init__ */
+      tl_pushmsg(L, "threadlocal: init must return nothing "
+                    "(set fields on its first argument instead)");
+      status = LUA_ERRRUN;
+    }
     if (status != 0) {
       /* The thread keeps no fields; the next access runs init again. */
       tl_delid(L, map, t->id);

@@ -103,10 +103,11 @@ static int tl_shared_new(lua_State *L) {
     tl_memerror(L);
   }
   if (defaults != NULL && tl_sloc_setdefaults(sl, defaults) != 0) {
+    luaL_where(L, 1);
     lua_pushliteral(L, "threadlocal: shared local '");
     lua_pushlstring(L, name, len);
     lua_pushliteral(L, "' already has other defaults");
-    lua_concat(L, 3);
+    lua_concat(L, 4);
     tl_raise(L);
   }
   tl_pushsharedmt(L);                        /* name defaults mt */

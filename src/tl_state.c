@@ -16,14 +16,23 @@ static TL_NORETURN void tl_raise(lua_State *L) { /* the value on top */
   tl_unreachable();
 }
 
-/* Errors of our own carry no position prefix: they start "threadlocal:". */
-static TL_NORETURN void tl_error(lua_State *L, const char *msg) {
+/* Pushes msg after the caller's position, as luaL_error does. */
+static void tl_pushmsg(lua_State *L, const char *msg) {
+  luaL_where(L, 1);
   lua_pushstring(L, msg);
+  lua_concat(L, 2);
+}
+
+/* Our errors: "chunk:line: threadlocal: ...". */
+static TL_NORETURN void tl_error(lua_State *L, const char *msg) {
+  tl_pushmsg(L, msg);
   tl_raise(L);
 }
 
+/* Lua's own message, without a position. */
 static TL_NORETURN void tl_memerror(lua_State *L) {
-  tl_error(L, "not enough memory");
+  lua_pushliteral(L, "not enough memory");
+  tl_raise(L);
 }
 
 /* "bad argument #i to 'f' (<tag> expected, got <type>)" */
