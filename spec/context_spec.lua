@@ -80,6 +80,30 @@ describe("a context var", function()
     assert.equal("bad argument #2 to 'reset' (threadlocal.context.token expected, got table)",
       err_of(var.reset, var, {}))
   end)
+  it("checks self in every method, also against a context method's name (#19)", function()
+    local var = context.var("v", "own")
+    local ctx = context.copy()
+    local token = var:set(1)
+    local function msg(fname, expected, got)
+      return ("bad argument #1 to '%s' (%s expected, got %s)"):format(fname, expected, got)
+    end
+    local bad = { "run", "get", "name", 1, true, ctx, token, context, n = 9 } -- [9]: nil
+    for i = 1, bad.n do
+      local b = bad[i]
+      local var_expected = msg("get", "threadlocal.context.var", type(b))
+      assert.equal(var_expected, err_of(var.get, b))
+      assert.equal(var_expected, err_of(var.get, b, "arg"))
+      assert.equal(msg("set", "threadlocal.context.var", type(b)), err_of(var.set, b, 2))
+      assert.equal(msg("reset", "threadlocal.context.var", type(b)), err_of(var.reset, b, token))
+      if b ~= ctx then
+        assert.equal(msg("run", "threadlocal.context", type(b)), err_of(ctx.run, b, print))
+      end
+    end
+    assert.equal(msg("run", "threadlocal.context", "table"), err_of(ctx.run, var, print))
+    assert.equal(1, var:get()) -- nothing changed
+    var:reset(token)
+    assert.equal("own", var:get())
+  end)
 end)
 
 describe("a token", function()

@@ -248,7 +248,8 @@ local function get(self, default)
   if co == main_coroutine then ctx = by_thread[thread_id()] else ctx = by_coroutine[co] end
   if default == nil then
     local v = ctx[self]               -- the var's default when not set
-    if v ~= nil then return v end
+    -- ctx["run"] is a method, not a value: only a var's value counts.
+    if v ~= nil and is_var[self] then return v end
     return get_unset(self)
   end
   return get_default(self, ctx, default)
