@@ -399,6 +399,17 @@ describe("coroutines", function()
     assert.same({ true, "own", false, true, "own" }, { coroutine.resume(co) })
   end)
 
+  it("take C functions too: create, and run and bind inside a coroutine", function()
+    local ctx = context.copy()
+    assert.same({ true, true, 3 }, { pcall(coroutine.resume, context.create(select), "#", 1, 2, 3) })
+    assert.same({ true, 2 }, { pcall(coroutine.wrap(function()
+      return ctx:run(select, "#", 1, 2)
+    end)) })
+    assert.same({ true, 1 }, { pcall(coroutine.wrap(function()
+      return context.bind(select)("#", 1)
+    end)) })
+  end)
+
   it("that finished are collected with their contexts", function()
     local var = context.var("v")
     local collected, n = 0, 20

@@ -170,11 +170,8 @@ local function enter(ctx, fn, ...)
   end
   entered[ctx] = co or true
   if co and not pcall_yields then
-    if type(fn) ~= "function" then
-      local f = fn
-      fn = function(...) return f(...) end
-    end
-    local inner = co_create(fn)
+    -- A Lua function: 5.1 makes no coroutine of a C function or a callable.
+    local inner = co_create(function(...) return fn(...) end)
     by_coroutine[inner] = ctx
     return pass(inner, ctx, co_resume(inner, ...))
   end
@@ -197,7 +194,7 @@ end
 
 function context.create(fn)
   check_function(fn, 1, "create")
-  local co = co_create(fn)
+  local co = co_create(function(...) return fn(...) end) -- (C functions on 5.1)
   by_coroutine[co] = new_context(current_context())
   return co
 end
