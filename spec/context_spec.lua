@@ -1,6 +1,8 @@
 -- threadlocal.context: context variables for coroutines (README "Coroutine
 -- context"), on one OS thread and on several running one state.
 local context = require "threadlocal.context"
+local threadlocal = require "threadlocal"
+local unpack = table.unpack or unpack
 local helper = require "tlhelper"
 local support = require "support"
 
@@ -573,6 +575,79 @@ describe("contexts and OS threads (one state)", function()
     assert.equal("main", w1:run(f))
     assert.equal("w1", w1:run(function() return var:get() end))
     assert.equal("main", f())
+  end)
+end)
+
+describe("threadlocal.release() and contexts", function()
+  local w
+  before_each(function() w = helper.worker() end)
+  after_each(function() w:stop() end)
+
+  it("drops the root context, also when called inside ctx:run (#19)", function()
+    local var = context.var("v", "default")
+    assert.same({ true, "default", "default" }, { w:run(function()
+      var:set("secret")
+      local id = threadlocal.id()
+      local inside
+      context.copy():run(function()
+        threadlocal.release()
+        inside = var:get()
+      end)
+      return id ~= threadlocal.id(), inside, var:get()
+    end) })
+    assert.equal("default", w:run(function() return var:get() end))
+    w:run(function() var:set("secret") end)
+    w:run(threadlocal.release)
+    assert.equal("default", w:run(function() return var:get() end))
+  end)
+
+  it("leaves the new root after nested runs, a raising run and a bound call (#19)", function()
+    local var = context.var("v", "default")
+    local seen = { w:run(function()
+      local got, ctx = {}, context.copy()
+      local function see(v) got[#got + 1] = v end
+      var:set("old")
+      context.copy():run(function()
+        ctx:run(threadlocal.release)
+        see(var:get())
+      end)
+      see(var:get())
+      var:set("old")
+      local ok, err = pcall(ctx.run, ctx, function() threadlocal.release(); error("e", 0) end)
+      see(ok)
+      see(err)
+      see(var:get())
+      var:set("old")
+      context.bind(threadlocal.release)()
+      see(var:get())
+      var:set("old")
+      ctx:run(function() threadlocal.release(); var:set("set after release") end)
+      see(var:get())
+      see(ctx:run(function() return 1 end)) -- it can be entered again
+      return unpack(got, 1, 8)
+    end) }
+    assert.same({ "default", "default", false, "e", "default", "default", "set after release", 1 }, seen)
+  end)
+
+  it("in a coroutine: drops the root, keeps a context coroutine's own (#19)", function()
+    local var = context.var("v", "default")
+    local seen = { w:run(function()
+      local ctx = context.copy()
+      var:set("old")
+      local plain = coroutine.wrap(function()
+        ctx:run(threadlocal.release)
+        return var:get()
+      end)()
+      local a = var:get()
+      var:set("old")
+      local ok, own = coroutine.resume(context.create(function()
+        var:set("own")
+        ctx:run(threadlocal.release)
+        return var:get()
+      end))
+      return plain, a, ok, own, var:get()
+    end) }
+    assert.same({ "default", "default", true, "own", "default" }, seen)
   end)
 end)
 

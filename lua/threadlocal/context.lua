@@ -21,6 +21,9 @@
 --     current context, which is its root context, or ctx while the main coroutine
 --     runs ctx:run on that thread.  A Local keeps it, so two OS threads running one
 --     state never see each other's.
+-- threadlocal.release() gives the thread a new, empty root context, also inside
+-- ctx:run in the main coroutine: the rest of the run uses it, and it stays after.
+-- A coroutine's own context (create, wrap, ctx:run in a coroutine) stays.
 -- A context maps vars to values (nil: not set); copies are shallow.
 local threadlocal = require "threadlocal"
 -- Built into the module, this file is loaded with a third argument: C helpers
@@ -141,9 +144,16 @@ end
 
 -- Running a function in a context.
 
-local function leave(co, prev, ctx, ok, ...)
+-- In the main coroutine, `id` is the thread's id at enter.  When fn called
+-- threadlocal.release(), the thread has a new id and a new, empty root
+-- context: prev was dropped with the old id, so it is not put back.
+local function leave(co, prev, ctx, id, ok, ...)
   entered[ctx] = nil
-  if co then by_coroutine[co] = prev else set_thread_context(prev) end
+  if co then
+    by_coroutine[co] = prev
+  elseif thread_id() == id then
+    set_thread_context(prev)
+  end
   if not ok then error((...), 0) end
   return ...
 end
@@ -175,15 +185,15 @@ local function enter(ctx, fn, ...)
     by_coroutine[inner] = ctx
     return pass(inner, ctx, co_resume(inner, ...))
   end
-  local prev
+  local prev, id
   if co then
     prev = rawget(by_coroutine, co)
     by_coroutine[co] = ctx
   else
-    prev = thread.ctx
+    prev, id = thread.ctx, thread_id()
     set_thread_context(ctx)
   end
-  return leave(co, prev, ctx, pcall(fn, ...))
+  return leave(co, prev, ctx, id, pcall(fn, ...))
 end
 
 function defaults.run(ctx, fn, ...)
