@@ -45,8 +45,12 @@ local running, co_create, co_resume, co_status, co_wrap, co_yield =
 
 local context = {}
 
+-- Lua 5.1 and LuaJIT have no ephemerons: a weak-keyed table keeps its values,
+-- and what they refer to, even its own keys.  The tables that map a context to
+-- a coroutine, or back, are weak both ways.
 local function weak_keys() return setmetatable({}, { __mode = "k" }) end
-local entered = weak_keys()   -- context -> the coroutine running it (true: the main one)
+local function weak() return setmetatable({}, { __mode = "kv" }) end
+local entered = weak()        -- context -> the coroutine running it (true: the main one)
 local is_context = weak_keys()
 local is_var = weak_keys()
 local is_token = weak_keys()
@@ -112,10 +116,12 @@ end
 -- from the first lookup made in it.
 local main_coroutine
 
--- Other coroutines with a context of their own, weakly: finished ones go.  A
+-- Other coroutines with a context of their own, weakly both ways: a context
+-- may refer to its coroutine (a var set to it), and finished ones go.  The
+-- coroutine's own stack holds its context (see `hold`) while it may run.  A
 -- missing coroutine is a plain one (or the main one, not yet seen).
 local by_coroutine = setmetatable({}, {
-  __mode = "k",
+  __mode = "kv",
   __index = function(_, co)
     local _, ismain = running()
     if ismain then main_coroutine = co end
@@ -142,7 +148,12 @@ function context.copy()
   return new_context(current_context())
 end
 
--- Running a function in a context.
+-- Returns all but its first argument, which the caller's stack holds until
+-- then: hold(ctx, fn(...)) keeps ctx alive while fn runs.
+local function hold(_, ...) return ... end
+
+-- Running a function in a context.  While fn runs, enter's stack holds ctx
+-- and prev for by_coroutine (as pass's does on 5.1).
 
 -- In the main coroutine, `id` is the thread's id at enter.  When fn called
 -- threadlocal.release(), the thread has a new id and a new, empty root
@@ -204,8 +215,10 @@ end
 
 function context.create(fn)
   check_function(fn, 1, "create")
-  local co = co_create(function(...) return fn(...) end) -- (C functions on 5.1)
-  by_coroutine[co] = new_context(current_context())
+  local ctx = new_context(current_context())
+  -- (a Lua function: on 5.1 fn may be a C function)
+  local co = co_create(function(...) return hold(ctx, fn(...)) end)
+  by_coroutine[co] = ctx
   return co
 end
 
@@ -214,7 +227,7 @@ function context.wrap(fn)
   local ctx = new_context(current_context())
   return co_wrap(function(...)
     by_coroutine[running()] = ctx
-    return fn(...)
+    return hold(ctx, fn(...))
   end)
 end
 
