@@ -116,7 +116,7 @@ static void tl_shmap_drop(tl_thread *t, tl_shslot *s) {
   if (s->fields != NULL || s->run != 0) return;
   for (;;) {
     uint32_t home;
-    t->shmap[i].sl = NULL;
+    memset(&t->shmap[i], 0, sizeof t->shmap[i]); /* the walks read fields */
     do {
       j = (j + 1) & t->shmask;
       if (t->shmap[j].sl == NULL) goto shrink;

@@ -8,6 +8,7 @@
 **            and after 200,000, also after release() and a new touch
 **   capture  capture() of all a thread's fields allocates what the thread
 **            holds, not a slot per name
+**   churn    fields cleared in any order leave the map right
 **   scopes   scopes inside a run cost the same whatever its snapshot names
 */
 #include <stdlib.h>
@@ -108,6 +109,58 @@ static void test_memory(void) {
   bound("the largest block capture() asks for", many.capture, few.capture);
 }
 
+/* A thread's map stays right while fields come and go in any order:
+** capture() finds exactly those left, and release() frees each once. */
+/* How many of the 256 shared locals have k, which must be their index. */
+static size_t count_fields(threadlocal_shared **sh) {
+  size_t n = 0;
+  int i;
+  for (i = 0; i < 256; i++) {
+    threadlocal_value v;
+    if (threadlocal_get(sh[i], "k", &v) != THREADLOCAL_OK || v.type == THREADLOCAL_NIL) continue;
+    if (v.type != THREADLOCAL_INTEGER || v.u.integer != i) return (size_t)-1;
+    n++;
+  }
+  return n;
+}
+
+static void *churn(void *arg) {
+  threadlocal_shared *sh[256];
+  threadlocal_snapshot *snap, *own;
+  char name[32];
+  int i, round, *ok = (int *)arg;
+  size_t left = 256;
+  for (i = 0; i < 256; i++) {
+    snprintf(name, sizeof name, "churn-%d", i);
+    if (threadlocal_shared_open(name, strlen(name), &sh[i]) != THREADLOCAL_OK) abort();
+    if (threadlocal_set_integer(sh[i], "k", i) != THREADLOCAL_OK) abort();
+  }
+  *ok = 1;
+  for (round = 0; round < 8; round++) { /* clear a scattered eighth each round */
+    for (i = round; i < 256; i += 8) {
+      if (threadlocal_clear(sh[(i * 37) % 256]) != THREADLOCAL_OK) abort();
+      left--;
+    }
+    if (threadlocal_snapshot_capture(NULL, 0, &snap) != THREADLOCAL_OK) abort();
+    if (count_fields(sh) != left) *ok = 0;
+    threadlocal_release(); /* a fresh identity gets exactly the captured fields */
+    if (count_fields(sh) != 0 || threadlocal_snapshot_install(snap, &own) != THREADLOCAL_OK)
+      abort();
+    threadlocal_snapshot_free(own);
+    if (count_fields(sh) != left) *ok = 0;
+  }
+  for (i = 0; i < 256; i += 3) threadlocal_set_integer(sh[i], "k", i);
+  threadlocal_release(); /* frees what is left: ASan sees any twice */
+  return NULL;
+}
+
+static void test_churn(void) {
+  pthread_t th;
+  int ok = 0;
+  if (pthread_create(&th, NULL, churn, &ok) != 0 || pthread_join(th, NULL) != 0) abort();
+  check(ok, "fields cleared in any order: capture() finds exactly those left, release frees each once");
+}
+
 /* scope_seconds(n): seconds of CPU for 5,000 scope pairs inside a run
 ** whose snapshot names n shared locals (the best of three). */
 static const char scope_lib[] =
@@ -156,6 +209,7 @@ static void test_scopes(void) {
 int main(void) {
   threadlocal_set_allocator(count_alloc, NULL);
   test_memory();
+  test_churn();
   test_scopes();
   return exit_status();
 }
