@@ -285,6 +285,10 @@ THREADLOCAL_API int luaopen_threadlocal(lua_State *L) {
   lua_createtable(L, 0, 2);                          /* M meta */
   tl_setfuncs(L, tl_module_meta, 0);
   lua_setmetatable(L, -2);                           /* M */
+  /* Lanes copies a shared local's metatable by its name in the module
+  ** table (lanes.require "threadlocal"): it must be there at open. */
+  tl_pushsharedmt(L);                                /* M mt */
+  lua_setfield(L, -2, "shared_mt");                  /* M */
   tl_preload(L);
   return 1;
 }

@@ -166,12 +166,38 @@ static int tl_proxy_tostring(lua_State *L) {
   return 1;
 }
 
+/*
+** __lanesclone(dest, source, size), as Lanes 3.17 calls it when a shared
+** local crosses to another lane.  dest is a new userdata of size bytes in
+** the lane's state, which already has this metatable (found by its name in
+** the module table) and copies of the source's user values.  It becomes
+** that state's own userdata of the same named local, with empty caches.
+** Lua code can call this function with any light userdata too: only a
+** shared local's memory as source leads to a write.
+*/
+static int tl_shared_lanesclone(lua_State *L) {
+  tl_sref *dst, *src;
+  luaL_checktype(L, 1, LUA_TLIGHTUSERDATA);
+  luaL_checktype(L, 2, LUA_TLIGHTUSERDATA);
+  luaL_argcheck(L, luaL_checkinteger(L, 3) == (lua_Integer)sizeof(tl_sref), 3,
+                "not the size of a shared local");
+  dst = (tl_sref *)lua_touserdata(L, 1);
+  src = (tl_sref *)lua_touserdata(L, 2);
+  if (src == NULL || src->tag != tl_sref_tag) tl_typeerror(L, 2, tl_sref_tag);
+  luaL_argcheck(L, dst != NULL && dst != src, 1, "no memory to clone into");
+  memset(dst, 0, sizeof *dst);
+  dst->tag = tl_sref_tag;
+  dst->sl = src->sl;
+  return 0;
+}
+
 static const luaL_Reg tl_shared_meta[] = {
   {"__index", tl_shared_index},
   {"__newindex", tl_shared_newindex},
   {"__pairs", tl_shared_pairs},
   {"__len", tl_shared_len},
   {"__tostring", tl_shared_tostring},
+  {"__lanesclone", tl_shared_lanesclone},
   {NULL, NULL}
 };
 

@@ -214,7 +214,7 @@ static void tl_pushmeta(lua_State *L, const char *name, const luaL_Reg *funcs) {
   lua_getfield(L, LUA_REGISTRYINDEX, name);
   if (!lua_isnil(L, -1)) return;
   lua_pop(L, 1);
-  lua_createtable(L, 0, 8);
+  lua_createtable(L, 0, 9);
   tl_setfuncs(L, funcs, 0);
   lua_pushstring(L, name);
   lua_pushvalue(L, -1);
