@@ -16,6 +16,13 @@
 **   helper.exec(code, ...)       run a chunk in a fresh state on the calling
 **                                thread (closed after); returns scalar results
 **   helper.lightuserdata(n)      a light userdata with address n
+**   helper.rawlen(ud)            the size of a full userdata, in bytes
+**   helper.lanes(how, v, code, ...)  a Lanes-like host: a new state requires
+**                                threadlocal, gets the userdata v as Lanes 3.17
+**                                copies a clonable one, and runs the chunk
+**                                with it and the scalar arguments on a new
+**                                thread; how is "direct" (an argument or an
+**                                upvalue) or "linda" (through a keeper state)
 **   helper.barrier(name, n)      create a process-wide barrier for n parties
 **   helper.wait(name)            wait on it, from any state and thread
 **
@@ -25,6 +32,7 @@
 */
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -426,6 +434,284 @@ static int hp_lightuserdata(lua_State *L) {
   return 1;
 }
 
+static int hp_rawlen(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TUSERDATA);
+#if LUA_VERSION_NUM == 501
+  lua_pushinteger(L, (lua_Integer)lua_objlen(L, 1));
+#else
+  lua_pushinteger(L, (lua_Integer)lua_rawlen(L, 1));
+#endif
+  return 1;
+}
+
+/* ---- a Lanes-like host ---- */
+
+/*
+** What Lanes 3.17 does with a full userdata whose metatable has
+** __lanesclone: it finds the metatable by its name in the module tables
+** registered with lanes.require (here: the fields of threadlocal), makes a
+** userdata of the same size and user values in the other state, gives it the
+** other state's table of that name, copies the user values, and calls
+** __lanesclone(clone, source, size) in the source state.  Through a linda
+** the clone goes to a keeper state first (no metatable there), and the
+** receiver's own __lanesclone makes its clone from the keeper's.
+*/
+#if LUA_VERSION_NUM >= 504
+#define hp_newud(L, sz, nuv) lua_newuserdatauv(L, sz, nuv)
+#define hp_getuv(L, i, n) lua_getiuservalue(L, i, n)
+#define hp_setuv(L, i, n) lua_setiuservalue(L, i, n)
+#else
+/* One user value before 5.4: Lanes copies it when it is a table. */
+static void *hp_newud(lua_State *L, size_t sz, int nuv) {
+  (void)nuv;
+  return lua_newuserdata(L, sz);
+}
+static int hp_getuv(lua_State *L, int i, int n) {
+  if (n > 1) {
+    lua_pushnil(L);
+    return LUA_TNONE;
+  }
+#if LUA_VERSION_NUM == 501
+  lua_getfenv(L, i);
+#else
+  lua_getuservalue(L, i);
+#endif
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    return LUA_TNONE;
+  }
+  return LUA_TTABLE;
+}
+static int hp_setuv(lua_State *L, int i, int n) {
+  (void)n;
+#if LUA_VERSION_NUM == 501
+  return lua_setfenv(L, i);
+#else
+  lua_setuservalue(L, i);
+  return 1;
+#endif
+}
+#endif
+
+#if LUA_VERSION_NUM == 501
+#define hp_udlen(L, i) lua_objlen(L, i)
+#else
+#define hp_udlen(L, i) lua_rawlen(L, i)
+#endif
+
+/* Pushes onto `to` a copy of the value at slot i of `from`, as Lanes copies
+** a user value: plain values and tables of them; a full userdata without
+** __lanesclone cannot cross.  Returns an error message or NULL. */
+static const char *hp_lanes_copy(lua_State *from, int i, lua_State *to, int depth) {
+  const char *err = NULL;
+  if (i < 0) i = lua_gettop(from) + i + 1;
+  if (!lua_checkstack(to, 3) || !lua_checkstack(from, 3)) return "tlhelper: stack overflow";
+  switch (lua_type(from, i)) {
+    case LUA_TNIL: lua_pushnil(to); break;
+    case LUA_TBOOLEAN: lua_pushboolean(to, lua_toboolean(from, i)); break;
+    case LUA_TNUMBER:
+      if (hp_isinteger(from, i)) lua_pushinteger(to, lua_tointeger(from, i));
+      else lua_pushnumber(to, lua_tonumber(from, i));
+      break;
+    case LUA_TSTRING: {
+      size_t len;
+      const char *s = lua_tolstring(from, i, &len);
+      lua_pushlstring(to, s, len);
+      break;
+    }
+    case LUA_TTABLE:
+      if (depth > 8) return "tlhelper: tables too deep";
+      lua_newtable(to);
+      lua_pushnil(from);
+      while (err == NULL && lua_next(from, i)) {
+        if ((err = hp_lanes_copy(from, -2, to, depth + 1)) == NULL &&
+            (err = hp_lanes_copy(from, -1, to, depth + 1)) == NULL)
+          lua_rawset(to, -3);
+        lua_pop(from, 1);
+      }
+      if (err != NULL) lua_pop(from, 1); /* the key lua_next left */
+      break;
+    case LUA_TUSERDATA: return "can't copy non-deep full userdata across lanes";
+    default: return "tlhelper: a user value of a type Lanes does not copy";
+  }
+  return err;
+}
+
+typedef struct hp_lane {
+  lua_State *L;  /* the lane's state: the chunk, the clone, the arguments */
+  int nargs, ok;
+  hp_vals results;
+  char err[256];
+} hp_lane;
+
+static void hp_lane_fail(hp_lane *ln, lua_State *L, const char *prefix) {
+  const char *msg = lua_tostring(L, -1);
+  snprintf(ln->err, sizeof ln->err, "%s%s", prefix, msg ? msg : "(error object is not a string)");
+}
+
+/* The clone of the userdata at slot `src` of `from`, pushed in `to` with
+** the metatable at slot `mt` of `to` (none: 0); `fn` is the __lanesclone to
+** call, in the state `caller` (from or to), at slot fn there. */
+static const char *hp_lanes_clone(hp_lane *ln, lua_State *from, int src, lua_State *to, int mt,
+                                  lua_State *caller, int fn) {
+  size_t size = hp_udlen(from, src);
+  void *clone;
+  int nuv = 0, k;
+  const char *err;
+  if (src < 0) src = lua_gettop(from) + src + 1;
+  while (hp_getuv(from, src, nuv + 1) != LUA_TNONE) nuv++;
+  lua_pop(from, 1); /* the nil of the missing one; the nuv values stay */
+  clone = hp_newud(to, size, nuv);
+  if (mt != 0) {
+    lua_pushvalue(to, mt);
+    lua_setmetatable(to, -2);
+  }
+  for (k = nuv; k > 0; k--) { /* the last user value is on top */
+    if ((err = hp_lanes_copy(from, -1, to, 0)) != NULL) {
+      lua_pop(from, k);
+      return err;
+    }
+    lua_pop(from, 1);
+    hp_setuv(to, -2, k);
+  }
+  lua_pushvalue(caller, fn);
+  lua_pushlightuserdata(caller, clone);
+  lua_pushlightuserdata(caller, lua_touserdata(from, src));
+  lua_pushinteger(caller, (lua_Integer)size);
+  if (lua_pcall(caller, 3, 0, 0) != 0) {
+    hp_lane_fail(ln, caller, "__lanesclone: ");
+    lua_pop(caller, 1);
+    return ln->err;
+  }
+  return NULL;
+}
+
+/* Builds the lane: its chunk, then the clone of the value at slot 2 of L.
+** Returns an error message or NULL. */
+static const char *hp_lanes_prepare(hp_lane *ln, lua_State *L, int linda, const hp_chunk *c) {
+  lua_State *L2 = ln->L, *K = NULL;
+  const char *name = NULL, *err = NULL;
+  int mt2;
+  if (luaL_loadbuffer(L2, c->code, c->codelen, "=lane") != 0) {
+    hp_lane_fail(ln, L2, "");
+    return ln->err;
+  }
+  lua_getglobal(L2, "require"); /* Lanes' `required`: before the copy */
+  lua_pushliteral(L2, "threadlocal");
+  if (lua_pcall(L2, 1, 1, 0) != 0) {
+    hp_lane_fail(ln, L2, "");
+    return ln->err;
+  }
+  if (lua_type(L, 2) != LUA_TUSERDATA || !lua_getmetatable(L, 2))
+    return "can't copy non-deep full userdata across lanes";
+  lua_getfield(L, -1, "__lanesclone");              /* L: ... mt clone? */
+  if (lua_isnil(L, -1)) return "can't copy non-deep full userdata across lanes";
+  /* The transfer database: the fields of the module in both states. */
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "loaded");
+  lua_getfield(L, -1, "threadlocal");               /* L: ... mt clone pkg loaded M */
+  if (lua_istable(L, -1)) {
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      if (lua_type(L, -2) == LUA_TSTRING && lua_rawequal(L, -1, -7)) name = lua_tostring(L, -2);
+      lua_pop(L, 1);
+      if (name != NULL) break;
+    }
+  }
+  if (name == NULL) return "tlhelper: the metatable is not found in the origin transfer database";
+  lua_getfield(L2, -1, name);                       /* L2: chunk M2 mt2 */
+  lua_pop(L, 1);                                    /* L: ... mt clone pkg loaded M */
+  if (!lua_istable(L2, -1))
+    return "tlhelper: the metatable is not found in the destination transfer database";
+  mt2 = lua_gettop(L2);
+  if (!linda) {
+    err = hp_lanes_clone(ln, L, 2, L2, mt2, L, lua_gettop(L) - 3);
+  } else if ((K = luaL_newstate()) == NULL) {
+    err = "tlhelper: cannot create the keeper state";
+  } else if ((err = hp_lanes_clone(ln, L, 2, K, 0, L, lua_gettop(L) - 3)) == NULL) {
+    lua_getfield(L2, mt2, "__lanesclone");          /* L2: chunk M2 mt2 fn */
+    err = hp_lanes_clone(ln, K, -1, L2, mt2, L2, mt2 + 1);
+    if (err == NULL) lua_remove(L2, mt2 + 1);
+  }
+  if (K != NULL) lua_close(K);
+  if (err == NULL) {                                /* L2: chunk M2 mt2 clone */
+    lua_remove(L2, 2);
+    lua_remove(L2, 2);                              /* L2: chunk clone */
+  }
+  return err;
+}
+
+static void *hp_lane_main(void *p) {
+  hp_lane *ln = (hp_lane *)p;
+  if (lua_pcall(ln->L, ln->nargs, LUA_MULTRET, 0) == 0) {
+    const char *err = hp_vals_get(ln->L, 1, lua_gettop(ln->L), &ln->results);
+    ln->ok = err == NULL;
+    if (err != NULL) snprintf(ln->err, sizeof ln->err, "%s", err);
+  } else {
+    hp_lane_fail(ln, ln->L, "");
+  }
+  lua_close(ln->L);
+  ln->L = NULL;
+  return NULL;
+}
+
+static int hp_lanes(lua_State *L) {
+  static const char *const hows[] = {"direct", "linda", NULL};
+  int linda = luaL_checkoption(L, 1, NULL, hows);
+  hp_chunk c;
+  hp_lane ln;
+  const char *err;
+  pthread_t th;
+  luaL_checkany(L, 2);
+  lua_pushvalue(L, 2);
+  lua_insert(L, 1); /* v how v code ...: the chunk's fields from slot 4 */
+  hp_chunk_init(L, &c, 4);
+  lua_remove(L, 1);
+  memset(&ln, 0, sizeof ln);
+  if ((ln.L = luaL_newstate()) == NULL) {
+    hp_chunk_free(&c);
+    return luaL_error(L, "tlhelper: cannot create a state");
+  }
+  luaL_openlibs(ln.L);
+  lua_getglobal(ln.L, "package");
+  if (c.path) {
+    lua_pushstring(ln.L, c.path);
+    lua_setfield(ln.L, -2, "path");
+  }
+  if (c.cpath) {
+    lua_pushstring(ln.L, c.cpath);
+    lua_setfield(ln.L, -2, "cpath");
+  }
+  lua_pop(ln.L, 1);
+  err = hp_lanes_prepare(&ln, L, linda, &c);
+  if (err == NULL && !lua_checkstack(ln.L, c.args.n + 1)) err = "tlhelper: too many values";
+  if (err == NULL) {
+    hp_vals_push(ln.L, &c.args);
+    ln.nargs = 1 + c.args.n;
+    if (pthread_create(&th, NULL, hp_lane_main, &ln) != 0)
+      err = "tlhelper: cannot create a thread";
+    else
+      pthread_join(th, NULL);
+  }
+  hp_chunk_free(&c);
+  if (ln.L != NULL) lua_close(ln.L);
+  if (err != NULL) {
+    if (err != ln.err) snprintf(ln.err, sizeof ln.err, "%s", err);
+    lua_pushstring(L, ln.err);
+    return lua_error(L);
+  }
+  if (!ln.ok) {
+    hp_vals_free(&ln.results);
+    lua_pushstring(L, ln.err);
+    return lua_error(L);
+  }
+  lua_settop(L, 0);
+  hp_vals_push(L, &ln.results);
+  hp_vals_free(&ln.results);
+  return lua_gettop(L);
+}
+
 static int hp_worker_stop(lua_State *L) {
   hp_worker *w = (hp_worker *)luaL_checkudata(L, 1, HP_WORKER_MT);
   if (w->running) {
@@ -535,6 +821,8 @@ static const luaL_Reg hp_funcs[] = {
   {"spawn_linger", hp_spawn_linger},
   {"exec", hp_exec},
   {"lightuserdata", hp_lightuserdata},
+  {"rawlen", hp_rawlen},
+  {"lanes", hp_lanes},
   {"barrier", hp_barrier_new},
   {"wait", hp_wait},
   {NULL, NULL}
