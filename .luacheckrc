@@ -23,3 +23,13 @@ files["examples/demo.lua"] = { globals = { "init_data", "show" } }
 for _, f in ipairs { "examples/orm.lua", "examples/job.lua", "examples/accept.lua" } do
   files[f] = { read_globals = { "host" } }
 end
+
+-- The host examples define the functions their host calls, and wrk's script
+-- publishes its counts as globals (thread:get reads only those).
+files["examples/wrk/per_thread.lua"] = {
+  globals = { "setup", "init", "response", "done", "tl_id", "tl_responses", "tl_shared", "tl_wrong" },
+}
+files["examples/sysbench/per_worker.lua"] = {
+  globals = { "thread_init", "event", "thread_done", "init", "done" },
+  read_globals = { "sysbench" },
+}
