@@ -4,6 +4,12 @@
 # When it cannot (not root, no apt-get, apt-get failed), it says what is
 # missing and exits 0: make test then skips the checks whose tools are
 # missing, and fails only if the Lua 5.4 suite cannot run.
+# It never removes a package: an install that `apt-get -s` shows removing
+# one is left out, with the package it would remove.
+# DEPS_DRY_RUN=1 prints what it would install and installs nothing;
+# DEPS_INSTALLED (package names), DEPS_APT_GET (a command) and DEPS_ROOT (a
+# directory the files are looked for under) stand for dpkg's and apt-get's
+# answers and the machine's files (tools/deps_test.sh).
 set -u
 what=${1:-test}
 missing=""  # Debian packages
@@ -13,7 +19,80 @@ need_cmd() { # command package
   command -v "$1" >/dev/null 2>&1 || { missing="$missing $2"; lacking="$lacking $1"; }
 }
 need_file() { # file package
-  [ -e "$1" ] || { missing="$missing $2"; lacking="$lacking $1"; }
+  [ -e "${DEPS_ROOT:-}$1" ] || { missing="$missing $2"; lacking="$lacking $1"; }
+}
+
+# installed PKG: the Debian package PKG is installed.
+installed() {
+  if [ -n "${DEPS_INSTALLED+set}" ]; then
+    case " $DEPS_INSTALLED " in *" $1 "*) return 0 ;; esac
+    return 1
+  fi
+  dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q ' installed$'
+}
+
+# luajit_set: whose LuaJIT packages to ask for.  Debian's (luajit,
+# libluajit-5.1-dev) and OpenResty's (luajit2, libluajit2-5.1-dev), which
+# nginx's Lua module needs, conflict: installing one removes the other.  A
+# machine keeps the one it has; a fresh one gets OpenResty's, so that make
+# test runs every example (wrk and sysbench run on either).
+luajit_set() {
+  for p in libluajit2-5.1-2 libluajit2-5.1-dev luajit2 libnginx-mod-http-lua; do
+    installed "$p" && { echo openresty; return; }
+  done
+  for p in libluajit-5.1-2 libluajit-5.1-dev luajit; do
+    installed "$p" && { echo debian; return; }
+  done
+  echo openresty
+}
+
+# need_luajit: the luajit command and headers, from one set; with
+# OpenResty's, nginx's Lua module for the nginx example.
+need_luajit() {
+  if [ "$(luajit_set)" = openresty ]; then
+    need_cmd luajit luajit2
+    need_file /usr/include/luajit-2.1/lua.h libluajit2-5.1-dev
+    need_file /usr/lib/nginx/modules/ngx_http_lua_module.so libnginx-mod-http-lua
+  else
+    need_cmd luajit luajit
+    need_file /usr/include/luajit-2.1/lua.h libluajit-5.1-dev
+    [ -e "${DEPS_ROOT:-}/usr/lib/nginx/modules/ngx_http_lua_module.so" ] ||
+      echo "deps: not asking for libnginx-mod-http-lua (the nginx example): it needs OpenResty's LuaJIT, which would replace Debian's luajit here" >&2
+  fi
+}
+
+# removals: the packages that `apt-get -s install` output (stdin) removes.
+removals() {
+  sed -n 's/^Remv \([^ ]*\).*/\1/p' | tr '\n' ' ' | sed 's/ $//'
+}
+
+# would_remove PKG...: what installing PKG... would remove (nothing: "").
+would_remove() {
+  # shellcheck disable=SC2086
+  ${DEPS_APT_GET:-apt-get} -s install --no-install-recommends "$@" 2>/dev/null | removals
+}
+
+# keep_installed: leaves out of $missing each package whose install would
+# remove another, and says which; if what is left still would, all of it.
+keep_installed() {
+  # shellcheck disable=SC2086
+  [ -z "$(would_remove $missing)" ] && return 0
+  kept=""
+  for p in $missing; do
+    gone=$(would_remove "$p")
+    if [ -n "$gone" ]; then
+      echo "deps: not installing $p: it would remove $gone" >&2
+    else
+      kept="$kept $p"
+    fi
+  done
+  # shellcheck disable=SC2086
+  gone=$(would_remove $kept)
+  if [ -n "$gone" ]; then
+    echo "deps: not installing$kept: together they would remove $gone" >&2
+    kept=""
+  fi
+  missing=$kept
 }
 
 need_cmd cc gcc
@@ -38,8 +117,10 @@ if [ "$what" = test ]; then
   need_file /usr/include/lua5.2/lua.h liblua5.2-dev
   need_cmd lua5.1 lua5.1
   need_file /usr/include/lua5.1/lua.h liblua5.1-0-dev
-  need_cmd luajit luajit
-  need_file /usr/include/luajit-2.1/lua.h libluajit-5.1-dev
+  need_luajit
+  # The host examples (wrk's target is HAProxy, asked for above).
+  need_cmd wrk wrk
+  need_cmd sysbench sysbench
   need_cmd busted lua-busted
   need_file /usr/share/lua/5.4/cqueues.lua lua-cqueues
   need_cmd luarocks luarocks
@@ -50,6 +131,12 @@ if [ "$what" = test ]; then
 fi
 
 [ -z "$missing" ] && exit 0
+
+if [ "${DEPS_DRY_RUN:-0}" = 1 ]; then
+  command -v "${DEPS_APT_GET:-apt-get}" >/dev/null 2>&1 && keep_installed
+  echo "deps: would install:$missing"
+  exit 0
+fi
 
 # go_on WHY: says what is missing and lets make go on without it.
 go_on() {
@@ -65,9 +152,12 @@ go_on() {
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   go_on "not installing (that needs root and apt-get)"
 fi
-echo "deps: installing from Debian:$missing"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq || go_on "apt-get update failed"
+keep_installed
+[ -z "$missing" ] && go_on "nothing left to install without removing a package"
+echo "deps: installing from Debian:$missing"
 # shellcheck disable=SC2086
-apt-get install -y -qq --no-install-recommends $missing >/dev/null || go_on "apt-get install failed"
+apt-get install -y -qq --no-install-recommends --no-remove $missing >/dev/null ||
+  go_on "apt-get install failed"
 echo "deps: done"

@@ -265,6 +265,15 @@ haproxy() {
   fi
 }
 
+# tools/deps.sh's choice of packages, in a dry run over package lists.
+log="$out/deps.tap"
+sh tools/deps_test.sh >"$log" 2>&1
+status=$?
+grep -E '^(ok|not ok) - ' "$log" | tee -a "$results"
+if [ $status -ne 0 ] && ! grep -q '^not ok' "$log"; then
+  result FAIL "deps: deps_test.sh exited with status $status" "$log"
+fi
+
 # LuaRocks' builtin backend installs a module that plain lua5.4 requires.
 luarocks_make() {
   name="luarocks make installs a module that lua5.4 requires from the tree"
