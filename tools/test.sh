@@ -58,6 +58,19 @@ tap_run() {
   fi
 }
 
+# own_tap NAME LOG CMD...: as tap_run for a CMD whose TAP lines name
+# themselves ("ok - NAME: ..."); exit status 77 means "skipped".
+own_tap() {
+  name=$1 log=$2
+  shift 2
+  "$@" >"$log" 2>&1
+  status=$?
+  grep -E '^(ok|not ok|skip) - |^#' "$log" >>"$results"
+  if [ $status -ne 0 ] && [ $status -ne 77 ] && ! grep -q '^not ok' "$log"; then
+    result FAIL "$name: exited with status $status" "$log"
+  fi
+}
+
 # build LOG MAKE-ARGS...: builds quietly; the caller records a failure.
 build() {
   log=$1
@@ -248,31 +261,36 @@ demos() {
   then result OK "$name"; else result FAIL "$name" "$log"; fi
 }
 
-# HAProxy runs the example services from 4 threads (examples/haproxy/run.sh
-# prints its own "haproxy: ..." TAP lines; 77 means haproxy or curl is missing).
-haproxy() {
-  log="$out/haproxy.tap"
-  sh examples/haproxy/run.sh >"$log" 2>&1
-  status=$?
-  grep '^\(not \)\{0,1\}ok - ' "$log" >>"$results"
+# The host examples (examples/NAME/run.sh print their own "NAME: ..." TAP
+# lines; 77 means a tool they need is missing).  HAProxy runs the example
+# services from 4 threads; wrk, sysbench and nginx's worker threads run
+# LuaJIT states (docs/hosts.md).
+example() { # NAME WHAT
+  own_tap "$1" "$out/$1.tap" sh "examples/$1/run.sh"
   if [ $status -eq 77 ]; then
-    result SKIP "haproxy: the HAProxy example" "$(sed -n 's/^# skip haproxy: //p' "$log" | head -n 1)"
-  else
-    grep '^#' "$log" >>"$results"
-  fi
-  if [ $status -ne 0 ] && [ $status -ne 77 ] && ! grep -q '^not ok' "$log"; then
-    result FAIL "haproxy: run.sh exited with status $status" "$log"
+    result SKIP "$1: the $2 example" "$(sed -n "s/^# skip $1: //p" "$out/$1.tap" | head -n 1)"
   fi
 }
 
+# Real Lanes, which no Debian package has: spec/lanes_real.lua on each Lua
+# whose interpreter requires "lanes" (spec/lanes_spec.lua checks the same
+# protocol everywhere with the project's own host).
+lanes_real() {
+  found=""
+  for lua in $LUAS; do
+    if [ -f "build/$lua/threadlocal.so" ] && have "$lua" -e 'require "lanes"'; then
+      found=1
+      TL_LUA="$lua" tap_run "$lua real Lanes" "$out/$lua-lanes.tap" "$lua" "$busted" -o TAP \
+        --lpath='spec/?.lua;lua/?.lua' --cpath="build/$lua/?.so" spec/lanes_real.lua
+    fi
+  done
+  [ -n "$found" ] || result SKIP "real Lanes: spec/lanes_real.lua" "require \"lanes\" fails on every Lua here"
+}
+
 # tools/deps.sh's choice of packages, in a dry run over package lists.
-log="$out/deps.tap"
-sh tools/deps_test.sh >"$log" 2>&1
-status=$?
-grep -E '^(ok|not ok) - ' "$log" | tee -a "$results"
-if [ $status -ne 0 ] && ! grep -q '^not ok' "$log"; then
-  result FAIL "deps: deps_test.sh exited with status $status" "$log"
-fi
+deps_choice() {
+  own_tap deps "$out/deps.tap" sh tools/deps_test.sh
+}
 
 # LuaRocks' builtin backend installs a module that plain lua5.4 requires.
 luarocks_make() {
@@ -299,13 +317,7 @@ luarocks_make() {
 # C hosts build against an installed threadlocal: make install and the CMake
 # build, through pkg-config and the CMake package (tools/consumer_test.sh).
 consumer() {
-  log="$out/consumer.log"
-  sh tools/consumer_test.sh "$out/consumer" >"$log" 2>&1
-  status=$?
-  grep -E '^(ok|not ok|skip) - |^#' "$log" >>"$results"
-  if [ $status -ne 0 ] && ! grep -q '^not ok' "$log"; then
-    result FAIL "consumer: exited with status $status" "$log"
-  fi
+  own_tap consumer "$out/consumer.log" sh tools/consumer_test.sh "$out/consumer"
 }
 
 # Lint: every Lua file and rockspec, as .luacheckrc says.
@@ -360,6 +372,7 @@ fi
   section luarocks luarocks_make
   section consumer consumer
   section luacheck luacheck_all
+  section deps deps_choice
   section clang clang_build
 ) &
 (
@@ -369,9 +382,13 @@ fi
   for lua in $LUAS; do
     [ "$lua" = lua5.4 ] && continue
     section "$lua" lua_suite "$lua"
-    [ "$lua" = lua5.3 ] && section haproxy haproxy
+    [ "$lua" = lua5.3 ] && section haproxy example haproxy HAProxy
     [ "$lua" = lua5.1 ] && section valgrind-lua5.1 valgrind_51
   done
+  section wrk example wrk wrk # build/luajit, as the LuaJIT specs
+  section sysbench example sysbench sysbench
+  section nginx example nginx "nginx worker-thread"
+  section lanes lanes_real
 ) &
 wait
 summary
