@@ -108,13 +108,13 @@ can_build() {
 # section NAME FUNC [ARGS...]: runs one section, records into its own file,
 # then prints what it recorded and how long it took, whole.
 section() {
-  name=$1
+  sec=$1
   shift
-  results="$out/section-$name.tap"
+  results="$out/section-$sec.tap"
   : >"$results"
   t0=$(date +%s)
   "$@"
-  echo "# $name: $(($(date +%s) - t0)) s" >>"$results"
+  echo "# section $sec: $(($(date +%s) - t0)) s" >>"$results"
   flock "$out/print.lock" cat "$results"
 }
 
