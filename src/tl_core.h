@@ -58,10 +58,20 @@
 
 /*
 ** Every access reads the thread-local id.  The initial-exec model makes
-** that one load instead of a call to __tls_get_addr; glibc keeps static TLS
-** room for dlopen()ed modules (we use 16 bytes).  -DTL_TLS_DYNAMIC opts out.
+** that one load instead of a call to __tls_get_addr.  A dlopen()ed module
+** may use it only where the C library keeps static TLS room for such
+** modules: glibc does (we use 16 bytes).  musl refuses to load it and has
+** no macro of its own, so every C library but glibc gets the default model.
+** uClibc defines __GLIBC__ too, and is not known to keep that room.
+** Packagers: -DTL_TLS_INITIAL_EXEC forces initial-exec, -DTL_TLS_DYNAMIC
+** the default model.
 */
-#if defined(__GNUC__) && !defined(TL_TLS_DYNAMIC)
+#if defined(TL_TLS_DYNAMIC) && defined(TL_TLS_INITIAL_EXEC)
+#error "define TL_TLS_DYNAMIC or TL_TLS_INITIAL_EXEC, not both"
+#elif defined(TL_TLS_INITIAL_EXEC) && !defined(__GNUC__)
+#error "TL_TLS_INITIAL_EXEC needs a compiler with GNU C's tls_model attribute"
+#elif defined(__GNUC__) && !defined(TL_TLS_DYNAMIC) && \
+    (defined(TL_TLS_INITIAL_EXEC) || (defined(__GLIBC__) && !defined(__UCLIBC__)))
 #define TL_TLS_MODEL __attribute__((tls_model("initial-exec")))
 #else
 #define TL_TLS_MODEL
