@@ -13,6 +13,7 @@
 #   make check           make test with bigger slow checks (stress x10, churn x3)
 #   make bench           the access costs against their targets: README, Speed
 #                        (LUA=luajit works)
+#   make embed           rewrite src/tl_embedded.h after changing lua/
 #
 # A packager can override LUA, LUA_INCDIR, PREFIX, DESTDIR, LUA_CMODDIR,
 # LUA_LDIR, INCDIR, LIBDIR, PKGCONFIGDIR, CMAKEDIR, CC, CFLAGS, LIBFLAG,
@@ -61,11 +62,11 @@ ALL_CFLAGS = $(WARNFLAGS) $(CFLAGS) -fPIC -I$(LUA_INCDIR) -Isrc
 
 # The module is one translation unit, src/threadlocal.c, which includes the
 # other parts in src/ (see its first comment) and builds in the Lua
-# companions under lua/: compile it from this directory.
+# companions under lua/ from src/tl_embedded.h (make embed writes it).
 SRC = src/threadlocal.c
-SRC_PARTS = $(wildcard src/*.c src/*.h lua/threadlocal/*.lua)
+SRC_PARTS = $(wildcard src/*.c src/*.h)
 
-.PHONY: all static helper reliability examples bench check deps-bench install uninstall demo test quick deps-demo deps-test clean
+.PHONY: all static helper reliability examples bench check deps-bench install uninstall demo test quick deps-demo deps-test clean embed
 
 all: $(MODULE)
 
@@ -188,6 +189,10 @@ uninstall:
 	for d in $$(find lua -mindepth 1 -type d 2>/dev/null | sort -r); do \
 		rmdir "$(DESTDIR)$(LUA_LDIR)/$${d#lua/}" 2>/dev/null || true; \
 	done
+
+# After changing lua/: rewrites src/tl_embedded.h, which make test checks.
+embed:
+	sh tools/embed.sh >src/tl_embedded.h.new && mv src/tl_embedded.h.new src/tl_embedded.h
 
 deps-demo:
 	@sh tools/deps.sh demo

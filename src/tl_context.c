@@ -426,8 +426,6 @@ static int tl_release(lua_State *L) {
 /* threadlocal.context, built in (see TL_EMBED in tl_lua.h) and registered
 ** in package.preload when the module opens. */
 #ifdef TL_EMBED
-TL_EMBED_LUA(tl_lua_context, "threadlocal/context.lua");
-
 /*
 ** var:get for the built-in threadlocal.context, in C: one call finds the
 ** current context (the OS thread's for the main coroutine, else the
@@ -467,9 +465,10 @@ static int tl_ctx_getter(lua_State *L) {
 /* package.preload["threadlocal.context"]: require's loader.  The chunk gets
 ** require's arguments and a third: the C helpers only it may use. */
 static int tl_load_context(lua_State *L) {
-  size_t len = (size_t)(tl_lua_context_end - tl_lua_context);
+  size_t len = sizeof tl_lua_context;
   lua_settop(L, 2);
-  if (luaL_loadbuffer(L, tl_lua_context, len, "@lua/threadlocal/context.lua") != 0) tl_raise(L);
+  if (luaL_loadbuffer(L, (const char *)tl_lua_context, len, "@lua/threadlocal/context.lua") != 0)
+    tl_raise(L);
   lua_insert(L, 1);                         /* chunk name extra */
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, tl_ctx_getter);

@@ -6,8 +6,8 @@
 ** over a Local with C closures, or over a shared local with a C __index,
 ** aborts its traces and runs interpreted.  Locals made while the JIT is on,
 ** and shared locals once read often with it on (TL_JIT_HOT, tl_lua.h), get
-** the Lua functions of lua/threadlocal/jit.lua instead (built in with
-** .incbin, loaded once per state, on first need).
+** the Lua functions of lua/threadlocal/jit.lua instead (built in from
+** tl_embedded.h, loaded once per state, on first need).
 **
 ** A Local's closures: a hit reads the calling thread's id through an FFI
 ** call to tl_jit_myid and does a rawget/rawset on the fields table the
@@ -32,8 +32,6 @@
 #endif
 
 #ifdef TL_JIT
-
-TL_EMBED_LUA(tl_lua_jit, "threadlocal/jit.lua");
 
 /* The calling thread's id, for the FFI: never allocates, never fails.  A
 ** double holds every id exactly (ids count up from 1: they would need 2^53
@@ -224,9 +222,10 @@ static int tl_jit_factory(lua_State *L, int st) {
   st = tl_absindex(L, st);
   tl_getuv(L, st, TL_STATE_JIT);
   if (lua_isnil(L, -1)) {
-    size_t len = (size_t)(tl_lua_jit_end - tl_lua_jit);
+    size_t len = sizeof tl_lua_jit;
     lua_pop(L, 1);
-    if (luaL_loadbuffer(L, tl_lua_jit, len, "@lua/threadlocal/jit.lua") != 0) tl_raise(L);
+    if (luaL_loadbuffer(L, (const char *)tl_lua_jit, len, "@lua/threadlocal/jit.lua") != 0)
+      tl_raise(L);
     lua_pushliteral(L, "threadlocal.jit");
     lua_pushnil(L);
     lua_createtable(L, 0, 5);

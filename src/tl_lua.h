@@ -328,25 +328,15 @@ typedef struct tl_proxy {
 /*
 ** The pure-Lua files under lua/ are built into the module, so that a host
 ** that links only the C sources gets them too, from one source of truth:
-** the assembler's .incbin reads the file at build time from TL_LUA_DIR:
-** "lua", relative to the directory the compiler runs in (the repository's
-** root, as make and LuaRocks run it), or a path a build system gives (CMake
-** does).  -DTL_NO_EMBED (or a toolchain without GNU assembly on ELF) leaves
-** threadlocal.context to package.path, where the rockspec and make install
-** put it too, and Locals and shared locals to their C metamethods.
+** tl_embedded.h holds their bytes as C arrays, so any C11 compiler builds
+** them in.  tools/embed.sh writes it from lua/ (make embed); make test
+** fails when it differs from lua/.  -DTL_NO_EMBED leaves threadlocal.context
+** to package.path, where the rockspec and make install put it too, and
+** Locals and shared locals to their C metamethods.
 */
-#if !defined(TL_NO_EMBED) && defined(__GNUC__) && defined(__ELF__)
+#ifndef TL_NO_EMBED
 #define TL_EMBED 1
-#ifndef TL_LUA_DIR
-#define TL_LUA_DIR "lua"
-#endif
-/* Builds lua/<file> into the module as the bytes sym[] up to sym_end[]. */
-#define TL_EMBED_LUA(sym, file)                                            \
-  __asm__(".pushsection .rodata\n" #sym ":\n"                             \
-          ".incbin \"" TL_LUA_DIR "/" file "\"\n" #sym "_end:\n"           \
-          ".popsection\n");                                                 \
-  extern const char sym[] __attribute__((visibility("hidden")));           \
-  extern const char sym##_end[] __attribute__((visibility("hidden")))
+#include "tl_embedded.h"
 #endif
 
 /*
