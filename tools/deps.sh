@@ -128,6 +128,26 @@ if [ "$what" = test ]; then
   need_cmd cmake cmake
   need_cmd pkg-config pkg-config
   need_cmd luacheck lua-check
+  need_cmd musl-gcc musl-tools
+fi
+
+# The musl check of make test builds Lua from Debian's source of lua5.4
+# (apt-get source), which needs deb-src entries: when apt knows no source
+# of lua5.4, add one beside each deb entry, in a sources file of our own.
+add_deb_src() {
+  apt-cache showsrc lua5.4 2>/dev/null | grep -q '^Package: lua5.4$' && return 0
+  f=/etc/apt/sources.list.d/threadlocal-deb-src
+  echo "deps: adding deb-src entries (for lua5.4's source) in $f.sources and $f.list"
+  # shellcheck disable=SC2094  # the loop skips the file it writes
+  for s in /etc/apt/sources.list.d/*.sources; do
+    [ "$s" != "$f.sources" ] && [ -f "$s" ] && sed 's/^Types:.*/Types: deb-src/' "$s" && echo
+  done >"$f.sources"
+  cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+    sed -n 's/^deb /deb-src /p' >"$f.list"
+  apt-get update -qq || echo "deps: apt-get update failed: the musl check will skip" >&2
+}
+if [ "$what" = test ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  add_deb_src
 fi
 
 [ -z "$missing" ] && exit 0
