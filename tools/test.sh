@@ -320,6 +320,24 @@ consumer() {
   own_tap consumer "$out/consumer.log" sh tools/consumer_test.sh "$out/consumer"
 }
 
+# The Lua companions are built in from src/tl_embedded.h: it must be what
+# tools/embed.sh makes of lua/ now, byte for byte (make embed rewrites it).
+embedded() {
+  check "src/tl_embedded.h holds lua/threadlocal/*.lua byte for byte (else: make embed)" \
+    "$out/embed.log" sh -c 'sh tools/embed.sh >"$1" && diff src/tl_embedded.h "$1"' \
+    sh "$out/tl_embedded.h"
+}
+
+# musl libc: Lua 5.4 built with musl-gcc; the module, the demo host and the
+# C API and stress tests built with it (tools/musl_test.sh; 77: it cannot).
+musl() {
+  STRESS_OPS="$STRESS_OPS" own_tap musl "$out/musl.tap" sh tools/musl_test.sh
+  if [ $status -eq 77 ]; then
+    result SKIP "musl: the module, demo host, C API and stress tests on a musl-built Lua 5.4" \
+      "$(sed -n 's/^# skip musl: //p' "$out/musl.tap" | head -n 1)"
+  fi
+}
+
 # Lint: every Lua file and rockspec, as .luacheckrc says.
 luacheck_all() {
   name="luacheck: no warning in any Lua file or rockspec"
@@ -372,6 +390,7 @@ fi
   section luarocks luarocks_make
   section consumer consumer
   section luacheck luacheck_all
+  section embedded embedded
   section deps deps_choice
   section clang clang_build
 ) &
@@ -389,6 +408,7 @@ fi
   section sysbench example sysbench sysbench
   section nginx example nginx "nginx worker-thread"
   section lanes lanes_real
+  section musl musl
 ) &
 wait
 summary
