@@ -1,67 +1,16 @@
--- threadlocal's metamethods for LuaJIT with the JIT on: a part of the module,
--- not a module of its own.
---
--- LuaJIT cannot compile a call to a C function through the Lua API, so a loop
--- over a Local whose __index and __newindex are C closures, or over a shared
--- local whose __index is a C function, never becomes a trace.  The module
--- builds this file in (see src/tl_jit.c) and gives these Lua functions instead
--- to a Local made while the JIT is on, and to a shared local at its 16th read
--- with the JIT on.
---
--- A Local's closures: a hit costs an FFI call that reads the calling thread's
--- id (a compiled trace calls it directly) and a rawget/rawset on the fields
--- table the closure holds; a miss calls the C slow path, which finds the
--- calling thread's fields table exactly as the C closures do and returns it
--- with the thread's id, which the closure keeps in its upvalues.
---
--- The purge, clear and a failed init drop the cache from C (lua_setupvalue):
--- nil in `fields`, -1 (which matches no thread) in `id`.  So `fields` must be
--- upvalue 1 and `id` upvalue 2 of both closures, the order in which their
--- bodies first name them (tl_lua.h lists it; spec/jit_spec.lua checks it).
--- Both are assigned here, not only from C: LuaJIT takes an upvalue that its
--- function never assigns for a constant, and would compile it into traces.
---
--- A shared local's __index: for a string key, an FFI call to C looks the key
--- up in the calling thread's fields, without the Lua API, and answers a
--- number, a boolean or an absent field itself; anything else (strings,
--- tables, light userdata, fields not started yet, odd arguments) is left to
--- the C __index, which gives the full answer or raises as it always does.
---
--- Loaded with require's arguments and a third, the C helpers: `myid`, a light
--- userdata, the address of `double myid(void)`; `index` and `newindex`, the
--- slow paths of a Local; `sget`, the address of
--- `double sget(void *shared, const char *k, size_t len, int *code)`, which
--- returns a number itself, else NaN and what it found in *code; `sindex`,
--- the C __index of shared locals.  Returns a table: `closures`, the factory of
--- a Local's closures, and `shared_index`; or false where the FFI is missing
--- (the module then keeps the C functions).
+-- threadlocal's metamethods for LuaJIT with the JIT on: part of the module
+-- (src/tl_jit.c builds it in and loads it), not a module of its own.  Why they
+-- are written so, and the rules a change must keep (vararg metamethods, FFI
+-- calls in small fixed-parameter helpers): docs/architecture.md, "LuaJIT".
+-- Called with require's arguments and the C helpers (tl_jit_factory);
+-- returns { closures = the factory of a Local's metamethods, shared_index =
+-- a shared local's __index }, or false without the FFI.
 local internals = select(3, ...)
 -- Required on its own (it is installed with lua/), it has nothing to offer.
 if type(internals) ~= "table" then return nil end
 
 local ok, ffi = pcall(require, "ffi")
 if not ok or type(ffi) ~= "table" then return false end
-
--- How these functions get compiled.  LuaJIT counts the calls to a function
--- with fixed parameters, and when the count runs out it compiles the
--- function from its entry as a trace of its own, along the path that call
--- took.  Callers' traces record through such a trace when it ends in a
--- return; one that calls C through the Lua API ends elsewhere, and a loop
--- that calls the function then ends in it instead of looping.  And when
--- that compilation fails again and again, LuaJIT blacklists the function:
--- every trace that would call it fails too.  So:
--- - the metamethods take `...` that they never use: LuaJIT counts no calls
---   to them.  Called often from interpreted code on their slow path (a
---   Local read once per request, on another thread each time; a shared
---   local's string or table field), they would otherwise get such a trace,
---   and every loop over a Local or a shared local would run 8 to 24 times
---   slower; with keys LuaJIT cannot compile a lookup of (a fraction in a
---   table with an array part), they would be blacklisted;
--- - the FFI calls, which cost several times more run interpreted, are in
---   small functions with fixed parameters (`valid`, `valid_key`, `fast`)
---   that look up no key a script chose and call nothing through the Lua
---   API, whatever their arguments: their own traces compile, and return, so
---   that a metamethod called from interpreted code still runs them compiled.
 -- luacheck: ignore 212/...
 
 local rawequal, rawget, rawset = rawequal, rawget, rawset
