@@ -571,6 +571,40 @@ describe("compiled loops over a shared local (JIT on)", function()
     assert.equal(8 * N, w1:run(get_loop, sh, N))
   end)
 
+  it("read each field's own value, whatever a hook reads between the steps of a read", function()
+    -- Interpreted, with a hook on every instruction that reads another
+    -- field: a read whose steps shared one out-parameter would answer
+    -- the hook's field instead of its own.
+    local sh = threadlocal.shared(support.unique("jit.hook"))
+    sh.t, sh.f, sh.n = true, false, 5
+    for _ = 1, 16 do local _ = sh.t end
+    assert.equal("Lua", debug.getinfo(debug.getmetatable(sh).__index, "S").what)
+    local want = { t = true, f = false, n = 5, absent = nil }
+    local names = { "t", "f", "n", "absent" }
+    local wrong = {}
+    local function reads(k)
+      for _ = 1, 200 do
+        if sh[k] ~= want[k] then wrong[k] = (wrong[k] or 0) + 1 end
+      end
+    end
+    jit.off()
+    local ok, err = pcall(function()
+      for _, k in ipairs(names) do
+        for _, other in ipairs(names) do
+          if other ~= k then
+            debug.sethook(function() local _ = sh[other] end, "", 1)
+            reads(k)
+            debug.sethook()
+          end
+        end
+      end
+    end)
+    debug.sethook()
+    jit.on()
+    assert(ok, err)
+    assert.same({}, wrong)
+  end)
+
   it("give what the C __index gives, for every kind of field and key", function()
     jit.off()
     local cindex = debug.getmetatable(threadlocal.shared(support.unique("jit.cpath"))).__index
@@ -598,12 +632,13 @@ describe("compiled loops over a shared local (JIT on)", function()
     sh.i, sh.f, sh.nan, sh.t, sh.fa = 3, 2.5, 0 / 0, true, false
     sh.s, sh.e, sh.long = "text", "", ("long key value"):rep(3)
     sh[("k"):rep(40)] = 9
+    sh[("k"):rep(100)] = 10 -- too long for an id: read through the C __index
     sh.p, sh.tab = lud, { k = 1 }
     assert.equal(0, capi.threadlocal_set_integer(sl, "big", 2 ^ 53 + 1))
     assert.equal(0, capi.threadlocal_set_integer(sl, "min", -2 ^ 63))
     assert.equal(0, capi.threadlocal_set_string(sl, "cs", "a\0b", 3))
     assert.equal(0, capi.threadlocal_set_pointer(sl, "cp", ffi.cast("void *", 8192), nil))
-    for _, k in ipairs { "i", "f", "t", "fa", "s", "e", "long", ("k"):rep(40), "p", "tab",
+    for _, k in ipairs { "i", "f", "t", "fa", "s", "e", "long", ("k"):rep(40), ("k"):rep(100), "p", "tab",
                          "big", "min", "cs", "cp", "absent", "dt", 1, 2.5, true, lud } do
       compare(k)
     end

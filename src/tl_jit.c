@@ -1,28 +1,22 @@
 /*
 ** tl_jit.c: the metamethods of Locals and shared locals for LuaJIT with the
-** JIT on.  Part of threadlocal.c (the Lua binding).
+** JIT on.  Part of threadlocal.c (the Lua binding).  Why they are Lua
+** functions, and what keeps their loops compiled: docs/architecture.md,
+** section "LuaJIT".
 **
-** LuaJIT cannot compile a call to a C function through the Lua API: a loop
-** over a Local with C closures, or over a shared local with a C __index,
-** aborts its traces and runs interpreted.  Locals made while the JIT is on,
-** and shared locals once read often with it on (TL_JIT_HOT, tl_lua.h), get
-** the Lua functions of lua/threadlocal/jit.lua instead (built in from
-** tl_embedded.h, loaded once per state, on first need).
+** Locals made while the JIT is on, and shared locals once read often with it
+** on (TL_JIT_HOT, tl_lua.h), get the Lua functions of lua/threadlocal/jit.lua
+** (built in from tl_embedded.h, loaded once per state, on first need).  Their hits
+** call C through the FFI; their misses call the C functions below.  A
+** Local's get_id and set_id say whose fields its closures hold, as for the C
+** closures, so that the purge, clear and a failed init drop them
+** (tl_uncache).  A shared local gets TL_STATE_JITMT, the shared-local
+** metatable with jit.lua's __index; its userdata stays the same tl_sref.
 **
-** A Local's closures: a hit reads the calling thread's id through an FFI
-** call to tl_jit_myid and does a rawget/rawset on the fields table the
-** closure holds; a miss calls tl_jit_index or tl_jit_newindex here, which
-** check the arguments as tl_local_index and tl_local_newindex do, find the
-** calling thread's fields as they do (tl_local_push) and return them with
-** the thread's id, which the closure keeps as its upvalues TL_JIT_UP_FIELDS
-** and TL_JIT_UP_ID.  The Local's get_id and set_id say whose fields the
-** closures hold, as for the C closures, so that the purge, clear and a
-** failed init drop them (tl_uncache).
-**
-** A shared local's __index (its metatable is TL_STATE_JITMT, the shared-local
-** one with that __index; the userdata is the same tl_sref): for a string
-** key, an FFI call to tl_jit_sget answers a number, a boolean or an absent
-** field without the Lua API; anything else calls tl_jit_sindex.
+** Lua code reaches those FFI functions through debug.getupvalue, so they
+** take numbers only and are safe whatever they are given: no pointer, no
+** out-parameter.  A shared local and a key are named by numbers from the
+** tables of ids below, which the C side checks before it reads anything.
 **
 ** Everywhere else (Lua 5.1 to 5.4, LuaJIT's interpreter, a build without
 ** the embedded file) both keep the C functions.
@@ -40,82 +34,244 @@ static double tl_jit_myid(void) {
   return (double)tl_myid;
 }
 
-/* What tl_jit_sget answers in *code when it returns NaN;
-** lua/threadlocal/jit.lua has the same numbers. */
-enum { TL_SGET_ASK, TL_SGET_TRUE, TL_SGET_FALSE, TL_SGET_NIL };
+/* ---------------------------------------------------------------------- */
+/* Ids of shared locals and keys, for the FFI                             */
+/* ---------------------------------------------------------------------- */
 
 /*
-** For the FFI: field s[0..len) of the calling thread's fields of the shared
-** local whose userdata payload is at p, when the answer needs no Lua API.
-** A number is returned itself (an integer as the double tl_pushint pushes
-** under LuaJIT), so that the usual read stores nothing for the caller to
-** load back; anything else returns NaN with *code: a boolean or an absent
-** field, but only once the thread has fields (before, tl_shared_index may
-** start them from the defaults); else TL_SGET_ASK, p included when it is
-** no shared local, and a NaN field (the C __index pushes it as it is):
-** tl_shared_index gives the full answer or raises.  Never allocates, never
-** fails; reads p's tag as tl_checkud_hot does, and nothing else before.
+** An append-only array that any thread reads without a lock.  A full array
+** is copied into one twice its size, and kept (linked from the new one):
+** a reader may still hold it.  Nothing here is ever freed, as shared
+** locals are not; the keys are bounded (TL_JIT_MAXKEYS, TL_JIT_KEYLEN).
 */
-/* What tl_jit_sget answers for entry e (NULL: absent). */
-static TL_HOT double tl_jit_sval(const tl_entry *e, int *code) {
-  if (e == NULL) {
-    *code = TL_SGET_NIL;
-  } else {
-    switch (e->val.type) {
-      case TL_TINT: return (double)e->val.u.i;
-      case TL_TFLOAT:
-        if (e->val.u.f == e->val.u.f) return e->val.u.f;
-        *code = TL_SGET_ASK; /* NaN: the C __index pushes it as it is */
-        break;
-      case TL_TBOOL: *code = e->val.u.b ? TL_SGET_TRUE : TL_SGET_FALSE; break;
-      default: *code = TL_SGET_ASK; break;
+typedef struct tl_jit_arr {
+  struct tl_jit_arr *prev;
+  uint32_t cap;
+  _Atomic uint32_t n;
+  const void *p[];
+} tl_jit_arr;
+
+/* Objects by id (ids count from 0), and an index from their hashes to
+** their ids + 1 (linear probing; 0 is empty), written under tl_reg_lock,
+** which fork takes. */
+typedef struct tl_jit_ids {
+  _Atomic(tl_jit_arr *) arr;
+  uint32_t *ix;
+  uint32_t ixmask;
+} tl_jit_ids;
+
+/* A key as the FFI functions look it up: a copy, kept for good. */
+typedef struct tl_jit_key {
+  tl_u sk; /* the key as an entry holds it when short (TL_TSHORT) */
+  uint32_t hash;
+  uint32_t len;
+  uint32_t kc; /* where a table's address cache (kaddr) keeps s */
+  char s[]; /* NUL-terminated */
+} tl_jit_key;
+
+/* Keys past these get no id: they are read through the C __index.  So the
+** keys a process ever reads cost at most about 2.5 MB here. */
+#define TL_JIT_MAXKEYS ((uint32_t)1 << 14)
+#define TL_JIT_KEYLEN 64
+
+/* The arrays start empty, not NULL: one test less on every read. */
+static tl_jit_arr tl_jit_noslocs, tl_jit_nokeys;
+static tl_jit_ids tl_jit_slocs = { &tl_jit_noslocs, NULL, 0 }; /* tl_sloc */
+static tl_jit_ids tl_jit_keys = { &tl_jit_nokeys, NULL, 0 };   /* tl_jit_key */
+
+static uint32_t tl_jit_hashof(const tl_jit_ids *ids, const void *p) {
+  return ids == &tl_jit_slocs ? ((const tl_sloc *)p)->hash : ((const tl_jit_key *)p)->hash;
+}
+
+/* Whether object p is the one sought: the shared local sl, or the key
+** s[0..len). */
+static int tl_jit_is(const tl_jit_ids *ids, const void *p, const tl_sloc *sl, const char *s,
+                     size_t len) {
+  const tl_jit_key *k = (const tl_jit_key *)p;
+  if (ids == &tl_jit_slocs) return p == sl;
+  return k->len == len && memcmp(k->s, s, len) == 0;
+}
+
+/* Makes room for id n in the array and the index (at most half full).  0,
+** or -1 when out of memory.  Lock held. */
+static int tl_jit_reserve(tl_jit_ids *ids, uint32_t n) {
+  tl_jit_arr *a = atomic_load_explicit(&ids->arr, memory_order_relaxed), *na;
+  uint32_t cap, i;
+  if (ids->ix == NULL || 2 * (n + 1) > ids->ixmask + 1) {
+    uint32_t mask = ids->ix == NULL ? 63 : 2 * ids->ixmask + 1, *ix;
+    if ((ix = (uint32_t *)tl_calloc((size_t)mask + 1, sizeof *ix)) == NULL) return -1;
+    for (i = 0; i < n; i++) {
+      uint32_t j = tl_jit_hashof(ids, a->p[i]) & mask;
+      while (ix[j] != 0) j = (j + 1) & mask;
+      ix[j] = i + 1;
     }
+    tl_free(ids->ix);
+    ids->ix = ix;
+    ids->ixmask = mask;
   }
+  if (n < a->cap) return 0;
+  cap = a->cap ? 2 * a->cap : 16;
+  if ((na = (tl_jit_arr *)tl_malloc(sizeof *na + cap * sizeof na->p[0])) == NULL) return -1;
+  na->prev = a;
+  na->cap = cap;
+  if (n > 0) memcpy((void *)na->p, (const void *)a->p, n * sizeof na->p[0]);
+  atomic_init(&na->n, n);
+  atomic_store_explicit(&ids->arr, na, memory_order_release);
+  return 0;
+}
+
+/*
+** The id of the shared local sl, or of the key s[0..len) (sl NULL), made
+** if need be; hash is sl->hash or the key's.  0, or -1 when out of memory
+** or past the bounds on keys.
+*/
+static int tl_jit_id(tl_jit_ids *ids, uint32_t hash, const tl_sloc *sl, const char *s, size_t len,
+                     uint32_t *id) {
+  tl_jit_arr *a;
+  tl_jit_key *k = NULL;
+  const void *p = sl;
+  uint32_t n, j;
+  int rc = -1;
+  pthread_mutex_lock(&tl_reg_lock);
+  a = atomic_load_explicit(&ids->arr, memory_order_relaxed);
+  n = atomic_load_explicit(&a->n, memory_order_relaxed);
+  if (ids->ix != NULL)
+    for (j = hash & ids->ixmask; ids->ix[j] != 0; j = (j + 1) & ids->ixmask)
+      if (tl_jit_is(ids, a->p[ids->ix[j] - 1], sl, s, len)) {
+        *id = ids->ix[j] - 1;
+        rc = 0;
+        goto done;
+      }
+  if (sl == NULL) {
+    if (n >= TL_JIT_MAXKEYS || len > TL_JIT_KEYLEN ||
+        (k = (tl_jit_key *)tl_malloc(sizeof *k + len + 1)) == NULL)
+      goto done;
+    memset(&k->sk, 0, sizeof k->sk);
+    if (len <= TL_SHORTKEY) memcpy(k->sk.c, s, len);
+    /* 15 - len as in an entry; for a longer key, a length no entry has */
+    k->sk.c[TL_SHORTKEY] = (char)(len <= TL_SHORTKEY ? TL_SHORTKEY - len : 0x7f);
+    k->hash = hash;
+    k->len = (uint32_t)len;
+    k->kc = (uint32_t)((uintptr_t)k->s >> 4) & (TL_KCACHE - 1); /* as tl_tab_findstr */
+    memcpy(k->s, s, len);
+    k->s[len] = '\0';
+    p = k;
+  }
+  if (n == UINT32_MAX / 4 || tl_jit_reserve(ids, n) != 0) {
+    tl_free(k);
+    goto done;
+  }
+  for (j = hash & ids->ixmask; ids->ix[j] != 0; j = (j + 1) & ids->ixmask) {}
+  ids->ix[j] = n + 1;
+  a = atomic_load_explicit(&ids->arr, memory_order_relaxed);
+  a->p[n] = p;
+  atomic_store_explicit(&a->n, n + 1, memory_order_release);
+  *id = n;
+  rc = 0;
+done:
+  pthread_mutex_unlock(&tl_reg_lock);
+  return rc;
+}
+
+/* ---------------------------------------------------------------------- */
+/* A shared local's reads through the FFI                                 */
+/* ---------------------------------------------------------------------- */
+
+/* What tl_jit_skind answers; lua/threadlocal/jit.lua has the same numbers. */
+enum { TL_SKIND_ASK, TL_SKIND_TRUE, TL_SKIND_FALSE, TL_SKIND_NIL };
+
+/*
+** The calling thread's fields of shared local h and, in *key, key k; NULL
+** when h or k is no id, or before the thread has fields (tl_shared_index
+** may start them from the defaults).
+*/
+static TL_HOT tl_tab *tl_jit_fields(uint32_t h, uint32_t k, const tl_jit_key **key) {
+  const tl_jit_arr *sa = atomic_load_explicit(&tl_jit_slocs.arr, memory_order_acquire);
+  const tl_jit_arr *ka = atomic_load_explicit(&tl_jit_keys.arr, memory_order_acquire);
+  if (h >= atomic_load_explicit(&sa->n, memory_order_acquire) ||
+      k >= atomic_load_explicit(&ka->n, memory_order_acquire))
+    return NULL;
+  *key = (const tl_jit_key *)ka->p[k];
+  return tl_shfields_peek(tl_me, (const tl_sloc *)sa->p[h]);
+}
+
+/*
+** The entry of a short key in tab, when tab's address cache has it: the
+** copy's address never changes, so after one tl_tab_findstr it keeps
+** hitting.  The usual read is this, with no call and 16 bytes compared
+** as two words (a longer key's sk matches no entry).
+*/
+static TL_HOT const tl_entry *tl_jit_cached(const tl_tab *tab, const tl_jit_key *key) {
+  const tl_entry *e;
+  if (tab->kaddr[key->kc] != key->s) return NULL;
+  e = &tab->e[tab->kentry[key->kc]];
+  if (e->state != TL_LIVE || e->ktype != TL_TSHORT) return NULL;
+  return memcmp(e->key.c, key->sk.c, sizeof key->sk.c) == 0 ? e : NULL;
+}
+
+/* A number field as tl_jit_sget answers it (an integer as the double
+** tl_pushint pushes under LuaJIT), else NaN. */
+static TL_HOT double tl_jit_num(const tl_entry *e) {
+  if (e != NULL && e->val.type == TL_TINT) return (double)e->val.u.i;
+  if (e != NULL && e->val.type == TL_TFLOAT) return e->val.u.f;
   return NAN;
 }
 
-/* tl_jit_sget through the calling thread's fields table, remembering in
-** ref what it found. */
-static TL_NOINLINE double tl_jit_sget_slow(tl_sref *ref, const char *s, size_t len, int *code) {
-  const tl_entry *e;
-  tl_tab *tab;
-  if (ref == NULL || ref->tag != tl_sref_tag || (tab = tl_shfields_peek(tl_me, ref->sl)) == NULL) {
-    *code = TL_SGET_ASK;
-    return NAN;
-  }
-  if ((e = tl_tab_findstr(tab, s, len)) != NULL) {
-    ref->jit_owner = tl_myid;
-    ref->jit_tab = tab;
-    ref->jit_version = tab->version;
-    ref->jit_key = s;
-    ref->jit_entry = e;
-  }
-  return tl_jit_sval(e, code);
+static TL_NOINLINE double tl_jit_sget_slow(tl_tab *tab, const tl_jit_key *key) {
+  return tl_jit_num(tl_tab_findstr(tab, key->s, key->len));
 }
 
 /*
-** The usual path: the key read last through ref, whose entry is still
-** right while the calling thread is the one that read it and its fields
-** table is the same with the same version (see tl_sref); then, since the
-** id matches, the thread has a record.
-** The key at the same address is confirmed by its bytes (a short key, in
-** place in the entry): an address may be reused by another string.  A leaf
-** function, which saves no registers.
+** For the FFI: field k of the calling thread's fields of shared local h,
+** when it is a number; NaN otherwise, and for a NaN field (the C __index
+** pushes it as it is).  Never allocates, never fails, whatever h and k.
 */
-static double tl_jit_sget(void *p, const char *s, size_t len, int *code) {
-  tl_sref *ref = (tl_sref *)p;
-  if (ref != NULL && ref->tag == tl_sref_tag && s == ref->jit_key &&
-      tl_myid == ref->jit_owner && tl_shfields_peek(tl_me, ref->sl) == ref->jit_tab &&
-      ref->jit_tab->version == ref->jit_version && len <= TL_SHORTKEY) {
-    const tl_entry *e = ref->jit_entry;
-    size_t i;
-    if (e->ktype != TL_TSHORT || tl_shortlen(&e->key) != len) goto slow;
-    for (i = 0; i < len; i++)
-      if (e->key.c[i] != s[i]) goto slow;
-    return tl_jit_sval(e, code);
-  }
-slow:
-  return tl_jit_sget_slow(ref, s, len, code);
+static double tl_jit_sget(uint32_t h, uint32_t k) {
+  const tl_jit_key *key;
+  tl_tab *tab = tl_jit_fields(h, k, &key);
+  const tl_entry *e;
+  if (tab == NULL) return NAN;
+  if ((e = tl_jit_cached(tab, key)) == NULL) return tl_jit_sget_slow(tab, key);
+  return tl_jit_num(e);
+}
+
+/* For the FFI, after tl_jit_sget gave NaN: a boolean or an absent field,
+** or TL_SKIND_ASK, for the C __index to answer.  A call of its own, not an
+** out-parameter of tl_jit_sget: a hook may read another field in between. */
+static double tl_jit_skind(uint32_t h, uint32_t k) {
+  const tl_jit_key *key;
+  tl_tab *tab = tl_jit_fields(h, k, &key);
+  const tl_entry *e;
+  if (tab == NULL) return TL_SKIND_ASK;
+  if ((e = tl_tab_findstr(tab, key->s, key->len)) == NULL) return TL_SKIND_NIL;
+  if (e->val.type == TL_TBOOL) return e->val.u.b ? TL_SKIND_TRUE : TL_SKIND_FALSE;
+  return TL_SKIND_ASK;
+}
+
+/*
+** learn(o, k), called protected: when o is a shared local and k a key
+** that gets an id, sets handles[o] and keys[k] (upvalues 1 and 2) to their
+** ids, which jit.lua passes to the FFI functions.  Raises only when out of
+** memory.
+*/
+static int tl_jit_learn(lua_State *L) {
+  tl_sref *ref = (tl_sref *)tl_testud(L, 1, tl_sref_tag, sizeof(tl_sref));
+  uint32_t h, k;
+  size_t len;
+  const char *s;
+  if (ref == NULL || lua_type(L, 2) != LUA_TSTRING) return 0;
+  s = lua_tolstring(L, 2, &len);
+  if (len > TL_JIT_KEYLEN) return 0; /* no id, ever: its reads take no lock here */
+  if (tl_jit_id(&tl_jit_slocs, ref->sl->hash, ref->sl, NULL, 0, &h) != 0 ||
+      tl_jit_id(&tl_jit_keys, tl_hash_bytes(s, len), NULL, s, len, &k) != 0)
+    return 0;
+  lua_settop(L, 2);
+  lua_pushvalue(L, 1);
+  lua_pushnumber(L, (lua_Number)h);
+  lua_rawset(L, lua_upvalueindex(1)); /* o k */
+  lua_pushnumber(L, (lua_Number)k);
+  lua_rawset(L, lua_upvalueindex(2));
+  return 0;
 }
 
 /*
@@ -186,7 +342,7 @@ static int tl_jit_newindex(lua_State *L) {
   return tl_jit_slow(L, TL_LOCAL_SET);
 }
 
-/* A shared local's __index after tl_jit_sget asked: as tl_shared_index,
+/* A shared local's __index when the FFI did not answer: as tl_shared_index,
 ** with argument 1 checked here so that its error is placed as the Local's. */
 static int tl_jit_sindex(lua_State *L) {
   void *p = lua_touserdata(L, 1);
@@ -228,17 +384,31 @@ static int tl_jit_factory(lua_State *L, int st) {
       tl_raise(L);
     lua_pushliteral(L, "threadlocal.jit");
     lua_pushnil(L);
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 9);
     lua_pushlightuserdata(L, (void *)(uintptr_t)tl_jit_myid);
     lua_setfield(L, -2, "myid");
     lua_pushlightuserdata(L, (void *)(uintptr_t)tl_jit_sget);
     lua_setfield(L, -2, "sget");
+    lua_pushlightuserdata(L, (void *)(uintptr_t)tl_jit_skind);
+    lua_setfield(L, -2, "skind");
     lua_pushcfunction(L, tl_jit_sindex);
     lua_setfield(L, -2, "sindex");
     lua_pushcfunction(L, tl_jit_index);
     lua_setfield(L, -2, "index");
     lua_pushcfunction(L, tl_jit_newindex);
     lua_setfield(L, -2, "newindex");
+    lua_newtable(L); /* handles: shared local -> id, weak keys */
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "handles");
+    lua_newtable(L); /* keys: string -> id */
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -4, "keys");
+    lua_pushcclosure(L, tl_jit_learn, 2);
+    lua_setfield(L, -2, "learn");
     lua_call(L, 3, 1);
     lua_pushvalue(L, -1);
     tl_setuv(L, st, TL_STATE_JIT);

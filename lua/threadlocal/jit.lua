@@ -1,10 +1,11 @@
 -- threadlocal's metamethods for LuaJIT with the JIT on: part of the module
 -- (src/tl_jit.c builds it in and loads it), not a module of its own.  Why they
 -- are written so, and the rules a change must keep (vararg metamethods, FFI
--- calls in small fixed-parameter helpers): docs/architecture.md, "LuaJIT".
--- Called with require's arguments and the C helpers (tl_jit_factory);
--- returns { closures = the factory of a Local's metamethods, shared_index =
--- a shared local's __index }, or false without the FFI.
+-- calls in small fixed-parameter helpers, no FFI object reachable but
+-- functions that take numbers only): docs/architecture.md, section "LuaJIT".
+-- Called with require's arguments and the C helpers; returns { closures =
+-- the factory of a Local's metamethods, shared_index = a shared local's
+-- __index }, or false without the FFI.
 local internals = select(3, ...)
 -- Required on its own (it is installed with lua/), it has nothing to offer.
 if type(internals) ~= "table" then return nil end
@@ -13,7 +14,7 @@ local ok, ffi = pcall(require, "ffi")
 if not ok or type(ffi) ~= "table" then return false end
 -- luacheck: ignore 212/...
 
-local rawequal, rawget, rawset = rawequal, rawget, rawset
+local rawequal, rawget, rawset, type, pcall = rawequal, rawget, rawset, type, pcall
 local myid = ffi.cast("double (*)(void)", internals.myid)
 
 -- Whether a closure of the Local `self`, which holds the fields table of
@@ -71,20 +72,27 @@ do
   require("jit").off(closures)
 end
 
--- What sget answers in *code when it returns NaN (src/tl_jit.c); anything
--- else: ask the C __index.
+-- A shared local's reads.  sget(h, k): field k (an id) of the calling
+-- thread's fields of shared local h (an id), when a number, else NaN;
+-- skind(h, k) then says TRUE, FALSE, NIL or anything else: ask the C __index.
+-- Ids come from learn, which sets handles[o] and keys[k]; any other number
+-- gets NaN and ASK.
 local TRUE, FALSE, NIL = 1, 2, 3
-local type = type
-local sget = ffi.cast("double (*)(void *, const char *, size_t, int *)", internals.sget)
-local code = ffi.new("int[1]") -- a state runs on one thread at a time
+local sget = ffi.cast("double (*)(uint32_t, uint32_t)", internals.sget)
+local skind = ffi.cast("double (*)(uint32_t, uint32_t)", internals.skind)
+local handles, keys, learn = internals.handles, internals.keys, internals.learn
 
 -- (o, k): field k of the calling thread's fields of the shared local o, and
--- true, when sget answers; else nil and false.
+-- true, when the FFI answers; nil and false when the C __index must; nil
+-- and nil when o or k has no id yet (learn gives them).  The type checks
+-- come first: the lookups below then always compile.
 local function fast(o, k)
   if type(o) == "userdata" and type(k) == "string" then
-    local v = sget(o, k, #k, code)
+    local h, i = handles[o], keys[k]
+    if not (h and i) then return nil, nil end
+    local v = sget(h, i)
     if v == v then return v, true end
-    local r = code[0]
+    local r = skind(h, i)
     if r == TRUE then return true, true end
     if r == FALSE then return false, true end
     if r == NIL then return nil, true end
@@ -98,9 +106,11 @@ do
   local __index = internals.sindex -- raises as the C __index, placed at o's use
   shared_index = function(o, k, ...)
     local v, answered = fast(o, k)
-    if not answered then
-      v = __index(o, k) -- not a tail call: its errors name the caller's line
+    if answered then return v end
+    if answered == nil then
+      pcall(learn, o, k) -- fails only out of memory: then the next read tries again
     end
+    v = __index(o, k) -- not a tail call: its errors name the caller's line
     return v
   end
 end
