@@ -546,6 +546,19 @@ describe("compiled loops over a shared local (JIT on)", function()
     assert.is_nil(w1:run(last_loop, sh, "x", N))
   end)
 
+  it("see the fields a threadlocal.run swaps in, and their own again after it", function()
+    local name = support.unique("jit.run")
+    local sh = threadlocal.shared(name)
+    sh.x = 1
+    assert.equal(N, get_loop(sh, N))
+    assert.equal(2 * N, threadlocal.run({ [name] = { x = 2 } }, get_loop, sh, N))
+    assert.equal(N, get_loop(sh, N))
+    sh.x = 3
+    assert.equal(3 * N, get_loop(sh, N))
+    assert.equal(4 * N, threadlocal.run({ [name] = { x = 4 } }, get_loop, sh, N))
+    assert.equal(3 * N, get_loop(sh, N))
+  end)
+
   it("see values set from C and from another state on the same thread", function()
     local name = support.unique("jit.capi")
     local sh, sl = threadlocal.shared(name), c_open(name)

@@ -60,17 +60,21 @@ typedef struct tl_jit_ids {
   uint32_t ixmask;
 } tl_jit_ids;
 
-/* A key as the FFI functions look it up: a copy, kept for good. */
+/*
+** A key as the FFI functions look it up: a copy, kept for good.  A fields
+** table's cache of key addresses (kaddr) has TL_KCACHE slots, picked by
+** bits 4 and 5 of the address: s is placed in buf so that key id i takes
+** slot i % TL_KCACHE, and keys learnt together do not evict each other.
+*/
 typedef struct tl_jit_key {
-  tl_u sk; /* the key as an entry holds it when short (TL_TSHORT) */
+  const char *s; /* in buf, NUL-terminated */
   uint32_t hash;
   uint32_t len;
-  uint32_t kc; /* where a table's address cache (kaddr) keeps s */
-  char s[]; /* NUL-terminated */
+  char buf[]; /* 16-aligned, as malloc's blocks */
 } tl_jit_key;
 
 /* Keys past these get no id: they are read through the C __index.  So the
-** keys a process ever reads cost at most about 2.5 MB here. */
+** keys a process ever reads cost at most about 3.5 MB here. */
 #define TL_JIT_MAXKEYS ((uint32_t)1 << 14)
 #define TL_JIT_KEYLEN 64
 
@@ -143,18 +147,17 @@ static int tl_jit_id(tl_jit_ids *ids, uint32_t hash, const tl_sloc *sl, const ch
         goto done;
       }
   if (sl == NULL) {
+    char *d;
     if (n >= TL_JIT_MAXKEYS || len > TL_JIT_KEYLEN ||
-        (k = (tl_jit_key *)tl_malloc(sizeof *k + len + 1)) == NULL)
+        (k = (tl_jit_key *)tl_malloc(sizeof *k + 16 * (TL_KCACHE - 1) + len + 1)) == NULL)
       goto done;
-    memset(&k->sk, 0, sizeof k->sk);
-    if (len <= TL_SHORTKEY) memcpy(k->sk.c, s, len);
-    /* 15 - len as in an entry; for a longer key, a length no entry has */
-    k->sk.c[TL_SHORTKEY] = (char)(len <= TL_SHORTKEY ? TL_SHORTKEY - len : 0x7f);
+    /* slot n % TL_KCACHE, picked as tl_tab_findstr picks it */
+    d = k->buf + 16 * ((n - (uint32_t)((uintptr_t)k->buf >> 4)) & (TL_KCACHE - 1));
+    memcpy(d, s, len);
+    d[len] = '\0';
+    k->s = d;
     k->hash = hash;
     k->len = (uint32_t)len;
-    k->kc = (uint32_t)((uintptr_t)k->s >> 4) & (TL_KCACHE - 1); /* as tl_tab_findstr */
-    memcpy(k->s, s, len);
-    k->s[len] = '\0';
     p = k;
   }
   if (n == UINT32_MAX / 4 || tl_jit_reserve(ids, n) != 0) {
@@ -196,54 +199,78 @@ static TL_HOT tl_tab *tl_jit_fields(uint32_t h, uint32_t k, const tl_jit_key **k
 }
 
 /*
-** The entry of a short key in tab, when tab's address cache has it: the
-** copy's address never changes, so after one tl_tab_findstr it keeps
-** hitting.  The usual read is this, with no call and 16 bytes compared
-** as two words (a longer key's sk matches no entry).
+** The calling thread's last field read through the FFI, so that a loop over
+** one field looks nothing up: entry e (NULL: absent) of tab, the thread's
+** fields of shared local h, right while the thread is still thread `owner`
+** (a record made after release() starts its versions over) and tab is
+** still its fields of h with the same version (versions never repeat on a
+** record).  Initial-exec TLS as tl_me: 40 bytes more of glibc's room for
+** modules.
 */
-static TL_HOT const tl_entry *tl_jit_cached(const tl_tab *tab, const tl_jit_key *key) {
+typedef struct tl_jit_last {
+  uint64_t hk; /* h << 32 | k */
+  uint64_t owner, version;
+  const tl_tab *tab;
   const tl_entry *e;
-  if (tab->kaddr[key->kc] != key->s) return NULL;
-  e = &tab->e[tab->kentry[key->kc]];
-  if (e->state != TL_LIVE || e->ktype != TL_TSHORT) return NULL;
-  return memcmp(e->key.c, key->sk.c, sizeof key->sk.c) == 0 ? e : NULL;
+} tl_jit_last;
+
+static _Thread_local tl_jit_last tl_jit_lastread TL_TLS_MODEL;
+
+/* Whether tl_jit_lastread still holds field k of shared local h: checked
+** without a call, and the entry's load need not wait for the check. */
+static TL_HOT int tl_jit_again(uint32_t h, uint32_t k) {
+  const tl_jit_arr *sa = atomic_load_explicit(&tl_jit_slocs.arr, memory_order_acquire);
+  const tl_tab *tab;
+  return ((uint64_t)h << 32 | k) == tl_jit_lastread.hk && tl_myid == tl_jit_lastread.owner &&
+         h < atomic_load_explicit(&sa->n, memory_order_acquire) &&
+         (tab = tl_shfields_peek(tl_me, (const tl_sloc *)sa->p[h])) != NULL &&
+         tab == tl_jit_lastread.tab && tab->version == tl_jit_lastread.version;
 }
 
-/* A number field as tl_jit_sget answers it (an integer as the double
-** tl_pushint pushes under LuaJIT), else NaN. */
+/* Looks field k of shared local h up into tl_jit_lastread; 0 when h or k
+** is no id, or the thread has no fields yet. */
+static int tl_jit_lookup(uint32_t h, uint32_t k) {
+  const tl_jit_key *key;
+  tl_tab *tab = tl_jit_fields(h, k, &key);
+  if (tab == NULL) return 0;
+  tl_jit_lastread.e = tl_tab_findstr(tab, key->s, key->len);
+  tl_jit_lastread.hk = (uint64_t)h << 32 | k;
+  tl_jit_lastread.owner = tl_myid;
+  tl_jit_lastread.version = tab->version;
+  tl_jit_lastread.tab = tab;
+  return 1;
+}
+
+/* A number field as tl_jit_sget answers it, else NaN. */
 static TL_HOT double tl_jit_num(const tl_entry *e) {
   if (e != NULL && e->val.type == TL_TINT) return (double)e->val.u.i;
   if (e != NULL && e->val.type == TL_TFLOAT) return e->val.u.f;
   return NAN;
 }
 
-static TL_NOINLINE double tl_jit_sget_slow(tl_tab *tab, const tl_jit_key *key) {
-  return tl_jit_num(tl_tab_findstr(tab, key->s, key->len));
+static TL_NOINLINE double tl_jit_sget_slow(uint32_t h, uint32_t k) {
+  return tl_jit_lookup(h, k) ? tl_jit_num(tl_jit_lastread.e) : NAN;
 }
 
 /*
 ** For the FFI: field k of the calling thread's fields of shared local h,
-** when it is a number; NaN otherwise, and for a NaN field (the C __index
-** pushes it as it is).  Never allocates, never fails, whatever h and k.
+** when it is a number (an integer as the double tl_pushint pushes under
+** LuaJIT); NaN otherwise, and for a NaN field (the C __index pushes it as
+** it is).  Never allocates, never fails, whatever h and k are.  The usual
+** read saves no register: the rest is a tail call.
 */
 static double tl_jit_sget(uint32_t h, uint32_t k) {
-  const tl_jit_key *key;
-  tl_tab *tab = tl_jit_fields(h, k, &key);
-  const tl_entry *e;
-  if (tab == NULL) return NAN;
-  if ((e = tl_jit_cached(tab, key)) == NULL) return tl_jit_sget_slow(tab, key);
-  return tl_jit_num(e);
+  if (tl_jit_again(h, k)) return tl_jit_num(tl_jit_lastread.e);
+  return tl_jit_sget_slow(h, k);
 }
 
 /* For the FFI, after tl_jit_sget gave NaN: a boolean or an absent field,
 ** or TL_SKIND_ASK, for the C __index to answer.  A call of its own, not an
 ** out-parameter of tl_jit_sget: a hook may read another field in between. */
 static double tl_jit_skind(uint32_t h, uint32_t k) {
-  const tl_jit_key *key;
-  tl_tab *tab = tl_jit_fields(h, k, &key);
   const tl_entry *e;
-  if (tab == NULL) return TL_SKIND_ASK;
-  if ((e = tl_tab_findstr(tab, key->s, key->len)) == NULL) return TL_SKIND_NIL;
+  if (!tl_jit_again(h, k) && !tl_jit_lookup(h, k)) return TL_SKIND_ASK;
+  if ((e = tl_jit_lastread.e) == NULL) return TL_SKIND_NIL;
   if (e->val.type == TL_TBOOL) return e->val.u.b ? TL_SKIND_TRUE : TL_SKIND_FALSE;
   return TL_SKIND_ASK;
 }
