@@ -415,7 +415,8 @@ describe("refusals", function()
     for _ = 1, 200 do deep = { deep } end
     local ok, err = pcall(function() sh.deep = deep end)
     assert.is_false(ok)
-    assert.truthy(support.bare(err):match("^threadlocal: cannot store tables nested this deep in field 'deep%[1%]"), err)
+    assert.truthy(support.bare(err):match(
+      "^threadlocal: cannot store tables nested this deep in field 'deep%[1%]"), err)
     assert.is_nil(sh.deep)
   end)
 

@@ -63,7 +63,8 @@ describe("a shared local on several OS threads", function()
     assert.equal(msg, support.bare(err))
     ok, err = pcall(w.run, w, function() sh.copy = p end)
     assert.is_false(ok)
-    assert.equal("threadlocal: cannot store a table proxy that is not valid on this thread in field 'copy'", support.bare(err))
+    assert.equal("threadlocal: cannot store a table proxy that is not valid on this thread in field 'copy'",
+      support.bare(err))
     assert.equal(2, w:run(function() return sh.t.x end))
     assert.equal(1, p.x) -- still fine on its own thread
     w:stop()

@@ -407,7 +407,7 @@ static int tl_jit_factory(lua_State *L, int st) {
   if (lua_isnil(L, -1)) {
     size_t len = sizeof tl_lua_jit;
     lua_pop(L, 1);
-    if (luaL_loadbuffer(L, (const char *)tl_lua_jit, len, "@lua/threadlocal/jit.lua") != 0)
+    if (luaL_loadbuffer(L, (const char *)tl_lua_jit, len, TL_JIT_CHUNK) != 0)
       tl_raise(L);
     lua_pushliteral(L, "threadlocal.jit");
     lua_pushnil(L);

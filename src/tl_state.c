@@ -16,9 +16,16 @@ static TL_NORETURN void tl_raise(lua_State *L) { /* the value on top */
   tl_unreachable();
 }
 
-/* Pushes msg after the caller's position, as luaL_error does. */
+#define TL_JIT_CHUNK "@lua/threadlocal/jit.lua"
+
+/* Pushes msg after the caller's position, as luaL_error does.  When the
+** caller is one of jit.lua's metamethods, its own caller is blamed. */
 static void tl_pushmsg(lua_State *L, const char *msg) {
-  luaL_where(L, 1);
+  lua_Debug ar;
+  int level = 1;
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "S", &ar) && strcmp(ar.source, TL_JIT_CHUNK) == 0)
+    level = 2;
+  luaL_where(L, level);
   lua_pushstring(L, msg);
   lua_concat(L, 2);
 }
