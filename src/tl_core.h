@@ -60,7 +60,7 @@
 ** Every access reads the thread-local id.  The initial-exec model makes
 ** that one load instead of a call to __tls_get_addr.  A dlopen()ed module
 ** may use it only where the C library keeps static TLS room for such
-** modules: glibc does (we use 16 bytes).  musl refuses to load it and has
+** modules: glibc does (we use 56 bytes).  musl refuses to load it and has
 ** no macro of its own, so every C library but glibc gets the default model.
 ** uClibc defines __GLIBC__ too, and is not known to keep that room.
 ** Packagers: -DTL_TLS_INITIAL_EXEC forces initial-exec, -DTL_TLS_DYNAMIC

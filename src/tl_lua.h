@@ -317,13 +317,6 @@ typedef struct tl_sref {
   const char *tag; /* tl_sref_tag */
   tl_sloc *sl;
   tl_last last;
-  /* The same for the field read last through tl_jit_sget (tl_jit.c), by
-  ** the address of its key: right while thread jit_owner's fields table is
-  ** jit_tab with version jit_version, and jit_entry's key is the key. */
-  uint64_t jit_owner, jit_version;
-  const tl_tab *jit_tab;
-  const char *jit_key;
-  const tl_entry *jit_entry;
   unsigned reads; /* through the C __index, counted up to TL_JIT_HOT */
 } tl_sref;
 
