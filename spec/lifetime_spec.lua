@@ -64,7 +64,7 @@ describe("values of an exited thread", function()
   -- A finalizer that runs inside the allocation of the thread's new fields
   -- table may release the thread: the table must then be recorded under the
   -- new id, or the purge at the thread's exit never finds it.
-  it("are dropped when a finalizer released the thread during its first access", function()
+  it("are dropped when a finalizer released the thread during its first access #gcstorm", function()
     local made, collected = 0, 0
     local tl = threadlocal.new(function(self)
       self.v = true
@@ -92,7 +92,7 @@ describe("values of an exited thread", function()
 
   -- The same when init clears its own fields last: the access then makes
   -- the thread's empty fields table after init.
-  it("are dropped when a finalizer released the thread after an init that cleared its fields", function()
+  it("are dropped when a finalizer released the thread after an init that cleared its fields #gcstorm", function()
     local made, collected = 0, 0
     local tl = threadlocal.new(function(self)
       self.v = true

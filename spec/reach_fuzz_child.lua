@@ -19,7 +19,7 @@ local lpath, cpath, mode, which = ...
 package.path, package.cpath = lpath, cpath
 io.stdout:setvbuf("line") -- a crash loses no line before it
 
-local SMALL = os.getenv("TL_FUZZ_SMALL") ~= nil
+local SMALL = os.getenv("TL_SMALL") ~= nil
 local USER = "reach-fuzz user error"
 local getmt, getuv_, getupvalue = debug.getmetatable, debug.getuservalue, debug.getupvalue
 local HERE = debug.getinfo(1, "S").source

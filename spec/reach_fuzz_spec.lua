@@ -7,11 +7,11 @@
 -- may be raised; only a crash fails: a signal, an exit status other than a
 -- Lua error's, a sanitizer report, or a hang.
 --
--- TL_FUZZ_SMALL set: fewer calls per target (no module objects as arguments,
+-- TL_SMALL set: fewer calls per target (no module objects as arguments,
 -- no third argument after a table).  The valgrind pass of make test leaves
 -- this spec out (#nogrind): its children would not run under valgrind, and
 -- the pass under AddressSanitizer runs them all.
-local SMALL = os.getenv("TL_FUZZ_SMALL") ~= nil
+local SMALL = os.getenv("TL_SMALL") ~= nil
 local LUA = os.getenv("TL_LUA")
 if LUA == nil or LUA == "" then
   LUA = jit and "luajit" or "lua" .. _VERSION:match("%d+%.%d+")
@@ -143,7 +143,7 @@ describe("everything reachable from Lua, called with wrong arguments", function(
       end
     end
     print(("# reach fuzz (%s): %d targets, %d calls in %d s, %d crashed, %d ended by a Lua error%s"):format(
-      LUA, #l.targets, calls, os.time() - started, #crashes, #aborted, SMALL and " (TL_FUZZ_SMALL)" or ""))
+      LUA, #l.targets, calls, os.time() - started, #crashes, #aborted, SMALL and " (TL_SMALL)" or ""))
     print(("# reach fuzz (%s): distinct errors: %d threadlocal:, %d bad argument, %d of a user function, "
       .. "%d of Lua on an operator, %d other"):format(LUA, classes.threadlocal or 0, classes["bad argument"] or 0,
       classes.user or 0, classes.operator or 0, classes.other or 0))

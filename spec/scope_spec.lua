@@ -317,7 +317,7 @@ describe("threadlocal.capture and threadlocal.run", function()
   end)
 end)
 
-describe("capture while finalizers use the module", function()
+describe("capture while finalizers use the module #gcstorm", function()
   it("copies whole fields, never freed ones, when a finalizer clears or refills them", function()
     local n1, n2 = support.unique("capgc"), support.unique("capgc")
     local a, b = threadlocal.shared(n1), threadlocal.shared(n2)

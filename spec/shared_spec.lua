@@ -522,7 +522,7 @@ describe("a shared string field overwritten", function()
   end)
 end)
 
-describe("reads while finalizers clear or refill the fields", function()
+describe("reads while finalizers clear or refill the fields #gcstorm", function()
   -- A finalizer runs in (almost) every allocation: every other one clears
   -- the shared local, the others fill it again.
   local function meddling(sh)
@@ -586,7 +586,7 @@ describe("reads while finalizers clear or refill the fields", function()
   end)
 end)
 
-describe("a string read while finalizers replace it", function()
+describe("a string read while finalizers replace it #gcstorm", function()
   -- Before Lua 5.3 (and in LuaJIT), pushing a string may collect before it
   -- copies the bytes; a finalizer that replaces the field frees them.  Run
   -- under valgrind on lua5.1 by make test.
