@@ -250,6 +250,7 @@ fi
   section luacheck luacheck_all
   section embedded embedded
   section deps tap_run - "$out/deps.tap" sh tools/deps_test.sh
+  section doc tap_run - "$out/doc.tap" sh tools/doc_test.sh "$out/doc"
   section clang clang_build
   section musl tap_run - "$out/musl.tap" sh tools/musl_test.sh
 ) &
