@@ -145,6 +145,7 @@ local metaforms = {
 }
 local overrides = {
   threadlocal = { __index = "pairs(threadlocal)" },
+  ctx = { __index = "ctx[var]", __newindex = "ctx[var] = value" },
   token = { __index = "token.var" },
   var = { __index = "var.name" },
 }
@@ -285,7 +286,9 @@ for _, n in ipairs(names) do
   else
     local b = table.concat(block, "\n")
     if n.meta then
-      local need = ({ __index = "---@field [", __newindex = "---@field [",
+      -- A class with fields (an index signature, or named ones) covers
+      -- __index and __newindex.
+      local need = ({ __index = "---@field ", __newindex = "---@field ",
         __len = "---@operator len", __call = "---@operator call" })[n.name]
       ok = need == nil or b:find(need, 1, true) ~= nil
     elseif n.func then
