@@ -5,7 +5,7 @@
 --
 -- Every child walks all that the module makes reachable from Lua, the same
 -- way, so that target N is the same object in each: the functions of the
--- module table (the names its __index answers to included), of the context
+-- module table (the names it answers to included), of the context
 -- module, of every object's metatable, the upvalues, metatables and user
 -- values found below those, and the registry entries the module made.
 -- Nothing is found by name: only the objects to start from are made through
@@ -145,8 +145,9 @@ end
 -- The module, and the objects to start the walk from.
 local M = require "threadlocal"
 
--- The names the module table answers to: every identifier in the module's
--- file (its strings and its built-in Lua files among them) is asked.
+-- The names the module table answers to: its own keys, and, when it has an
+-- __index, every identifier in the module's file (its strings and its
+-- built-in Lua files among them) is asked.
 local function module_file()
   if package.searchpath then return package.searchpath("threadlocal", package.cpath) end
   for template in package.cpath:gmatch("[^;]+") do
@@ -174,6 +175,9 @@ do
     end
   end
   if f then f:close() end
+  for k in next, M do
+    if type(k) == "string" and rawget(M, k) ~= nil then names[#names + 1] = k end
+  end
   table.sort(names)
 end
 

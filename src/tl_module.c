@@ -235,54 +235,31 @@ static const luaL_Reg tl_funcs[] = {
   {NULL, NULL}
 };
 
-/*
-** The module's functions (and `version`) are filled in on first read: a
-** state that requires the module pays only for those it uses (each costs a
-** string and a table slot per state).  pairs(threadlocal) lists those read
-** so far.
-*/
-static int tl_module_index(lua_State *L) {
-  const luaL_Reg *f;
-  const char *name = lua_tostring(L, 2);
-  luaL_checktype(L, 1, LUA_TTABLE); /* it rawsets there */
-  if (lua_type(L, 2) != LUA_TSTRING) return 0;
-  if (strcmp(name, "version") == 0) {
-    lua_settop(L, 2);
-    lua_pushliteral(L, THREADLOCAL_VERSION);
-    lua_pushvalue(L, -1);
-    lua_insert(L, 2);
-    lua_rawset(L, 1);
-    return 1;
-  }
-  for (f = tl_funcs; f->name != NULL; f++)
-    if (strcmp(f->name, name) == 0) {
-      lua_settop(L, 2);
-      lua_pushcfunction(L, f->func);
-      lua_pushvalue(L, -1);
-      lua_insert(L, 2);      /* M f name f */
-      lua_rawset(L, 1);
-      return 1;
-    }
-  return 0;
-}
-
 static const luaL_Reg tl_module_meta[] = {
   {"__call", tl_call},
-  {"__index", tl_module_index},
   {NULL, NULL}
 };
 
 /*
-** Opening the module makes its table (functions come on first read) and
-** registers the Lua companions; the state's own data is made on first need (see
-** tl_pushstate), so a short-lived state that requires the module and
-** touches a shared local pays for little more.
+** Opening the module fills its table with every public name, so that next()
+** and pairs() list them on every version.  The table is sized once and the
+** values are light C functions (5.2+), so a state per request pays little.
+** The state's own data is made on first need (see tl_pushstate).
 */
 THREADLOCAL_API int luaopen_threadlocal(lua_State *L) {
+  const luaL_Reg *f;
   tl_checkversion(L);
   if (tl_init() != 0) tl_error(L, "threadlocal: cannot create the thread key");
-  lua_createtable(L, 0, 4);                          /* M */
-  lua_createtable(L, 0, 2);                          /* M meta */
+  lua_createtable(L, 0, (int)(sizeof tl_funcs / sizeof *tl_funcs) + 1); /* M */
+  for (f = tl_funcs; f->name != NULL; f++) {
+    lua_pushstring(L, f->name);
+    lua_pushcfunction(L, f->func);
+    lua_rawset(L, -3);
+  }
+  lua_pushliteral(L, "version");
+  lua_pushliteral(L, THREADLOCAL_VERSION);
+  lua_rawset(L, -3);
+  lua_createtable(L, 0, 1);                          /* M meta */
   tl_setfuncs(L, tl_module_meta, 0);
   lua_setmetatable(L, -2);                           /* M */
   /* Lanes copies a shared local's metatable by its name in the module
