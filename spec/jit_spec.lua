@@ -631,7 +631,7 @@ describe("compiled loops over a shared local (JIT on)", function()
       local ok1, v1 = pcall(last_loop, sh, k, N)
       local ok2, v2 = pcall(cindex, sh, k)
       assert.equal(ok2, ok1)
-      if type(v2) == "userdata" and getmetatable(v2) == "threadlocal.table" then
+      if type(v2) == "userdata" and debug.getmetatable(v2) == debug.getmetatable(sh.dt) then
         assert.equal(v2.k, v1.k)
       else
         assert.equal(v2, v1)

@@ -257,7 +257,7 @@ describe("bad input", function()
     tl.keep = 1
     local expected = {
       clear = "threadlocal%.local or threadlocal%.shared",
-      fields = "threadlocal%.local, threadlocal%.shared or threadlocal%.table",
+      fields = "threadlocal%.local, threadlocal%.shared or threadlocal%.proxy",
       threads = "threadlocal%.local",
     }
     for name, what in pairs(expected) do

@@ -6,7 +6,7 @@ local support = require "support"
 
 describe("the module table", function()
   local public = { "new", "local", "shared", "clear", "fields", "table", "threads", "id",
-                   "scope", "with", "capture", "run", "release", "version", "shared_mt" }
+                   "pairs", "scope", "with", "capture", "run", "release", "version", "shared_mt" }
 
   it("lists every public name to next() in a fresh state", function()
     local names = helper.exec([[
@@ -31,5 +31,61 @@ describe("the module table", function()
     for _, k in ipairs(public) do assert.is_not_nil(rawget(threadlocal, k), k) end
     for _, k in ipairs(public) do assert.equal(rawget(threadlocal, k), seen[k]) end
     assert.equal("string", type(rawget(threadlocal, "version")))
+  end)
+end)
+
+describe("a shared table proxy", function()
+  it("is named threadlocal.proxy in tostring, getmetatable and errors", function()
+    local sh = threadlocal.shared(support.unique("proxy"))
+    sh.t = { k = 1 }
+    local p = sh.t
+    assert.truthy(tostring(p):match("^threadlocal%.proxy: "), tostring(p))
+    assert.equal("threadlocal.proxy", getmetatable(p))
+    local mt = debug.getmetatable(p) -- found from the object, not by its name
+    local ok, err = pcall(mt.__len, {})
+    assert.is_false(ok)
+    assert.matches("threadlocal%.proxy expected, got table", err)
+    ok, err = pcall(threadlocal.fields, 1)
+    assert.matches("threadlocal%.local, threadlocal%.shared or threadlocal%.proxy expected", err)
+  end)
+end)
+
+describe("threadlocal.pairs", function()
+  local function collect(x)
+    local seen, n = {}, 0
+    for k, v in threadlocal.pairs(x) do
+      seen[k] = v
+      n = n + 1
+    end
+    return seen, n
+  end
+
+  it("iterates a Local's fields on every version", function()
+    local tl = threadlocal.new()
+    tl.a, tl[2] = "x", true
+    local seen, n = collect(tl)
+    assert.equal(2, n)
+    assert.same({ a = "x", [2] = true }, seen)
+    local fresh = threadlocal.new(function(self) self.i = 1 end)
+    assert.same({ i = 1 }, (collect(fresh)))
+  end)
+
+  it("iterates a shared local and a proxy on every version", function()
+    local sh = threadlocal.shared(support.unique("pairs"))
+    assert.equal(0, select(2, collect(sh)))
+    sh.a, sh.t = 1, { x = "y", [3] = 4 }
+    local seen, n = collect(sh)
+    assert.equal(2, n)
+    assert.equal(1, seen.a)
+    assert.same({ x = "y", [3] = 4 }, (collect(sh.t)))
+  end)
+
+  it("refuses anything else with Lua's bad argument error", function()
+    for _, bad in ipairs { {}, "s", 1, io.stdout } do
+      local ok, err = pcall(threadlocal.pairs, bad)
+      assert.is_false(ok)
+      assert.matches("bad argument #1 to '[^']*' %(threadlocal%.local, threadlocal%.shared or "
+        .. "threadlocal%.proxy expected, got %a+%)", err)
+    end
   end)
 end)

@@ -159,8 +159,8 @@ describe("a table proxy", function()
     local sh = fresh()
     sh.req = { headers = { host = "a" } }
     local p = sh.req
-    assert.equal("threadlocal.table", getmetatable(p))
-    assert.truthy(tostring(p):match("^threadlocal%.table: 0?x?%x+$"))
+    assert.equal("threadlocal.proxy", getmetatable(p))
+    assert.truthy(tostring(p):match("^threadlocal%.proxy: 0?x?%x+$"))
     sh.req.headers.host = "x"
     assert.equal("x", sh.req.headers.host)
     p.headers.extra = { n = 1 }

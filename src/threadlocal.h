@@ -77,7 +77,9 @@ extern "C" {
 /* Metatable names, which are also the type names in error messages. */
 #define THREADLOCAL_LOCAL_MT "threadlocal.local"   /* threadlocal.new */
 #define THREADLOCAL_SHARED_MT "threadlocal.shared" /* threadlocal.shared */
-#define THREADLOCAL_TABLE_MT "threadlocal.table"   /* proxy of a shared table */
+#define THREADLOCAL_PROXY_MT "threadlocal.proxy"   /* proxy of a shared table */
+/* Deprecated: the old name of THREADLOCAL_PROXY_MT, which it now equals. */
+#define THREADLOCAL_TABLE_MT THREADLOCAL_PROXY_MT
 
 #ifndef THREADLOCAL_API
 #define THREADLOCAL_API extern

@@ -343,6 +343,7 @@ static int tl_local_tostring(lua_State *L) {
 }
 
 enum { TL_KLOCAL = 1, TL_KSHARED = 2, TL_KPROXY = 4 };
+#define TL_ANYKIND THREADLOCAL_LOCAL_MT ", " THREADLOCAL_SHARED_MT " or " THREADLOCAL_PROXY_MT
 
 /* Which of the kinds in `kinds` the value at slot 1 is; raises otherwise. */
 static int tl_checkkind(lua_State *L, int kinds, const char *tname) {

@@ -254,7 +254,7 @@ typedef struct tl_state {
 */
 static const char tl_local_tag[] = THREADLOCAL_LOCAL_MT;
 static const char tl_sref_tag[] = THREADLOCAL_SHARED_MT;
-static const char tl_proxy_tag[] = THREADLOCAL_TABLE_MT;
+static const char tl_proxy_tag[] = THREADLOCAL_PROXY_MT;
 static const char tl_state_tag[] = "threadlocal.state";
 
 /*

@@ -156,8 +156,7 @@ static int tl_table(lua_State *L) {
 static int tl_fields_copy(lua_State *L) {
   const tl_tab *tab;
   tl_guard *g;
-  int kind = tl_checkkind(L, TL_KLOCAL | TL_KSHARED | TL_KPROXY,
-                          "threadlocal.local, threadlocal.shared or threadlocal.table");
+  int kind = tl_checkkind(L, TL_KLOCAL | TL_KSHARED | TL_KPROXY, TL_ANYKIND);
   if (kind == TL_KLOCAL) {
     tl_local_push1(L, 1);
     tl_copytable(L, -1);
@@ -213,6 +212,15 @@ static int tl_threads(lua_State *L) {
   return 1;
 }
 
+/* threadlocal.pairs(x): pairs for a Local, shared local or proxy, also
+** where pairs() has no __pairs (5.1, LuaJIT). */
+static int tl_pairs(lua_State *L) {
+  int kind = tl_checkkind(L, TL_KLOCAL | TL_KSHARED | TL_KPROXY, TL_ANYKIND);
+  lua_settop(L, 1);
+  if (kind == TL_KLOCAL) return tl_local_pairs(L);
+  return kind == TL_KSHARED ? tl_shared_pairs(L) : tl_proxy_pairs(L);
+}
+
 static int tl_id(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)tl_self(L)->id);
   return 1;
@@ -227,6 +235,7 @@ static const luaL_Reg tl_funcs[] = {
   {"table", tl_table},
   {"threads", tl_threads},
   {"id", tl_id},
+  {"pairs", tl_pairs},
   {"scope", tl_scope_open},
   {"with", tl_with},
   {"capture", tl_capture},

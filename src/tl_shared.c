@@ -162,7 +162,7 @@ static int tl_proxy_len(lua_State *L) {
 }
 
 static int tl_proxy_tostring(lua_State *L) {
-  lua_pushfstring(L, THREADLOCAL_TABLE_MT ": %p", tl_checkud(L, 1, tl_proxy_tag, sizeof(tl_proxy)));
+  lua_pushfstring(L, THREADLOCAL_PROXY_MT ": %p", tl_checkud(L, 1, tl_proxy_tag, sizeof(tl_proxy)));
   return 1;
 }
 
@@ -215,5 +215,5 @@ static void tl_pushsharedmt(lua_State *L) {
 }
 
 static void tl_pushproxymt(lua_State *L) {
-  tl_pushmeta(L, THREADLOCAL_TABLE_MT, tl_proxy_meta);
+  tl_pushmeta(L, THREADLOCAL_PROXY_MT, tl_proxy_meta);
 }

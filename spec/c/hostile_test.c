@@ -366,7 +366,7 @@ static const char meta_code[] =
   "local kinds = {\n"
   "  { name = 'threadlocal.local', obj = lo },\n"
   "  { name = 'threadlocal.shared', obj = sh },\n"
-  "  { name = 'threadlocal.table', obj = sh.t },\n"
+  "  { name = 'threadlocal.proxy', obj = sh.t },\n"
   "}\n"
   "local wrong = { 1, 'str', {}, true, io.stdout, LIGHT, lo2, sh, sh.t, coroutine.create(print) }\n"
   "local n = 0\n"
