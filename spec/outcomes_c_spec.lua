@@ -89,3 +89,75 @@ describe("threadlocal.pairs", function()
     end
   end)
 end)
+
+describe("scopes on one thread", function()
+  local ORDER = "^threadlocal: scope closed out of order: a newer scope of "
+
+  it("raise when two coroutines close their scopes out of order", function()
+    local name = support.unique("req")
+    local sh = threadlocal.shared(name)
+    local a = coroutine.wrap(function()
+      local s = threadlocal.scope(sh, { user = "A" })
+      coroutine.yield()
+      s:close()
+    end)
+    local b = coroutine.wrap(function()
+      local s = threadlocal.scope(sh, { user = "B" })
+      coroutine.yield()
+      s:close()
+    end)
+    a(); b()
+    local ok, err = pcall(a)
+    assert.is_false(ok)
+    assert.matches(ORDER .. "threadlocal%.shared '" .. name:gsub("%p", "%%%0") .. "'",
+      support.bare(err))
+    assert.equal("B", sh.user) -- nothing changed
+    b()
+    assert.equal("A", sh.user) -- A's scope is still open: its coroutine died with it
+  end)
+
+  it("refuse an out-of-order close, which changes nothing, then close in order", function()
+    for _, loc in ipairs { threadlocal.new(), threadlocal.shared(support.unique("order")) } do
+      loc.x = 0
+      local outer = threadlocal.scope(loc, { x = 1 })
+      local inner = threadlocal.scope(loc, { x = 2 })
+      local ok, err = pcall(outer.close, outer)
+      assert.is_false(ok)
+      assert.matches(ORDER, support.bare(err))
+      assert.matches(tostring(loc):match("^[^:]*"):gsub("%p", "%%%0"), err)
+      assert.equal(2, loc.x)
+      inner:close()
+      assert.equal(1, loc.x)
+      outer:close()
+      assert.equal(0, loc.x)
+      outer:close() -- twice does nothing
+      assert.equal(0, loc.x)
+    end
+  end)
+
+  it("check each local apart, and count an unreachable scope until collected", function()
+    local l1, l2 = threadlocal.new(), threadlocal.new()
+    local s1 = threadlocal.scope(l1, { v = 1 })
+    local s2 = threadlocal.scope(l2, { v = 2 })
+    s1:close() -- another local's scope is no obstacle
+    s2:close()
+    local outer = threadlocal.scope(l1, { v = "outer" })
+    support.off_stack(function() threadlocal.scope(l1, { v = "lost" }) end)
+    assert.is_false(pcall(outer.close, outer))
+    assert.equal("lost", l1.v)
+    support.full_gc(2) -- collected unclosed: dropped, as before, restoring nothing
+    outer:close()
+    assert.is_nil(l1.v)
+  end)
+
+  it("let with end the scopes fn left open on its local", function()
+    local sh = threadlocal.shared(support.unique("with"))
+    sh.x = 0
+    local ok = pcall(threadlocal.with, sh, { x = 1 }, function()
+      threadlocal.scope(sh, { x = 2 })
+      error("boom")
+    end)
+    assert.is_false(ok)
+    assert.equal(0, sh.x)
+  end)
+end)

@@ -24,11 +24,64 @@ typedef struct tl_scope {
   size_t n;        /* fields replaced */
   tl_sloc *sl;     /* NULL for a Local */
   tl_saved *saved; /* shared locals */
+  /* The open scopes of one local in this state form a list, newest first,
+  ** headed in the local's userdata (which outlives them: see tl_scope_link).
+  ** Closing checks that no newer one of the same thread and run is open. */
+  struct tl_scope **head, *older, *newer;
 } tl_scope;
 
 enum { TL_SCOPE_LOCAL = 1, TL_SCOPE_OLD, TL_SCOPE_NUV = TL_SCOPE_OLD };
 
 static const char tl_scope_tag[] = TL_SCOPE_MT;
+
+/* Puts the just opened sc first in the list at head.  A Local's userdata is
+** a user value of its scopes, and a shared local's stays in its metatable
+** for the state's life, so head is valid while sc is. */
+static void tl_scope_link(tl_scope *sc, tl_scope **head) {
+  sc->head = head;
+  sc->older = *head;
+  sc->newer = NULL;
+  if (*head != NULL) (*head)->newer = sc;
+  *head = sc;
+}
+
+static void tl_scope_unlink(tl_scope *sc) {
+  if (sc->head == NULL) return;
+  if (sc->newer != NULL)
+    sc->newer->older = sc->older;
+  else
+    *sc->head = sc->older;
+  if (sc->older != NULL) sc->older->newer = sc->newer;
+  sc->head = NULL;
+  sc->older = sc->newer = NULL;
+}
+
+/* A newer open scope of the same local, thread and run as sc, or NULL.
+** Scopes of other threads or runs are skipped: they are not in sc's way. */
+static tl_scope *tl_scope_newer(const tl_scope *sc) {
+  tl_scope *s;
+  for (s = sc->newer; s != NULL; s = s->newer)
+    if (s->owner == sc->owner && s->run == sc->run) return s;
+  return NULL;
+}
+
+/* Raises the out-of-order error for sc, naming its local: the shared
+** local's name, or the Local at slot loc. */
+static TL_NORETURN void tl_scope_order_error(lua_State *L, const tl_scope *sc, int loc) {
+  tl_pushmsg(L, "threadlocal: scope closed out of order: a newer scope of ");
+  if (sc->sl != NULL) {
+    lua_pushliteral(L, THREADLOCAL_SHARED_MT " '");
+    lua_pushlstring(L, sc->sl->name, sc->sl->len);
+    lua_pushliteral(L, "'");
+  } else {
+    lua_pushfstring(L, THREADLOCAL_LOCAL_MT ": %p", lua_touserdata(L, loc));
+    lua_pushliteral(L, "");
+    lua_pushliteral(L, "");
+  }
+  lua_pushliteral(L, " is still open on this thread (close it first)");
+  lua_concat(L, 5);
+  tl_raise(L);
+}
 
 static void tl_scope_free(tl_scope *sc) {
   tl_saved_free(sc->saved, sc->n);
@@ -170,6 +223,8 @@ static int tl_scope_open(lua_State *L) {
   else
     tl_scope_local(L, sc, lua_gettop(L));
   sc->closed = 0;
+  tl_scope_link(sc, kind == TL_KSHARED ? &((tl_sref *)lua_touserdata(L, 1))->scopes
+                                       : &((tl_local *)lua_touserdata(L, 1))->scopes);
   return 1;
 }
 
@@ -192,6 +247,7 @@ static int tl_scope_close(lua_State *L) {
     ** values would leak from one context into the other */
     if (tl_shmap_run(t, sc->sl) != sc->run)
       tl_error(L, "threadlocal: scope closed outside the threadlocal.run context it was opened in");
+    if (tl_scope_newer(sc) != NULL) tl_scope_order_error(L, sc, 0);
     fields = tl_shfields_peek(t, sc->sl);
     if (fields == NULL && (fields = tl_shfields_start(t, sc->sl, 1, &err)) == NULL)
       tl_memerror(L);
@@ -206,12 +262,14 @@ static int tl_scope_close(lua_State *L) {
       lua_settop(L, top);
       return 0;
     }
+    if (tl_scope_newer(sc) != NULL) tl_scope_order_error(L, sc, top + 2);
     fields = lua_gettop(L);
     tl_scope_putback(L, fields, top + 1, sc->n);
     lua_pushnil(L);
     tl_setuv(L, 1, TL_SCOPE_OLD);
   }
   sc->closed = 1;
+  tl_scope_unlink(sc);
   lua_settop(L, top);
   return 0;
 }
@@ -220,6 +278,7 @@ static int tl_scope_close(lua_State *L) {
 static void tl_scope_forget(tl_scope *sc) {
   tl_scope_free(sc);
   sc->closed = 1;
+  tl_scope_unlink(sc);
 }
 
 /* An unclosed scope that is collected drops what it held, on whatever
@@ -268,8 +327,13 @@ static int tl_with(lua_State *L) {
   status = lua_pcall(L, lua_gettop(L) - 2, LUA_MULTRET, 0);
   if (tl_myid != id)        /* fn released the thread: nothing to put back */
     tl_scope_forget((tl_scope *)lua_touserdata(L, 1));
-  else
+  else {
+    tl_scope *sc = (tl_scope *)lua_touserdata(L, 1), *s;
+    /* Scopes that fn left open end with it (an error skips their close):
+    ** they put nothing back, since this one restores what came before. */
+    while ((s = tl_scope_newer(sc)) != NULL) tl_scope_forget(s);
     tl_scope_close(L);      /* leaves the stack as it was */
+  }
   if (status != 0) tl_raise(L);
   return lua_gettop(L) - 1;
 }

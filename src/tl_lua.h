@@ -269,6 +269,7 @@ typedef struct tl_local {
   uint64_t get_id, set_id;
   uint64_t init_id; /* the thread whose init runs now, or 0 (ids start at 1) */
   int ninit; /* init and its arguments in TL_LOCAL_INIT; 0: no init */
+  struct tl_scope *scopes; /* its open scopes in this state, newest first */
 } tl_local;
 
 #define TL_NOCACHE UINT64_MAX /* matches no thread, not even "no record yet" */
@@ -318,6 +319,7 @@ typedef struct tl_sref {
   tl_sloc *sl;
   tl_last last;
   unsigned reads; /* through the C __index, counted up to TL_JIT_HOT */
+  struct tl_scope *scopes; /* its open scopes in this state, newest first */
 } tl_sref;
 
 /* A proxy of the table in slot `slot` of thread `owner`'s slab. */

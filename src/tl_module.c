@@ -46,6 +46,7 @@ static int tl_new(lua_State *L) {
   lo->tag = tl_local_tag;
   lo->get_id = lo->set_id = TL_NOCACHE;
   lo->init_id = 0;
+  lo->scopes = NULL;
   lo->ninit = n > 0 && !lua_isnil(L, 1) ? n : 0;
   lua_createtable(L, 0, 2); /* room for two threads before it grows */
   tl_setuv(L, ud, TL_LOCAL_MAP);
