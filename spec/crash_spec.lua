@@ -40,10 +40,7 @@ describe("a plain script cannot crash the process", function()
   it("with the module table's metamethods called by hand", function()
     script_ok [[
       local mt = getmetatable(tl)
-      for _, args in ipairs { {1, "new"}, {nil, "new"}, {"x", "version"}, {io.stdout, "id"} } do
-        local ok, err = pcall(mt.__index, args[1], args[2])
-        assert(not ok and our_error(err), err)
-      end
+      assert(rawget(mt, "__index") == nil) -- the names are in the table itself
       local ok, err = pcall(mt.__call)
       assert(not ok and our_error(err), err)
       ok, err = pcall(mt.__call, 42)
