@@ -161,3 +161,72 @@ describe("scopes on one thread", function()
     assert.equal(0, sh.x)
   end)
 end)
+
+describe("with and run on an error in fn", function()
+  local function deep() error("deep failure") end
+
+  -- The traceback a message handler sees for an error two calls inside fn.
+  local function trace(call)
+    local ok, tb = xpcall(call, debug.traceback)
+    assert.is_false(ok)
+    return tb
+  end
+
+  it("put everything back and raise fn's error", function()
+    local sh = threadlocal.shared(support.unique("tb"))
+    sh.x = 0
+    local snap = threadlocal.capture(sh)
+    snap[next(snap)].x = 5
+    local tb = trace(function()
+      threadlocal.with(sh, { x = 1 }, function() deep() end)
+    end)
+    assert.matches("deep failure", tb)
+    assert.equal(0, sh.x)
+    tb = trace(function()
+      threadlocal.run(snap, function() assert(sh.x == 5); deep() end)
+    end)
+    assert.matches("deep failure", tb)
+    assert.equal(0, sh.x)
+  end)
+
+  if _VERSION == "Lua 5.4" and not jit then
+    it("keep deep and fn in the traceback on Lua 5.4", function()
+      local sh = threadlocal.shared(support.unique("tb"))
+      local function fn() deep() end
+      for _, call in ipairs {
+        function() threadlocal.with(sh, { x = 1 }, fn) end,
+        function() threadlocal.run({}, fn) end,
+      } do
+        local tb = trace(call)
+        assert.matches("in %a* ?'deep'", tb)
+        assert.matches("in function <[^>]*:" .. debug.getinfo(fn, "S").linedefined .. ">", tb)
+        assert.is_nil(sh.x)
+      end
+    end)
+
+    it("refuse a yield inside fn, and put everything back when the coroutine closes", function()
+      local sh = threadlocal.shared(support.unique("yield"))
+      for _, call in ipairs {
+        function() return threadlocal.with(sh, { x = 1 }, coroutine.yield, "y") end,
+        function() return threadlocal.run({}, coroutine.yield, "y") end,
+      } do
+        local co = coroutine.create(call)
+        local ok, err = coroutine.resume(co)
+        assert.is_false(ok)
+        assert.matches("attempt to yield across a C%-call boundary", err)
+        -- A coroutine that ends with an error keeps its stack until it is closed.
+        coroutine.close(co)
+        assert.is_nil(sh.x)
+      end
+    end)
+
+    it("return fn's results and close the scope", function()
+      local sh = threadlocal.shared(support.unique("ret"))
+      local a, b, c = threadlocal.with(sh, { x = 1 }, function(p) return sh.x, p, nil end, "p")
+      assert.same({ 1, "p" }, { a, b })
+      assert.is_nil(c)
+      assert.is_nil(sh.x)
+      assert.same({ 3, 4 }, { threadlocal.run({}, function(...) return ... end, 3, 4) })
+    end)
+  end
+end)

@@ -21,6 +21,7 @@ typedef struct tl_scope {
   uint64_t owner; /* id of the thread that opened it */
   uint64_t run;   /* the run whose snapshot held sl when it was opened, or 0 */
   int closed;
+  int with;        /* with's own: on close, ends what fn left (tl_with) */
   size_t n;        /* fields replaced */
   tl_sloc *sl;     /* NULL for a Local */
   tl_saved *saved; /* shared locals */
@@ -232,11 +233,23 @@ static tl_scope *tl_checkscope(lua_State *L) {
   return (tl_scope *)tl_checkud(L, 1, tl_scope_tag, sizeof(tl_scope));
 }
 
+static void tl_scope_forget(tl_scope *sc);
+
 /* scope:close(): restores what the scope replaced; a second call does nothing. */
 static int tl_scope_close(lua_State *L) {
   tl_scope *sc = tl_checkscope(L);
   int top = lua_gettop(L);
   if (sc->closed) return 0;
+  if (sc->with) {
+    tl_scope *s;
+    if (sc->owner != tl_myid) { /* fn released the thread: nothing to put back */
+      tl_scope_forget(sc);
+      return 0;
+    }
+    /* Scopes that fn left open end with it (an error skips their close):
+    ** they put nothing back, since this one restores what came before. */
+    while ((s = tl_scope_newer(sc)) != NULL) tl_scope_forget(s);
+  }
   if (sc->owner != tl_myid)
     tl_error(L, "threadlocal: scope closed on another thread than the one that opened it");
   if (sc->sl != NULL) {
@@ -316,25 +329,18 @@ static void tl_scope_pushmeta(lua_State *L) {
 /* threadlocal.with(loc, fields, fn, ...): fn(...) inside a scope. */
 static int tl_with(lua_State *L) {
   int status;
-  uint64_t id;
   tl_checkkind(L, TL_KLOCAL | TL_KSHARED, "threadlocal.local or threadlocal.shared");
   luaL_checktype(L, 2, LUA_TTABLE); /* in order: the first bad one is blamed */
   luaL_checktype(L, 3, LUA_TFUNCTION);
   tl_scope_open(L);         /* loc fields fn args... scope */
   lua_replace(L, 1);        /* scope fields fn args... */
   lua_remove(L, 2);         /* scope fn args... */
-  id = tl_myid;
-  status = lua_pcall(L, lua_gettop(L) - 2, LUA_MULTRET, 0);
-  if (tl_myid != id)        /* fn released the thread: nothing to put back */
-    tl_scope_forget((tl_scope *)lua_touserdata(L, 1));
-  else {
-    tl_scope *sc = (tl_scope *)lua_touserdata(L, 1), *s;
-    /* Scopes that fn left open end with it (an error skips their close):
-    ** they put nothing back, since this one restores what came before. */
-    while ((s = tl_scope_newer(sc)) != NULL) tl_scope_forget(s);
+  ((tl_scope *)lua_touserdata(L, 1))->with = 1;
+  status = tl_guardcall(L, 1, lua_gettop(L) - 2);
+  if (status != TL_GUARD_CLOSES) {
     tl_scope_close(L);      /* leaves the stack as it was */
+    if (status != 0) tl_raise(L);
   }
-  if (status != 0) tl_raise(L);
   return lua_gettop(L) - 1;
 }
 
@@ -352,6 +358,8 @@ typedef struct tl_guard {
   tl_snap *snap, *own;
   tl_tab *clone;
   tl_shslot *aside; /* run: the thread's own fields while fn runs (still its own) */
+  size_t n;         /* run: entries of aside */
+  uint64_t id;      /* run: the id of the thread that runs fn */
 } tl_guard;
 
 static const char tl_guard_tag[] = TL_GUARD_MT;
@@ -369,6 +377,34 @@ static int tl_guard_gc(lua_State *L) {
   return 0;
 }
 
+/*
+** The end of threadlocal.run: puts the thread's own fields back (when fn did
+** not release the thread) and frees the snapshot.  Called once fn returns
+** or raises; on 5.4 as the guard's __close, which does nothing after the
+** first time.
+*/
+static void tl_run_end(tl_guard *g) {
+  tl_thread *t = tl_me;
+  size_t i;
+  if (!g->busy) return;
+  g->busy = 0;
+  if (t != NULL && t->id == g->id)
+    tl_snap_swapback(t, g->aside, g->n);
+  else /* fn released the thread: its own fields went with its old id */
+    for (i = 0; i < g->n; i++)
+      if (g->aside[i].fields != NULL) tl_tab_free(g->aside[i].fields);
+  tl_free(g->aside);
+  tl_snap_free(g->snap); /* its tables were moved in */
+  g->aside = NULL;
+  g->snap = NULL;
+}
+
+static int tl_guard_close(lua_State *L) {
+  tl_guard *g = (tl_guard *)tl_testud(L, 1, tl_guard_tag, sizeof *g);
+  if (g != NULL) tl_run_end(g);
+  return 0;
+}
+
 /* Pushes an empty guard.  [-0, +1] */
 static tl_guard *tl_newguard(lua_State *L) {
   tl_guard *g = (tl_guard *)tl_newud(L, sizeof *g, 0);
@@ -377,9 +413,13 @@ static tl_guard *tl_newguard(lua_State *L) {
   g->snap = g->own = NULL;
   g->clone = NULL;
   g->aside = NULL;
+  g->n = 0;
+  g->id = 0;
   if (luaL_newmetatable(L, TL_GUARD_MT)) {
     lua_pushcfunction(L, tl_guard_gc);
     lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, tl_guard_close);
+    lua_setfield(L, -2, "__close");
   }
   lua_setmetatable(L, -2);
   return g;
@@ -431,7 +471,7 @@ static int tl_capture(lua_State *L) {
 */
 static int tl_run(lua_State *L) {
   tl_thread *t = tl_self(L);
-  uint64_t id = t->id, run;
+  uint64_t run;
   tl_guard *g;
   size_t n = 0, i = 0;
   int status;
@@ -464,19 +504,14 @@ static int tl_run(lua_State *L) {
   run = ++t->clock;
   tl_snap_swapin(t, g->snap, run, g->aside); /* nothing below fails until fn */
   lua_remove(L, 2);                 /* guard fn args... */
-  g->busy = 1; /* until fn returns: lua_pcall catches every error */
-  status = lua_pcall(L, lua_gettop(L) - 2, LUA_MULTRET, 0);
-  g->busy = 0;
-  if (t->id == id)
-    tl_snap_swapback(t, g->aside, n);
-  else /* fn released the thread: its own fields went with its old id */
-    for (i = 0; i < n; i++)
-      if (g->aside[i].fields != NULL) tl_tab_free(g->aside[i].fields);
-  tl_free(g->aside);
-  tl_snap_free(g->snap); /* its tables were moved in */
-  g->aside = NULL;
-  g->snap = NULL;
-  if (status != 0) tl_raise(L);
+  g->n = n;
+  g->id = t->id;
+  g->busy = 1; /* until fn ends: the guard's __gc leaves it, its __close ends it */
+  status = tl_guardcall(L, 1, lua_gettop(L) - 2);
+  if (status != TL_GUARD_CLOSES) {
+    tl_run_end(g);
+    if (status != 0) tl_raise(L);
+  }
   return lua_gettop(L) - 1;
 }
 

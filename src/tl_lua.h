@@ -80,6 +80,26 @@ static int tl_cpcall(lua_State *L, lua_CFunction f, void *ud) {
 #endif
 
 /*
+** with and run call fn with the value at slot `guard` (the scope, the run's
+** guard) ready to undo what they set.  On 5.4 fn runs unprotected, with the
+** guard to-be-closed: its __close undoes, on return and on error, and an
+** error keeps fn's frames for the caller's message handler.  lua_call has
+** no continuation, so a yield inside fn still raises.  Before 5.4 fn runs
+** under lua_pcall and the caller undoes.  Returns TL_GUARD_CLOSES, or
+** lua_pcall's status.
+*/
+#define TL_GUARD_CLOSES (-1)
+#if LUA_VERSION_NUM >= 504
+static int tl_guardcall(lua_State *L, int guard, int nargs) {
+  lua_toclose(L, guard);
+  lua_call(L, nargs, LUA_MULTRET);
+  return TL_GUARD_CLOSES;
+}
+#else
+#define tl_guardcall(L, guard, nargs) lua_pcall(L, nargs, LUA_MULTRET, 0)
+#endif
+
+/*
 ** 64-bit integers: thread ids and slab slots are table keys.  5.3 has
 ** integers; before, a number is an integer if it has an exact integer
 ** value, so C hosts see 3 as an integer on every version.
