@@ -230,3 +230,28 @@ describe("with and run on an error in fn", function()
     end)
   end
 end)
+
+describe("a Local's values handed to another thread of the same state", function()
+  it("arrive there with fields and with, and leave that thread as it was", function()
+    local tl = threadlocal.new()
+    local shared_table = { n = 1 }
+    tl.user, tl.obj = "alice", shared_table
+    local main_id = threadlocal.id()
+    local worker = helper.worker()
+    worker:run(function() tl.user = "worker's own" end)
+    -- The recipe: copy on the sending thread, install around fn on the other.
+    local vals = threadlocal.fields(tl)
+    local id, user, same, after = worker:run(function()
+      local i, u, s = threadlocal.with(tl, vals, function()
+        return threadlocal.id(), tl.user, tl.obj == shared_table
+      end)
+      return i, u, s, tl.user
+    end)
+    worker:stop()
+    assert.is_not.equal(main_id, id)
+    assert.equal("alice", user)
+    assert.is_true(same) -- the same state: values arrive as they are, tables not copied
+    assert.equal("worker's own", after)
+    assert.equal("alice", tl.user)
+  end)
+end)
