@@ -14,9 +14,11 @@
 #   make bench           the access costs against their targets: README, Speed
 #                        (LUA=luajit works)
 #   make embed           rewrite src/tl_embedded.h after changing lua/
+#   make dist            the release from HEAD under dist/: tarball, rockspec,
+#                        .src.rock, SHA256SUMS (docs/release.md)
 #
 # A packager can override LUA, LUA_INCDIR, PREFIX, DESTDIR, LUA_CMODDIR,
-# LUA_LDIR, INCDIR, LIBDIR, PKGCONFIGDIR, CMAKEDIR, CC, CFLAGS, LIBFLAG,
+# LUA_LDIR, INCDIR, LIBDIR, PKGCONFIGDIR, CMAKEDIR, TYPESDIR, CC, CFLAGS, LIBFLAG,
 # LDFLAGS and AR.  LUA names the interpreter: lua5.1 ... lua5.4, luajit.
 
 LUA ?= lua5.4
@@ -37,6 +39,7 @@ INCDIR ?= $(PREFIX)/include
 LIBDIR ?= $(PREFIX)/lib
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 CMAKEDIR ?= $(LIBDIR)/cmake/threadlocal
+TYPESDIR ?= $(PREFIX)/share/threadlocal/types
 
 CC ?= cc
 CFLAGS ?= -O2 -g
@@ -57,6 +60,9 @@ STATIC = $(BUILD)/libthreadlocal.a
 VERSION := $(shell awk '/^\#define THREADLOCAL_VERSION_(MAJOR|MINOR|PATCH) /{v = v (v == "" ? "" : ".") $$3} END{print v}' src/threadlocal.h)
 # The pure-Lua companion modules, installed under $(LUA_LDIR) by sub-path.
 LUA_MODULES := $(shell find lua -name '*.lua' -type f 2>/dev/null | sort)
+# The LuaLS type files, installed under $(TYPESDIR) (off package.path, where
+# a types/threadlocal.lua would hide the C module) when the tree has them.
+TYPES := $(shell find types -type f 2>/dev/null | sort)
 
 ALL_CFLAGS = $(WARNFLAGS) $(CFLAGS) -fPIC -I$(LUA_INCDIR) -Isrc
 
@@ -66,7 +72,7 @@ ALL_CFLAGS = $(WARNFLAGS) $(CFLAGS) -fPIC -I$(LUA_INCDIR) -Isrc
 SRC = src/threadlocal.c
 SRC_PARTS = $(wildcard src/*.c src/*.h)
 
-.PHONY: all static helper reliability examples bench check deps-bench install uninstall demo test quick deps-demo deps-test clean embed
+.PHONY: all static helper reliability examples bench check deps-bench install uninstall demo test quick deps-demo deps-test clean embed dist
 
 all: $(MODULE)
 
@@ -177,6 +183,10 @@ install: $(MODULE) $(STATIC)
 		d=$(DESTDIR)$(LUA_LDIR)/$$(dirname "$${f#lua/}"); \
 		install -d "$$d" && install -m 0644 "$$f" "$$d/" || exit 1; \
 	done
+	for f in $(TYPES); do \
+		d=$(DESTDIR)$(TYPESDIR)/$$(dirname "$${f#types/}"); \
+		install -d "$$d" && install -m 0644 "$$f" "$$d/" || exit 1; \
+	done
 
 # Removes the files install put, then the directories that are threadlocal's
 # own (the CMake package's and those of lua/) if they are left empty.
@@ -184,15 +194,25 @@ uninstall:
 	rm -f $(DESTDIR)$(LUA_CMODDIR)/threadlocal.so $(DESTDIR)$(INCDIR)/threadlocal.h \
 		$(DESTDIR)$(LIBDIR)/libthreadlocal.a $(DESTDIR)$(PKGCONFIGDIR)/threadlocal.pc \
 		$(addprefix $(DESTDIR)$(CMAKEDIR)/,$(CMAKE_FILES)) \
-		$(patsubst lua/%,$(DESTDIR)$(LUA_LDIR)/%,$(LUA_MODULES))
+		$(patsubst lua/%,$(DESTDIR)$(LUA_LDIR)/%,$(LUA_MODULES)) \
+		$(patsubst types/%,$(DESTDIR)$(TYPESDIR)/%,$(TYPES))
 	rmdir $(DESTDIR)$(CMAKEDIR) 2>/dev/null || true
 	for d in $$(find lua -mindepth 1 -type d 2>/dev/null | sort -r); do \
 		rmdir "$(DESTDIR)$(LUA_LDIR)/$${d#lua/}" 2>/dev/null || true; \
 	done
+	for d in $$(find types -mindepth 1 -type d 2>/dev/null | sort -r); do \
+		rmdir "$(DESTDIR)$(TYPESDIR)/$${d#types/}" 2>/dev/null || true; \
+	done
+	rmdir $(DESTDIR)$(TYPESDIR) $(DESTDIR)$(PREFIX)/share/threadlocal 2>/dev/null || true
 
 # After changing lua/: rewrites src/tl_embedded.h, which make test checks.
 embed:
 	sh tools/embed.sh >src/tl_embedded.h.new && mv src/tl_embedded.h.new src/tl_embedded.h
+
+# The release from the committed tree: dist/threadlocal-$(VERSION).tar.gz,
+# its rockspec, the .src.rock and SHA256SUMS (docs/release.md).
+dist:
+	@sh tools/dist.sh dist
 
 deps-demo:
 	@sh tools/deps.sh demo
