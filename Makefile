@@ -210,9 +210,10 @@ embed:
 	sh tools/embed.sh >src/tl_embedded.h.new && mv src/tl_embedded.h.new src/tl_embedded.h
 
 # The release from the committed tree: dist/threadlocal-$(VERSION).tar.gz,
-# its rockspec, the .src.rock and SHA256SUMS (docs/release.md).
+# its rockspec, the .src.rock and SHA256SUMS (docs/release.md).  HOMEPAGE=URL
+# goes into the rockspec.
 dist:
-	@sh tools/dist.sh dist
+	@HOMEPAGE='$(HOMEPAGE)' sh tools/dist.sh dist
 
 deps-demo:
 	@sh tools/deps.sh demo

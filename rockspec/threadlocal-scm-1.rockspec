@@ -17,17 +17,23 @@ dependencies = {
    "lua >= 5.1, < 5.5",
 }
 build = {
-   type = "builtin",
-   modules = {
-      threadlocal = {
-         sources = { "src/threadlocal.c" },
-         incdirs = { "src" },
-         libraries = { "pthread", "dl" },
-      },
-      ["threadlocal.context"] = "lua/threadlocal/context.lua",
+   -- The Makefile builds threadlocal.so, which holds threadlocal.context
+   -- (in package.preload once the module opens; luaopen_threadlocal_context
+   -- serves a require made first).  The builtin backend would also install
+   -- lua/, whose jit.lua is internal.  -B: build/luarocks may hold a build
+   -- for another Lua.
+   type = "make",
+   build_target = "-B all",
+   build_variables = {
+      BUILD = "build/luarocks",
+      CFLAGS = "$(CFLAGS)",
+      LIBFLAG = "$(LIBFLAG)",
+      LUA_INCDIR = "$(LUA_INCDIR)",
    },
+   install_pass = false,
    install = {
-      -- For C hosts that embed the module.
-      conf = { ["threadlocal.h"] = "src/threadlocal.h" },
+      lib = { threadlocal = "build/luarocks/threadlocal.so" },
    },
+   -- C hosts that embed the module use make install or CMake, which install
+   -- threadlocal.h, libthreadlocal.a and threadlocal.pc (docs/release.md).
 }

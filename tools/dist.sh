@@ -7,14 +7,17 @@
 # X.Y.Z is THREADLOCAL_VERSION_* of HEAD's src/threadlocal.h.
 # Usage: sh tools/dist.sh [DIR]   (default dist; emptied first)
 # The rockspec's source.url is the tarball's name: LuaRocks finds it next to
-# the rockspec, and the .src.rock carries it.  HOMEPAGE sets its homepage.
+# the rockspec, and the .src.rock carries it.  HOMEPAGE=URL gives it a
+# homepage (none without).
 set -eu
 cd "$(dirname "$0")/.."
 dir=${1:-dist}
 die() { echo "make dist: $*" >&2; exit 1; }
 
 git rev-parse -q --verify HEAD >/dev/null || die "needs a git checkout with a commit"
-command -v luarocks >/dev/null 2>&1 || die "needs luarocks (for the .src.rock)"
+for tool in luarocks zip md5sum sha256sum; do
+  command -v $tool >/dev/null 2>&1 || die "needs $tool"
+done
 # Only what is committed goes in: say so when the tree differs.
 if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
   echo "make dist: uncommitted changes are not in the release (it is HEAD)" >&2
@@ -26,7 +29,7 @@ echo "$version" | grep -Eqx '[0-9]+\.[0-9]+\.[0-9]+' || die "no version in HEAD'
 name=threadlocal-$version
 rock=$name-1
 url=$name.tar.gz
-homepage=${HOMEPAGE:-https://threadlocal.invalid/}
+homepage=${HOMEPAGE:-}
 
 rm -rf "$dir"
 mkdir -p "$dir"
@@ -35,8 +38,9 @@ dir=$(cd "$dir" && pwd)
 # gzip -n leaves out a timestamp: the same commit makes the same tarball.
 git archive --format=tar --prefix="$name/" HEAD | gzip -9n >"$dir/$name.tar.gz"
 
-# LuaRocks checks source.md5; types/ (LuaLS files) goes in the rock when the
-# release has it, as LuaRocks fails on a copy_directories entry that is missing.
+# LuaRocks checks source.md5.  types/ (LuaLS files) goes in the rock when
+# the release has it: LuaRocks fails on a copy_directories entry that is
+# missing.  The template's opening comment is left out.
 md5=$(md5sum "$dir/$name.tar.gz" | cut -d' ' -f1)
 dirs='"docs"'
 if git cat-file -e HEAD:types 2>/dev/null; then dirs="$dirs, \"types\""; fi
@@ -44,14 +48,21 @@ git show HEAD:rockspec/threadlocal.rockspec.in >"$dir/$rock.rockspec.in" ||
   die "no rockspec/threadlocal.rockspec.in in HEAD"
 sed -e "s|@VERSION@|$version|g" -e "s|@URL@|$url|g" -e "s|@MD5@|$md5|g" \
   -e "s|@HOMEPAGE@|$homepage|g" -e "s|@COPY_DIRECTORIES@|$dirs|g" \
-  "$dir/$rock.rockspec.in" >"$dir/$rock.rockspec"
+  "$dir/$rock.rockspec.in" | sed -e '/^rockspec_format/,$!d' -e '/homepage = ""/d' \
+  >"$dir/$rock.rockspec"
 rm -f "$dir/$rock.rockspec.in"
 if grep -q '@[A-Z_]*@' "$dir/$rock.rockspec"; then die "a placeholder is left in $rock.rockspec"; fi
 
-# pack finds the tarball next to the rockspec (a relative source.url names
-# a file in the current directory) and puts both in the .src.rock.
-(cd "$dir" && luarocks pack "$rock.rockspec" >/dev/null) || die "luarocks pack failed"
+# luarocks pack fetches the source from a scratch directory, where only an
+# absolute file:// URL finds it.  It packs a copy that says so, then the
+# rockspec itself replaces that copy in the rock.
+mkdir "$dir/pack"
+sed "s|^   url = .*|   url = \"file://$dir/$url\",|" "$dir/$rock.rockspec" >"$dir/pack/$rock.rockspec"
+(cd "$dir" && luarocks pack "pack/$rock.rockspec" >/dev/null) || die "luarocks pack failed"
+(cd "$dir" && zip -q "$rock.src.rock" "$rock.rockspec") || die "zip failed"
+rm -rf "$dir/pack"
 [ -f "$dir/$rock.src.rock" ] || die "luarocks pack made no $rock.src.rock"
 
 (cd "$dir" && sha256sum "$name.tar.gz" "$rock.rockspec" "$rock.src.rock" >SHA256SUMS)
+[ -n "$homepage" ] || echo "make dist: no HOMEPAGE given: the rockspec has no homepage" >&2
 echo "make dist: $dir/{$name.tar.gz,$rock.rockspec,$rock.src.rock,SHA256SUMS}"
