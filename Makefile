@@ -211,9 +211,10 @@ embed:
 
 # The release from the committed tree: dist/threadlocal-$(VERSION).tar.gz,
 # its rockspec, the .src.rock and SHA256SUMS (docs/release.md).  HOMEPAGE=URL
-# goes into the rockspec.
+# goes into the rockspec; DIST=DIR writes elsewhere.
+DIST ?= dist
 dist:
-	@HOMEPAGE='$(HOMEPAGE)' sh tools/dist.sh dist
+	@HOMEPAGE='$(HOMEPAGE)' sh tools/dist.sh '$(DIST)'
 
 deps-demo:
 	@sh tools/deps.sh demo

@@ -5,7 +5,7 @@
 #   DIR/threadlocal-X.Y.Z-1.src.rock      luarocks pack of that rockspec
 #   DIR/SHA256SUMS
 # X.Y.Z is THREADLOCAL_VERSION_* of HEAD's src/threadlocal.h.
-# Usage: sh tools/dist.sh [DIR]   (default dist; emptied first)
+# Usage: sh tools/dist.sh [DIR]   (default dist)
 # The rockspec's source.url is the tarball's name: LuaRocks finds it next to
 # the rockspec, and the .src.rock carries it.  HOMEPAGE=URL gives it a
 # homepage (none without).
@@ -31,9 +31,9 @@ rock=$name-1
 url=$name.tar.gz
 homepage=${HOMEPAGE:-}
 
-rm -rf "$dir"
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
+rm -f "$dir/$name.tar.gz" "$dir/$rock.rockspec" "$dir/$rock.src.rock" "$dir/SHA256SUMS"
 
 # gzip -n leaves out a timestamp: the same commit makes the same tarball.
 git archive --format=tar --prefix="$name/" HEAD | gzip -9n >"$dir/$name.tar.gz"
@@ -56,11 +56,11 @@ if grep -q '@[A-Z_]*@' "$dir/$rock.rockspec"; then die "a placeholder is left in
 # luarocks pack fetches the source from a scratch directory, where only an
 # absolute file:// URL finds it.  It packs a copy that says so, then the
 # rockspec itself replaces that copy in the rock.
-mkdir "$dir/pack"
-sed "s|^   url = .*|   url = \"file://$dir/$url\",|" "$dir/$rock.rockspec" >"$dir/pack/$rock.rockspec"
-(cd "$dir" && luarocks pack "pack/$rock.rockspec" >/dev/null) || die "luarocks pack failed"
+pack=$(mktemp -d "$dir/.pack.XXXXXX")
+trap 'rm -rf "$pack"' EXIT
+sed "s|^   url = .*|   url = \"file://$dir/$url\",|" "$dir/$rock.rockspec" >"$pack/$rock.rockspec"
+(cd "$dir" && luarocks pack "$pack/$rock.rockspec" >/dev/null) || die "luarocks pack failed"
 (cd "$dir" && zip -q "$rock.src.rock" "$rock.rockspec") || die "zip failed"
-rm -rf "$dir/pack"
 [ -f "$dir/$rock.src.rock" ] || die "luarocks pack made no $rock.src.rock"
 
 (cd "$dir" && sha256sum "$name.tar.gz" "$rock.rockspec" "$rock.src.rock" >SHA256SUMS)
