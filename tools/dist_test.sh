@@ -77,6 +77,17 @@ tree="$tmp/rocks"
   --tree "$tree" CFLAGS="-O0 -fPIC") >"$tmp/rock.log" 2>&1 &
 rock_pid=$!
 
+# luarocks make in a checkout builds as the release does.
+log="$tmp/scm.log"
+build_table() { sed -n '/^build = {/,$p' "$1" | grep -v 'copy_directories'; }
+if build_table rockspec/threadlocal-scm-1.rockspec >"$tmp/scm-build" &&
+  build_table "$dist/$rock.rockspec" >"$tmp/release-build" &&
+  diff "$tmp/scm-build" "$tmp/release-build" >"$log" 2>&1; then
+  ok "the scm rockspec's build table is the release rockspec's"
+else
+  fail "the scm rockspec's build table is the release rockspec's" "$log"
+fi
+
 # requires_ok NAME PATH CPATH [JIT]: lua5.4 requires threadlocal (the C
 # module, though a threadlocal.lua might be on PATH) and threadlocal.context,
 # in both orders; with JIT, require "threadlocal.jit" must fail.
