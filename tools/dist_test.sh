@@ -178,7 +178,7 @@ if wait $rock_pid; then
       "$log"
   fi
   if git cat-file -e HEAD:types 2>/dev/null; then
-    if [ -d "$tree/lib/luarocks/rocks-5.4/threadlocal/$rock/types" ]; then
+    if [ -d "$tree/lib/luarocks/rocks-5.4/threadlocal/$version-1/types" ]; then
       ok "the rock copies types/ into its directory"
     else
       fail "the rock copies types/ into its directory"
