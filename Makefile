@@ -2,7 +2,8 @@
 #
 #   make                 build build/$(LUA)/threadlocal.so
 #   make install         install the module, threadlocal.h, libthreadlocal.a,
-#                        threadlocal.pc, the CMake package and lua/ under $(PREFIX)
+#                        threadlocal.pc, the CMake package, lua/ and types/
+#                        (LuaLS files, when present) under $(PREFIX)
 #   make uninstall       remove what make install put
 #   make demo            install what is missing, build, run the demos
 #   make test            install what is missing, build, run every test on
@@ -18,8 +19,8 @@
 #                        .src.rock, SHA256SUMS (docs/release.md)
 #
 # A packager can override LUA, LUA_INCDIR, PREFIX, DESTDIR, LUA_CMODDIR,
-# LUA_LDIR, INCDIR, LIBDIR, PKGCONFIGDIR, CMAKEDIR, TYPESDIR, CC, CFLAGS, LIBFLAG,
-# LDFLAGS and AR.  LUA names the interpreter: lua5.1 ... lua5.4, luajit.
+# LUA_LDIR, INCDIR, LIBDIR, PKGCONFIGDIR, CMAKEDIR, TYPESDIR, CC, CFLAGS,
+# LIBFLAG, LDFLAGS and AR.  LUA names the interpreter: lua5.1 ... lua5.4, luajit.
 
 LUA ?= lua5.4
 ifeq ($(LUA),luajit)
@@ -189,7 +190,7 @@ install: $(MODULE) $(STATIC)
 	done
 
 # Removes the files install put, then the directories that are threadlocal's
-# own (the CMake package's and those of lua/) if they are left empty.
+# own (the CMake package's, those of lua/ and types/) if they are left empty.
 uninstall:
 	rm -f $(DESTDIR)$(LUA_CMODDIR)/threadlocal.so $(DESTDIR)$(INCDIR)/threadlocal.h \
 		$(DESTDIR)$(LIBDIR)/libthreadlocal.a $(DESTDIR)$(PKGCONFIGDIR)/threadlocal.pc \
