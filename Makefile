@@ -14,7 +14,8 @@
 #   make check           make test with bigger slow checks (stress x10, churn x3)
 #   make bench           the access costs against their targets: README, Speed
 #                        (LUA=luajit works)
-#   make embed           rewrite src/tl_embedded.h after changing lua/
+#   make embed           rewrite src/tl_embedded.h after changing lua/ or
+#                        src/tl_jit.lua
 #   make dist            the release from HEAD under dist/: tarball, rockspec,
 #                        .src.rock, SHA256SUMS (docs/release.md)
 #
@@ -69,7 +70,7 @@ ALL_CFLAGS = $(WARNFLAGS) $(CFLAGS) -fPIC -I$(LUA_INCDIR) -Isrc
 
 # The module is one translation unit, src/threadlocal.c, which includes the
 # other parts in src/ (see its first comment) and builds in the Lua
-# companions under lua/ from src/tl_embedded.h (make embed writes it).
+# companions (lua/, src/tl_jit.lua) from src/tl_embedded.h (make embed).
 SRC = src/threadlocal.c
 SRC_PARTS = $(wildcard src/*.c src/*.h)
 
@@ -206,7 +207,8 @@ uninstall:
 	done
 	rmdir $(DESTDIR)$(TYPESDIR) $(DESTDIR)$(PREFIX)/share/threadlocal 2>/dev/null || true
 
-# After changing lua/: rewrites src/tl_embedded.h, which make test checks.
+# After changing lua/ or src/tl_jit.lua: rewrites src/tl_embedded.h, which
+# make test checks.
 embed:
 	sh tools/embed.sh >src/tl_embedded.h.new && mv src/tl_embedded.h.new src/tl_embedded.h
 

@@ -1,5 +1,5 @@
 -- LuaJIT with the JIT on: a Local's __index and __newindex are Lua closures
--- (lua/threadlocal/jit.lua) that compile into traces.  Elsewhere they are the C
+-- (src/tl_jit.lua) that compile into traces.  Elsewhere they are the C
 -- closures, as before.
 local threadlocal = require "threadlocal"
 local helper = require "tlhelper"
@@ -59,8 +59,9 @@ end)
 if not jit_on then return end
 
 -- Counts the trace aborts while f(...) runs (jit.attach "trace" events) in
--- the loops of this file or in lua/threadlocal/jit.lua.  A trace that busted's
--- own code started before may abort there meanwhile: it is not counted.
+-- the loops of this file or in src/tl_jit.lua (whose chunk name is still
+-- "@lua/threadlocal/jit.lua").  A trace that busted's own code started
+-- before may abort there meanwhile: it is not counted.
 local funcinfo = require("jit.util").funcinfo
 local function ours(fn)
   local source = funcinfo(fn).source or ""

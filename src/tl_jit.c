@@ -5,7 +5,7 @@
 ** section "LuaJIT".
 **
 ** Locals made while the JIT is on, and shared locals once read often with it
-** on (TL_JIT_HOT, tl_lua.h), get the Lua functions of lua/threadlocal/jit.lua
+** on (TL_JIT_HOT, tl_lua.h), get the Lua functions of src/tl_jit.lua
 ** (built in from tl_embedded.h, loaded once per state, on first need).  Their hits
 ** call C through the FFI; their misses call the C functions below.  A
 ** Local's get_id and set_id say whose fields its closures hold, as for the C
@@ -180,7 +180,7 @@ done:
 /* A shared local's reads through the FFI                                 */
 /* ---------------------------------------------------------------------- */
 
-/* What tl_jit_skind answers; lua/threadlocal/jit.lua has the same numbers. */
+/* What tl_jit_skind answers; src/tl_jit.lua has the same numbers. */
 enum { TL_SKIND_ASK, TL_SKIND_TRUE, TL_SKIND_FALSE, TL_SKIND_NIL };
 
 /*
@@ -397,7 +397,7 @@ static int tl_jit_on(lua_State *L) {
   return on;
 }
 
-/* With the JIT on: pushes the table lua/threadlocal/jit.lua returns and
+/* With the JIT on: pushes the table src/tl_jit.lua returns and
 ** returns 1 when the FFI is there; else pushes nothing, returns 0.  st: the
 ** index of the tl_state, whose user value TL_STATE_JIT caches it (false: no
 ** FFI). */

@@ -202,7 +202,7 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 **     upvalue 2  TL_UP_FIELDS  the fields table of the thread in get_id/set_id
 **     upvalue 3  TL_UP_SELF    the Local
 **     upvalue 4  TL_UP_MAP     the Local's TL_LOCAL_MAP, for the slow path
-**   or, made while LuaJIT's JIT is on, Lua closures (lua/threadlocal/jit.lua,
+**   or, made while LuaJIT's JIT is on, Lua closures (src/tl_jit.lua,
 **   whose bodies name these first, in this order; see tl_jit.c):
 **     upvalue 1  TL_JIT_UP_FIELDS  the fields table, as TL_UP_FIELDS
 **     upvalue 2  TL_JIT_UP_ID      the number get_id/set_id, -1 for none
@@ -215,7 +215,7 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 **   TL_STATE_BYTHREAD  thread id -> weak set of Locals holding its fields
 **   TL_STATE_SENTINEL  metatable of the per-cycle GC sentinel
 **   TL_STATE_PROXIES   weak: slab slot + 1 -> a proxy of that slot
-**   TL_STATE_JIT       what lua/threadlocal/jit.lua returns, false without
+**   TL_STATE_JIT       what src/tl_jit.lua returns, false without
 **                      the FFI (LuaJIT with the JIT on only: see tl_jit.c)
 **   TL_STATE_JITMT     the metatable of shared locals made with the JIT on:
 **                      the shared-local one with jit.lua's __index
@@ -351,13 +351,14 @@ typedef struct tl_proxy {
 } tl_proxy;
 
 /*
-** The pure-Lua files under lua/ are built into the module, so that a host
-** that links only the C sources gets them too, from one source of truth:
-** tl_embedded.h holds their bytes as C arrays, so any C11 compiler builds
-** them in.  tools/embed.sh writes it from lua/ (make embed); make test
-** fails when it differs from lua/.  -DTL_NO_EMBED leaves threadlocal.context
-** to package.path, where the rockspec and make install put it too, and
-** Locals and shared locals to their C metamethods.
+** The public lua/threadlocal/context.lua and the internal src/tl_jit.lua
+** are built into the module, so that a host that links only the C sources
+** gets them too, from one source of truth: tl_embedded.h holds their bytes
+** as C arrays, so any C11 compiler builds them in.  tools/embed.sh writes
+** it (make embed); make test fails when it differs from them.
+** -DTL_NO_EMBED leaves threadlocal.context to package.path (make install,
+** CMake and a rock's builtin build install lua/ there), and Locals and
+** shared locals to their C metamethods.  tl_jit.lua is never installed.
 */
 #ifndef TL_NO_EMBED
 #define TL_EMBED 1
@@ -367,11 +368,11 @@ typedef struct tl_proxy {
 /*
 ** Under LuaJIT (whose headers say 5.1), Locals made while the JIT is on,
 ** and shared locals read TL_JIT_HOT times through the C __index, the last
-** time with the JIT on, get the Lua metamethods of lua/threadlocal/jit.lua
+** time with the JIT on, get the Lua metamethods of src/tl_jit.lua
 ** (tl_jit.c).  LuaJIT starts recording a loop after hotloop iterations
 ** (56 by default), so a loop over a shared local has switched by then; a
 ** state that reads it a few times, as a state per request does, never
-** loads jit.lua.
+** loads tl_jit.lua.
 */
 #if LUA_VERSION_NUM == 501 && defined(TL_EMBED)
 #define TL_JIT 1

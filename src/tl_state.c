@@ -16,6 +16,8 @@ static TL_NORETURN void tl_raise(lua_State *L) { /* the value on top */
   tl_unreachable();
 }
 
+/* The chunk name of src/tl_jit.lua.  It keeps the name the file had under
+** lua/, so error positions and tracebacks read as before. */
 #define TL_JIT_CHUNK "@lua/threadlocal/jit.lua"
 
 /* Pushes msg after the caller's position, as luaL_error does.  When the

@@ -7,7 +7,7 @@
 -- the factory of a Local's metamethods, shared_index = a shared local's
 -- __index }, or false without the FFI.
 local internals = select(3, ...)
--- Required on its own (it is installed with lua/), it has nothing to offer.
+-- Loaded on its own (it is built in, never installed), it returns nothing useful.
 if type(internals) ~= "table" then return nil end
 
 local ok, ffi = pcall(require, "ffi")
