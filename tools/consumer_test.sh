@@ -13,6 +13,16 @@ dir=${1:-build/consumer}
 rm -rf "$dir"
 mkdir -p "$dir" || exit 1
 dir=$(cd "$dir" && pwd)
+# The installs must carry types/ (LuaLS files).  A tree without it is tested
+# from a copy of its files, given a two-file stand-in.
+if [ ! -d types ]; then
+  git ls-files -co --exclude-standard | while read -r f; do [ -f "$f" ] && echo "$f"; done |
+    tar -cf - -T - | (mkdir -p "$dir/tree" && tar -xf - -C "$dir/tree") || exit 1
+  mkdir -p "$dir/tree/types/threadlocal" &&
+    printf -- '---@meta threadlocal\nreturn {}\n' >"$dir/tree/types/threadlocal.lua" &&
+    printf -- '---@meta threadlocal.context\nreturn {}\n' >"$dir/tree/types/threadlocal/context.lua" &&
+    cd "$dir/tree" || exit 1
+fi
 CC=${CC:-cc}
 LUA=lua5.4
 failed=0
@@ -85,6 +95,7 @@ installed() {
     echo "$1/lib/cmake/threadlocal/$f"
   done
   find lua -name '*.lua' -type f 2>/dev/null | sed "s|^lua/|$1/share/lua/5.4/|"
+  find types -type f 2>/dev/null | sed "s|^types/|$1/share/threadlocal/types/|"
 }
 
 # all_present PREFIX: every file of installed PREFIX is there.
@@ -102,16 +113,17 @@ if $mk install PREFIX="$prefix" DESTDIR= >"$log" 2>&1 &&
   installed "$prefix" | sort >"$dir/expected" &&
   find "$prefix" ! -type d | sort >"$dir/found" &&
   diff "$dir/expected" "$dir/found" >>"$log"; then
-  ok "make install puts the module, threadlocal.h, libthreadlocal.a, threadlocal.pc, the CMake package and lua/ under PREFIX"
+  ok "make install puts the module, threadlocal.h, libthreadlocal.a, threadlocal.pc, the CMake package, lua/ and types/ under PREFIX"
 else
-  fail "make install puts the module, threadlocal.h, libthreadlocal.a, threadlocal.pc, the CMake package and lua/ under PREFIX" "$log"
+  fail "make install puts the module, threadlocal.h, libthreadlocal.a, threadlocal.pc, the CMake package, lua/ and types/ under PREFIX" "$log"
   exit 1
 fi
 
-# Plain lua5.4 requires the module and every lua/ module from the prefix.
-log="$dir/require.log"
+# requires PREFIX: plain lua5.4 requires the module and every lua/ module
+# from PREFIX, but not the internal threadlocal.jit (built into the module).
 modules=$(find lua -name '*.lua' -type f 2>/dev/null | sed 's|^lua/||; s|\.lua$||; s|/init$||; s|/|.|g')
-if TL_PREFIX="$prefix" TL_MODULES="$modules" $LUA -e '
+requires() {
+  TL_PREFIX="$1" TL_MODULES="$modules" $LUA -e '
     local prefix = os.getenv("TL_PREFIX")
     package.path = prefix .. "/share/lua/5.4/?.lua;" .. prefix .. "/share/lua/5.4/?/init.lua"
     package.cpath = prefix .. "/lib/lua/5.4/?.so"
@@ -121,10 +133,16 @@ if TL_PREFIX="$prefix" TL_MODULES="$modules" $LUA -e '
       assert(package.searchpath(name, package.path), name .. " is not installed")
       require(name)
     end
-  ' >"$log" 2>&1; then
-  ok "lua5.4 requires threadlocal${modules:+ and }$(echo $modules | sed 's/ /, /g') from the prefix"
+    local found, err = pcall(require, "threadlocal.jit")
+    assert(not found, "require \"threadlocal.jit\" works")
+    assert(err:find("not found", 1, true), err)
+  '
+}
+log="$dir/require.log"
+if requires "$prefix" >"$log" 2>&1; then
+  ok "lua5.4 requires threadlocal${modules:+ and }$(echo $modules | sed 's/ /, /g') from the prefix, not threadlocal.jit"
 else
-  fail "lua5.4 requires threadlocal and the lua/ modules from the prefix" "$log"
+  fail "lua5.4 requires threadlocal and the lua/ modules from the prefix, not threadlocal.jit" "$log"
 fi
 
 build_pkgconfig "a host builds through make install's threadlocal.pc and runs" "$prefix/lib/pkgconfig"
@@ -156,7 +174,7 @@ else
 fi
 
 # The CMake build.
-name="cmake builds and installs the module, libthreadlocal.a, threadlocal.h, threadlocal.pc and the CMake package"
+name="cmake builds and installs the module, libthreadlocal.a, threadlocal.h, threadlocal.pc, the CMake package, lua/ and types/; not threadlocal.jit"
 log="$dir/cmake-install.log"
 cprefix="$dir/cmake-prefix"
 if ! have cmake --version; then
@@ -166,9 +184,7 @@ elif cmake -S . -B "$dir/cmake-build" -DCMAKE_INSTALL_PREFIX="$cprefix" -DCMAKE_
   cmake --build "$dir/cmake-build" >>"$log" 2>&1 &&
   cmake --install "$dir/cmake-build" >>"$log" 2>&1 &&
   all_present "$cprefix" >>"$log" &&
-  TL_PREFIX="$cprefix" $LUA -e '
-    package.path, package.cpath = "", os.getenv("TL_PREFIX") .. "/lib/lua/5.4/?.so"
-    assert(require("threadlocal").version)' >>"$log" 2>&1; then
+  requires "$cprefix" >>"$log" 2>&1; then
   ok "$name"
   build_cmake "a host builds through the CMake build's package and runs" "$cprefix"
   build_pkgconfig "a host builds through the CMake build's threadlocal.pc and runs" "$cprefix/lib/pkgconfig"
