@@ -17,23 +17,20 @@ dependencies = {
    "lua >= 5.1, < 5.5",
 }
 build = {
-   -- The Makefile builds threadlocal.so, which holds threadlocal.context
-   -- (in package.preload once the module opens; luaopen_threadlocal_context
-   -- serves a require made first).  The builtin backend would also install
-   -- lua/, whose jit.lua is internal.  -B: build/luarocks may hold a build
-   -- for another Lua.
-   type = "make",
-   build_target = "-B all",
-   build_variables = {
-      BUILD = "build/luarocks",
-      CFLAGS = "$(CFLAGS)",
-      LIBFLAG = "$(LIBFLAG)",
-      LUA_INCDIR = "$(LUA_INCDIR)",
-   },
-   install_pass = false,
-   install = {
-      lib = { threadlocal = "build/luarocks/threadlocal.so" },
+   -- threadlocal.so holds threadlocal.context too: the module puts it in
+   -- package.preload, and luaopen_threadlocal_context serves a require made
+   -- first.  Builtin also copies lua/, which holds only that public file:
+   -- the internal LuaJIT metamethods are src/tl_jit.lua, built in only.
+   type = "builtin",
+   modules = {
+      threadlocal = {
+         sources = { "src/threadlocal.c" },
+         incdirs = { "src" },
+         libraries = { "pthread", "dl" },
+      },
+      ["threadlocal.context"] = "lua/threadlocal/context.lua",
    },
    -- C hosts that embed the module use make install or CMake, which install
    -- threadlocal.h, libthreadlocal.a and threadlocal.pc (docs/release.md).
+   copy_directories = { "docs", "types" },
 }

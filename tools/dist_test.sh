@@ -124,10 +124,11 @@ if tar xzf "$dist/$name.tar.gz" -C "$src" >"$log" 2>&1 &&
     >>"$log" 2>&1; then
   ok "$name_make"
   lpath="$prefix/share/lua/5.4/?.lua;$prefix/share/lua/5.4/?/init.lua"
-  if requires_ok "make install" "$lpath" "$prefix/lib/lua/5.4/?.so"; then
-    ok "lua5.4 requires threadlocal and threadlocal.context from make install's prefix"
+  if requires_ok "make install" "$lpath" "$prefix/lib/lua/5.4/?.so" jit; then
+    ok "lua5.4 requires threadlocal and threadlocal.context from make install's prefix; threadlocal.jit is not found"
   else
-    fail "lua5.4 requires threadlocal and threadlocal.context from make install's prefix" "$log"
+    fail "lua5.4 requires threadlocal and threadlocal.context from make install's prefix; threadlocal.jit is not found" \
+      "$log"
   fi
   # LuaLS type files go off package.path, so types/threadlocal.lua cannot hide
   # the C module; a release without types/ is given a stand-in here.
@@ -162,13 +163,15 @@ fi
 name_rock="luarocks builds $rock.src.rock offline into a tree"
 if wait $rock_pid; then
   ok "$name_rock"
-  # The rock installs the module and nothing Lua could require besides.
+  # The rock installs the module and its public companion, nothing else
+  # Lua could require (the same threadlocal.context is built in).
   log="$tmp/rock-files.log"
-  if (cd "$tree" && find . -type f ! -path './lib/luarocks/*') >"$log" 2>&1 &&
-    [ "$(cat "$log")" = ./lib/lua/5.4/threadlocal.so ]; then
-    ok "the rock installs threadlocal.so and no Lua file"
+  if (cd "$tree" && find . -type f ! -path './lib/luarocks/*' | sort) >"$log" 2>&1 &&
+    [ "$(tr '\n' ' ' <"$log")" = "./lib/lua/5.4/threadlocal.so ./share/lua/5.4/threadlocal/context.lua " ] &&
+    cmp "$tree/share/lua/5.4/threadlocal/context.lua" lua/threadlocal/context.lua >>"$log" 2>&1; then
+    ok "the rock installs threadlocal.so and threadlocal/context.lua, nothing else"
   else
-    fail "the rock installs threadlocal.so and no Lua file" "$log"
+    fail "the rock installs threadlocal.so and threadlocal/context.lua, nothing else" "$log"
   fi
   if requires_ok "rock" "$tree/share/lua/5.4/?.lua;$tree/share/lua/5.4/?/init.lua" \
     "$tree/lib/lua/5.4/?.so" jit; then
