@@ -189,7 +189,7 @@ lanes_real() {
 luarocks_make() {
   name="luarocks make installs a module that lua5.4 requires from the tree"
   if ! have luarocks --version; then result SKIP luarocks "luarocks is not installed"; return; fi
-  mkdir -p "$out/rocksrc" && cp -r src rockspec lua "$out/rocksrc"/
+  mkdir -p "$out/rocksrc" && cp -r src rockspec lua docs types "$out/rocksrc"/
   check "$name" "$out/luarocks.log" sh -c '
     cd "$1" && luarocks --lua-version 5.4 make rockspec/threadlocal-scm-1.rockspec --tree "$2" &&
     LUA_PATH= LUA_CPATH="$2/lib/lua/5.4/?.so" lua5.4 -e "
@@ -199,9 +199,10 @@ luarocks_make() {
     sh "$out/rocksrc" "$(pwd)/$out/rocktree"
 }
 
-# src/tl_embedded.h must be what tools/embed.sh makes of lua/ (make embed).
+# src/tl_embedded.h must be what tools/embed.sh makes of lua/ and
+# src/tl_jit.lua (make embed).
 embedded() {
-  check "src/tl_embedded.h holds lua/threadlocal/*.lua byte for byte (else: make embed)" \
+  check "src/tl_embedded.h holds lua/threadlocal/*.lua and src/tl_jit.lua byte for byte (else: make embed)" \
     "$out/embed.log" sh -c 'sh tools/embed.sh >"$1" && diff src/tl_embedded.h "$1"' sh "$out/tl_embedded.h"
 }
 
@@ -246,6 +247,7 @@ fi
   section valgrind valgrind_specs lua5.4 --exclude-tags=nogrind,gcstorm spec
   section demos demos
   section luarocks luarocks_make
+  section dist tap_run - "$out/dist.tap" sh tools/dist_test.sh
   section consumer tap_run - "$out/consumer.tap" sh tools/consumer_test.sh "$out/consumer"
   section luacheck luacheck_all
   section embedded embedded
