@@ -1,7 +1,6 @@
 /*
 ** tl_context.c: context that travels: scopes (threadlocal.scope, with),
-** hand-off (capture, run), the task boundary (release), and the Lua
-** companion modules built into the module (threadlocal.context).  Part of
+** hand-off (capture, run) and the task boundary (release).  Part of
 ** threadlocal.c (the Lua binding).
 */
 #ifndef TL_LUA_H
@@ -520,99 +519,4 @@ static int tl_release(lua_State *L) {
   if (threadlocal_release() != THREADLOCAL_OK)
     tl_error(L, "threadlocal: release() called while an init runs on this thread");
   return 0;
-}
-
-/* threadlocal.context, built in (see TL_EMBED in tl_lua.h) and registered
-** in package.preload when the module opens. */
-#ifdef TL_EMBED
-/*
-** var:get for the built-in threadlocal.context, in C: one call finds the
-** current context (the OS thread's for the main coroutine, else the
-** coroutine's own) and reads the var in it.  Anything else (no context
-** recorded yet, the var not set, a bad self) goes to the Lua version.
-** Upvalues: by_coroutine, by_thread (by thread id), the Lua get.
-*/
-static int tl_ctx_get(lua_State *L) {
-  lua_settop(L, 2);                    /* self default */
-  if (lua_pushthread(L)) {             /* the main coroutine */
-    lua_pop(L, 1);
-    tl_rawgeti64(L, lua_upvalueindex(2), tl_myid);
-  } else
-    lua_rawget(L, lua_upvalueindex(1));
-  if (lua_istable(L, -1)) {
-    lua_pushvalue(L, 1);
-    lua_rawget(L, -2);
-    if (!lua_isnil(L, -1)) return 1;
-  }
-  lua_settop(L, 2);
-  lua_pushvalue(L, lua_upvalueindex(3));
-  lua_insert(L, 1);
-  lua_call(L, 2, 1);
-  return 1;
-}
-
-/* internals.context_getter(by_coroutine, by_thread, get) */
-static int tl_ctx_getter(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  luaL_checktype(L, 2, LUA_TTABLE);
-  luaL_checktype(L, 3, LUA_TFUNCTION);
-  lua_settop(L, 3);
-  lua_pushcclosure(L, tl_ctx_get, 3);
-  return 1;
-}
-
-/* package.preload["threadlocal.context"]: require's loader.  The chunk gets
-** require's arguments and a third: the C helpers only it may use. */
-static int tl_load_context(lua_State *L) {
-  size_t len = sizeof tl_lua_context;
-  lua_settop(L, 2);
-  if (luaL_loadbuffer(L, (const char *)tl_lua_context, len, "@lua/threadlocal/context.lua") != 0)
-    tl_raise(L);
-  lua_insert(L, 1);                         /* chunk name extra */
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, tl_ctx_getter);
-  lua_setfield(L, -2, "context_getter");    /* chunk name extra internals */
-  lua_call(L, 3, 1);
-  return 1;
-}
-#endif
-
-/* require "threadlocal.context" before require "threadlocal" finds this in
-** threadlocal.so (Lua's all-in-one searcher). */
-THREADLOCAL_API int luaopen_threadlocal_context(lua_State *L) {
-#ifdef TL_EMBED
-  return tl_load_context(L);
-#else
-  tl_error(L, "threadlocal: threadlocal.context is not built into this module");
-#endif
-}
-
-/* Registers the built-in companions in package.preload, where a package
-** library is open and the host put nothing there under their names. */
-static void tl_preload(lua_State *L) {
-#ifdef TL_EMBED
-  lua_getfield(L, LUA_REGISTRYINDEX, "_PRELOAD");     /* 5.2+, LuaJIT */
-  if (!lua_istable(L, -1)) {
-    lua_pop(L, 1);
-    lua_getglobal(L, "package");                       /* 5.1 */
-    if (lua_istable(L, -1)) {
-      lua_getfield(L, -1, "preload");
-      lua_remove(L, -2);
-    }
-  }
-  if (lua_istable(L, -1)) {
-    lua_pushliteral(L, "threadlocal.context");   /* preload name */
-    lua_pushvalue(L, -1);
-    lua_rawget(L, -3);                           /* preload name loader? */
-    if (lua_isnil(L, -1)) {
-      lua_pop(L, 1);
-      lua_pushcfunction(L, tl_load_context);
-      lua_rawset(L, -3);
-    } else
-      lua_pop(L, 2);
-  }
-  lua_pop(L, 1);
-#else
-  (void)L;
-#endif
 }

@@ -527,8 +527,4 @@ static void tl_jit_promote(lua_State *L) {
   lua_pop(L, 1);
 }
 
-#else
-
-#define tl_jit_closures(L, st, ud) 0
-
 #endif

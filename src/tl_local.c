@@ -358,3 +358,79 @@ static int tl_checkkind(lua_State *L, int kinds, const char *tname) {
   return luaL_argerror(L, 1, lua_pushfstring(L, "%s expected, got %s", tname,
                                              luaL_typename(L, 1)));
 }
+
+/* ---------------------------------------------------------------------- */
+/* Construction: threadlocal.new                                          */
+/* ---------------------------------------------------------------------- */
+
+/* Shared by every Local; each also gets its own __index and __newindex. */
+static const luaL_Reg tl_local_meta[] = {
+  {"__pairs", tl_local_pairs},
+  {"__len", tl_local_len},
+  {"__tostring", tl_local_tostring},
+  {NULL, NULL}
+};
+
+/* Sets mt[name] to a new closure f over (the state at st, no fields yet,
+** the Local at ud), and keeps it in user value uv of the Local.
+** [-0, +0] with mt on top. */
+static void tl_local_closure(lua_State *L, int st, int ud, lua_CFunction f, const char *name,
+                             int uv) {
+  lua_pushvalue(L, st);                 /* mt state */
+  tl_getuv(L, st, uv == TL_LOCAL_GET ? TL_STATE_EMPTY : TL_STATE_SINK); /* mt state fields */
+  lua_pushvalue(L, ud);                 /* mt state fields self */
+  tl_getuv(L, ud, TL_LOCAL_MAP);        /* mt state fields self map */
+  lua_pushcclosure(L, f, TL_LOCAL_NUP); /* mt f */
+  lua_pushvalue(L, -1);                 /* mt f f */
+  tl_setuv(L, ud, uv);                  /* mt f */
+  lua_setfield(L, -2, name);            /* mt */
+}
+
+static int tl_new(lua_State *L) {
+  int n = lua_gettop(L), i, st, ud;
+  tl_local *lo;
+  if (!lua_isnoneornil(L, 1))
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+  else if (n > 1)
+    tl_error(L, "threadlocal: init arguments given without an init function");
+  st = tl_pushstate(L);                                        /* args st */
+  tl_state_home(L, st);
+  tl_state_uv(L, st, TL_STATE_EMPTY);
+  tl_state_uv(L, st, TL_STATE_SINK);
+  lua_pop(L, 2);
+  lo = (tl_local *)tl_newud(L, sizeof *lo, TL_LOCAL_NUV);      /* args st ud */
+  ud = lua_gettop(L);
+  lo->tag = tl_local_tag;
+  lo->get_id = lo->set_id = TL_NOCACHE;
+  lo->init_id = 0;
+  lo->scopes = NULL;
+  lo->ninit = n > 0 && !lua_isnil(L, 1) ? n : 0;
+  lua_createtable(L, 0, 2); /* room for two threads before it grows */
+  tl_setuv(L, ud, TL_LOCAL_MAP);
+  /* Its own metatable: the shared metamethods, and its own closures. */
+  tl_pushmeta(L, THREADLOCAL_LOCAL_MT, tl_local_meta);         /* args st ud localmt */
+  tl_copytable(L, -1);                                         /* args st ud localmt mt */
+  lua_remove(L, -2);                                           /* args st ud mt */
+  if (!tl_jit_closures(L, st, ud)) {
+    tl_local_closure(L, st, ud, tl_local_index, "__index", TL_LOCAL_GET);
+    tl_local_closure(L, st, ud, tl_local_newindex, "__newindex", TL_LOCAL_SET);
+  }
+  lua_setmetatable(L, ud);                                     /* args st ud */
+  if (lo->ninit > 0) {
+    lua_createtable(L, n, 0);                                  /* args st ud init */
+    for (i = 1; i <= n; i++) {
+      lua_pushvalue(L, i);
+      lua_rawseti(L, -2, i);
+    }
+    tl_setuv(L, ud, TL_LOCAL_INIT);                            /* args st ud */
+    tl_local_push(L, ud, st); /* init runs in the creating thread now */
+  }
+  lua_settop(L, ud);
+  return 1;
+}
+
+static int tl_call(lua_State *L) { /* threadlocal(...) */
+  luaL_checktype(L, 1, LUA_TTABLE); /* the module; anything when called by hand */
+  lua_remove(L, 1);
+  return tl_new(L);
+}

@@ -377,11 +377,14 @@ typedef struct tl_proxy {
 #if LUA_VERSION_NUM == 501 && defined(TL_EMBED)
 #define TL_JIT 1
 #define TL_JIT_HOT 16
+/* Defined in tl_jit.c, which builds on tl_local.c. */
 static void tl_jit_promote(lua_State *L);
+static int tl_jit_closures(lua_State *L, int st, int ud);
 #define tl_jit_count(L, ref) \
   ((ref)->reads < TL_JIT_HOT && ++(ref)->reads == TL_JIT_HOT ? tl_jit_promote(L) : (void)0)
 #else
 #define tl_jit_count(L, ref) ((void)0)
+#define tl_jit_closures(L, st, ud) 0
 #endif
 
 /* The tl_state at stack index (or upvalue) st. */

@@ -1,133 +1,11 @@
 /*
-** tl_module.c: the module's functions, its metatables, and
-** luaopen_threadlocal.  Part of threadlocal.c (the Lua binding).
+** tl_module.c: the module's functions, the loader of the built-in
+** companions, and luaopen_threadlocal.  Part of threadlocal.c (the Lua
+** binding).
 */
 #ifndef TL_LUA_H
 #error "compile threadlocal.c, which includes this file"
 #endif
-
-/* Shared by every Local; each also gets its own __index and __newindex. */
-static const luaL_Reg tl_local_meta[] = {
-  {"__pairs", tl_local_pairs},
-  {"__len", tl_local_len},
-  {"__tostring", tl_local_tostring},
-  {NULL, NULL}
-};
-
-/* Sets mt[name] to a new closure f over (the state at st, no fields yet,
-** the Local at ud), and keeps it in user value uv of the Local.
-** [-0, +0] with mt on top. */
-static void tl_local_closure(lua_State *L, int st, int ud, lua_CFunction f, const char *name,
-                             int uv) {
-  lua_pushvalue(L, st);                 /* mt state */
-  tl_getuv(L, st, uv == TL_LOCAL_GET ? TL_STATE_EMPTY : TL_STATE_SINK); /* mt state fields */
-  lua_pushvalue(L, ud);                 /* mt state fields self */
-  tl_getuv(L, ud, TL_LOCAL_MAP);        /* mt state fields self map */
-  lua_pushcclosure(L, f, TL_LOCAL_NUP); /* mt f */
-  lua_pushvalue(L, -1);                 /* mt f f */
-  tl_setuv(L, ud, uv);                  /* mt f */
-  lua_setfield(L, -2, name);            /* mt */
-}
-
-static int tl_new(lua_State *L) {
-  int n = lua_gettop(L), i, st, ud;
-  tl_local *lo;
-  if (!lua_isnoneornil(L, 1))
-    luaL_checktype(L, 1, LUA_TFUNCTION);
-  else if (n > 1)
-    tl_error(L, "threadlocal: init arguments given without an init function");
-  st = tl_pushstate(L);                                        /* args st */
-  tl_state_home(L, st);
-  tl_state_uv(L, st, TL_STATE_EMPTY);
-  tl_state_uv(L, st, TL_STATE_SINK);
-  lua_pop(L, 2);
-  lo = (tl_local *)tl_newud(L, sizeof *lo, TL_LOCAL_NUV);      /* args st ud */
-  ud = lua_gettop(L);
-  lo->tag = tl_local_tag;
-  lo->get_id = lo->set_id = TL_NOCACHE;
-  lo->init_id = 0;
-  lo->scopes = NULL;
-  lo->ninit = n > 0 && !lua_isnil(L, 1) ? n : 0;
-  lua_createtable(L, 0, 2); /* room for two threads before it grows */
-  tl_setuv(L, ud, TL_LOCAL_MAP);
-  /* Its own metatable: the shared metamethods, and its own closures. */
-  tl_pushmeta(L, THREADLOCAL_LOCAL_MT, tl_local_meta);         /* args st ud localmt */
-  tl_copytable(L, -1);                                         /* args st ud localmt mt */
-  lua_remove(L, -2);                                           /* args st ud mt */
-  if (!tl_jit_closures(L, st, ud)) {
-    tl_local_closure(L, st, ud, tl_local_index, "__index", TL_LOCAL_GET);
-    tl_local_closure(L, st, ud, tl_local_newindex, "__newindex", TL_LOCAL_SET);
-  }
-  lua_setmetatable(L, ud);                                     /* args st ud */
-  if (lo->ninit > 0) {
-    lua_createtable(L, n, 0);                                  /* args st ud init */
-    for (i = 1; i <= n; i++) {
-      lua_pushvalue(L, i);
-      lua_rawseti(L, -2, i);
-    }
-    tl_setuv(L, ud, TL_LOCAL_INIT);                            /* args st ud */
-    tl_local_push(L, ud, st); /* init runs in the creating thread now */
-  }
-  lua_settop(L, ud);
-  return 1;
-}
-
-static int tl_call(lua_State *L) { /* threadlocal(...) */
-  luaL_checktype(L, 1, LUA_TTABLE); /* the module; anything when called by hand */
-  lua_remove(L, 1);
-  return tl_new(L);
-}
-
-/* Whether slot i holds this state's userdata of sl: the metatable that
-** maps them can be reached, and so written, through debug.getmetatable. */
-static int tl_isref(lua_State *L, int i, const tl_sloc *sl) {
-  const tl_sref *ref = (const tl_sref *)tl_testud(L, i, tl_sref_tag, sizeof *ref);
-  return ref != NULL && ref->sl == sl;
-}
-
-static int tl_shared_new(lua_State *L) {
-  size_t len;
-  const char *name = luaL_checklstring(L, 1, &len);
-  tl_tab *defaults = NULL;
-  tl_sloc *sl;
-  tl_sref *ref;
-  luaL_argcheck(L, len <= THREADLOCAL_MAXLEN, 1, "name too long");
-  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
-  lua_settop(L, 2);
-  if (!lua_isnil(L, 2)) {
-    tl_val v;
-    tl_tovalue(L, 2, 0, NULL, 0, &v); /* the defaults are the fields */
-    defaults = v.u.tab;
-  }
-  if ((sl = tl_sloc_open(name, len)) == NULL) {
-    if (defaults) tl_tab_free(defaults);
-    tl_memerror(L);
-  }
-  if (defaults != NULL && tl_sloc_setdefaults(sl, defaults) != 0) {
-    luaL_where(L, 1);
-    lua_pushliteral(L, "threadlocal: shared local '");
-    lua_pushlstring(L, name, len);
-    lua_pushliteral(L, "' already has other defaults");
-    lua_concat(L, 4);
-    tl_raise(L);
-  }
-  tl_pushsharedmt(L);                        /* name defaults mt */
-  tl_rawgetp(L, -1, sl);                     /* name defaults mt ref? */
-  if (tl_isref(L, -1, sl)) return 1;         /* one userdata per name */
-  lua_pop(L, 1);
-  ref = (tl_sref *)tl_newud(L, sizeof *ref, TL_SREF_NUV);
-  memset(ref, 0, sizeof *ref);
-  ref->tag = tl_sref_tag;
-  ref->sl = sl;
-  lua_pushvalue(L, -2);
-  lua_setmetatable(L, -2);                   /* name defaults mt ref */
-  tl_rawgetp(L, -2, sl);                     /* a finalizer that ran in tl_newud */
-  if (tl_isref(L, -1, sl)) return 1;         /* may have made one */
-  lua_pop(L, 1);
-  lua_pushvalue(L, -1);
-  tl_rawsetp(L, -3, sl);                     /* mt[sl] = ref */
-  return 1;
-}
 
 static int tl_clear(lua_State *L) {
   if (tl_checkkind(L, TL_KLOCAL | TL_KSHARED, "threadlocal.local or threadlocal.shared") ==
@@ -225,6 +103,101 @@ static int tl_pairs(lua_State *L) {
 static int tl_id(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)tl_self(L)->id);
   return 1;
+}
+
+/* threadlocal.context, built in (see TL_EMBED in tl_lua.h) and registered
+** in package.preload when the module opens. */
+#ifdef TL_EMBED
+/*
+** var:get for the built-in threadlocal.context, in C: one call finds the
+** current context (the OS thread's for the main coroutine, else the
+** coroutine's own) and reads the var in it.  Anything else (no context
+** recorded yet, the var not set, a bad self) goes to the Lua version.
+** Upvalues: by_coroutine, by_thread (by thread id), the Lua get.
+*/
+static int tl_ctx_get(lua_State *L) {
+  lua_settop(L, 2);                    /* self default */
+  if (lua_pushthread(L)) {             /* the main coroutine */
+    lua_pop(L, 1);
+    tl_rawgeti64(L, lua_upvalueindex(2), tl_myid);
+  } else
+    lua_rawget(L, lua_upvalueindex(1));
+  if (lua_istable(L, -1)) {
+    lua_pushvalue(L, 1);
+    lua_rawget(L, -2);
+    if (!lua_isnil(L, -1)) return 1;
+  }
+  lua_settop(L, 2);
+  lua_pushvalue(L, lua_upvalueindex(3));
+  lua_insert(L, 1);
+  lua_call(L, 2, 1);
+  return 1;
+}
+
+/* internals.context_getter(by_coroutine, by_thread, get) */
+static int tl_ctx_getter(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  lua_settop(L, 3);
+  lua_pushcclosure(L, tl_ctx_get, 3);
+  return 1;
+}
+
+/* package.preload["threadlocal.context"]: require's loader.  The chunk gets
+** require's arguments and a third: the C helpers only it may use. */
+static int tl_load_context(lua_State *L) {
+  size_t len = sizeof tl_lua_context;
+  lua_settop(L, 2);
+  if (luaL_loadbuffer(L, (const char *)tl_lua_context, len, "@lua/threadlocal/context.lua") != 0)
+    tl_raise(L);
+  lua_insert(L, 1);                         /* chunk name extra */
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, tl_ctx_getter);
+  lua_setfield(L, -2, "context_getter");    /* chunk name extra internals */
+  lua_call(L, 3, 1);
+  return 1;
+}
+#endif
+
+/* require "threadlocal.context" before require "threadlocal" finds this in
+** threadlocal.so (Lua's all-in-one searcher). */
+THREADLOCAL_API int luaopen_threadlocal_context(lua_State *L) {
+#ifdef TL_EMBED
+  return tl_load_context(L);
+#else
+  tl_error(L, "threadlocal: threadlocal.context is not built into this module");
+#endif
+}
+
+/* Registers the built-in companions in package.preload, where a package
+** library is open and the host put nothing there under their names. */
+static void tl_preload(lua_State *L) {
+#ifdef TL_EMBED
+  lua_getfield(L, LUA_REGISTRYINDEX, "_PRELOAD");     /* 5.2+, LuaJIT */
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    lua_getglobal(L, "package");                       /* 5.1 */
+    if (lua_istable(L, -1)) {
+      lua_getfield(L, -1, "preload");
+      lua_remove(L, -2);
+    }
+  }
+  if (lua_istable(L, -1)) {
+    lua_pushliteral(L, "threadlocal.context");   /* preload name */
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);                           /* preload name loader? */
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      lua_pushcfunction(L, tl_load_context);
+      lua_rawset(L, -3);
+    } else
+      lua_pop(L, 2);
+  }
+  lua_pop(L, 1);
+#else
+  (void)L;
+#endif
 }
 
 static const luaL_Reg tl_funcs[] = {

@@ -217,3 +217,54 @@ static void tl_pushsharedmt(lua_State *L) {
 static void tl_pushproxymt(lua_State *L) {
   tl_pushmeta(L, THREADLOCAL_PROXY_MT, tl_proxy_meta);
 }
+
+/* Whether slot i holds this state's userdata of sl: the metatable that
+** maps them can be reached, and so written, through debug.getmetatable. */
+static int tl_isref(lua_State *L, int i, const tl_sloc *sl) {
+  const tl_sref *ref = (const tl_sref *)tl_testud(L, i, tl_sref_tag, sizeof *ref);
+  return ref != NULL && ref->sl == sl;
+}
+
+static int tl_shared_new(lua_State *L) {
+  size_t len;
+  const char *name = luaL_checklstring(L, 1, &len);
+  tl_tab *defaults = NULL;
+  tl_sloc *sl;
+  tl_sref *ref;
+  luaL_argcheck(L, len <= THREADLOCAL_MAXLEN, 1, "name too long");
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  if (!lua_isnil(L, 2)) {
+    tl_val v;
+    tl_tovalue(L, 2, 0, NULL, 0, &v); /* the defaults are the fields */
+    defaults = v.u.tab;
+  }
+  if ((sl = tl_sloc_open(name, len)) == NULL) {
+    if (defaults) tl_tab_free(defaults);
+    tl_memerror(L);
+  }
+  if (defaults != NULL && tl_sloc_setdefaults(sl, defaults) != 0) {
+    luaL_where(L, 1);
+    lua_pushliteral(L, "threadlocal: shared local '");
+    lua_pushlstring(L, name, len);
+    lua_pushliteral(L, "' already has other defaults");
+    lua_concat(L, 4);
+    tl_raise(L);
+  }
+  tl_pushsharedmt(L);                        /* name defaults mt */
+  tl_rawgetp(L, -1, sl);                     /* name defaults mt ref? */
+  if (tl_isref(L, -1, sl)) return 1;         /* one userdata per name */
+  lua_pop(L, 1);
+  ref = (tl_sref *)tl_newud(L, sizeof *ref, TL_SREF_NUV);
+  memset(ref, 0, sizeof *ref);
+  ref->tag = tl_sref_tag;
+  ref->sl = sl;
+  lua_pushvalue(L, -2);
+  lua_setmetatable(L, -2);                   /* name defaults mt ref */
+  tl_rawgetp(L, -2, sl);                     /* a finalizer that ran in tl_newud */
+  if (tl_isref(L, -1, sl)) return 1;         /* may have made one */
+  lua_pop(L, 1);
+  lua_pushvalue(L, -1);
+  tl_rawsetp(L, -3, sl);                     /* mt[sl] = ref */
+  return 1;
+}
