@@ -20,7 +20,9 @@
 **   global lock (except threadlocal_shared_open, which may), and may be
 **   called before any Lua state exists.
 **
-**   Keys are NUL-terminated strings; Lua sees them as string keys.  Values
+**   The calls below this note take NUL-terminated string keys; Lua sees
+**   them as string keys.  "Reading and writing any value" further down
+**   takes any key kind and reaches nested tables.  Values
 **   are copied in: nil, booleans (set_boolean stores true for any non-zero
 **   value), 64-bit integers, doubles, strings with a length (binary-safe),
 **   and pointers.  Names and strings are at most THREADLOCAL_MAXLEN bytes;
@@ -42,7 +44,8 @@
 **   Functions return THREADLOCAL_OK, THREADLOCAL_ERRMEM (out of memory:
 **   nothing changed; a destructor passed in was not called) or
 **   THREADLOCAL_ERRARG (a NULL or otherwise bad argument, or a call that
-**   cannot be made now: nothing changed).
+**   cannot be made now: nothing changed).  The calls on nodes add the
+**   codes listed with them.  threadlocal_strerror names any code.
 **
 **   Example:
 **       threadlocal_shared *ctx;
@@ -58,6 +61,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -89,10 +93,20 @@ extern "C" {
 ** bytes; a longer length is a bad argument (THREADLOCAL_ERRARG). */
 #define THREADLOCAL_MAXLEN (SIZE_MAX / 2)
 
-/* Return codes. */
+/* Return codes.  Nothing changed when a call returns anything but OK. */
 #define THREADLOCAL_OK 0
-#define THREADLOCAL_ERRMEM 1
-#define THREADLOCAL_ERRARG 2
+#define THREADLOCAL_ERRMEM 1      /* out of memory */
+#define THREADLOCAL_ERRARG 2      /* a NULL or otherwise bad argument */
+#define THREADLOCAL_ERRSTALE 3    /* the node's table was replaced, deleted or cleared,
+                                  ** or the table changed during an iteration */
+#define THREADLOCAL_ERRTHREAD 4   /* the node or iteration belongs to another thread */
+#define THREADLOCAL_ERRTYPE 5     /* a key on the path holds no table */
+#define THREADLOCAL_ERRDEPTH 6    /* a table would nest deeper than THREADLOCAL_MAXDEPTH */
+#define THREADLOCAL_ERRDEFAULTS 7 /* the shared local already has other defaults */
+
+/* How deep tables nest below a thread's fields (depth 0), from Lua and C:
+** a table at depth THREADLOCAL_MAXDEPTH holds no table. */
+#define THREADLOCAL_MAXDEPTH 100
 
 typedef struct threadlocal_shared threadlocal_shared;
 
@@ -103,7 +117,7 @@ typedef enum threadlocal_type {
   THREADLOCAL_FLOAT,
   THREADLOCAL_STRING,
   THREADLOCAL_POINTER,
-  THREADLOCAL_TABLE /* set from Lua; C sees only the type */
+  THREADLOCAL_TABLE /* read it through a node: threadlocal_node_child */
 } threadlocal_type;
 
 typedef struct threadlocal_value {
@@ -133,6 +147,10 @@ THREADLOCAL_API int luaopen_threadlocal_context(struct lua_State *L);
 /* Finds or creates the shared local called name[0..len) (binary-safe). */
 THREADLOCAL_API int threadlocal_shared_open(const char *name, size_t len,
                                             threadlocal_shared **out);
+
+/* The same, for a NUL-terminated name: threadlocal_shared_open(name,
+** strlen(name), out).  NULL is a bad argument (THREADLOCAL_ERRARG). */
+THREADLOCAL_API int threadlocal_shared_open_cstr(const char *name, threadlocal_shared **out);
 
 /* Sets a field of the calling thread.  set_nil deletes, like delete. */
 THREADLOCAL_API int threadlocal_set_nil(threadlocal_shared *sh, const char *key);
@@ -166,6 +184,198 @@ THREADLOCAL_API int threadlocal_clear(threadlocal_shared *sh);
 ** and returns THREADLOCAL_ERRARG.
 */
 THREADLOCAL_API int threadlocal_release(void);
+
+/*
+** Reading and writing any value
+**
+** Keys.  Every call below takes its keys as threadlocal_value: a BOOLEAN,
+** an INTEGER, a FLOAT or a STRING (u.string.ptr with u.string.len bytes,
+** binary-safe; NULL only with length 0).  A FLOAT with an integer value is
+** that INTEGER key, as in Lua (2.0 and 2 are one key).  A NaN, a longer
+** string than THREADLOCAL_MAXLEN, or any other type is a bad argument.
+** The inline helpers threadlocal_string(), threadlocal_integer(), ... make
+** keys and values; threadlocal_string() borrows its string.
+**
+** Nodes.  A threadlocal_node names a table the calling thread holds: its
+** fields of a shared local (a root node) or a table nested in them.  It is
+** a small value to copy freely; it owns nothing and is never freed.  Its
+** members are private.  It is not called a "table": it is not the table,
+** nor a copy, but a checked position in the thread's own stored values,
+** as a Lua proxy (THREADLOCAL_TABLE_MT) is one in a state.
+**   - A root node (threadlocal_root) stands for the fields of whichever
+**     thread uses it, as the threadlocal_shared does: share it freely.
+**   - A nested node (threadlocal_node_child, threadlocal_node_newtable)
+**     belongs to the thread that made it, and stays valid while its table
+**     is not replaced, deleted or cleared (from C or Lua).  After that any
+**     use returns THREADLOCAL_ERRSTALE; on another thread, or after
+**     threadlocal_release (the thread's new id), THREADLOCAL_ERRTHREAD.
+**     A check never reads freed memory: a node names a slot, not an address.
+** A node with all bytes zero is a bad argument.
+**
+** Strings read (values and keys) point into the stored table: they are
+** NUL-terminated and valid until that table changes.  Pointers read carry
+** no destructor.  Every call acts on the calling thread's own values, takes
+** no lock, and changes nothing when it fails.
+**
+** Iteration.  threadlocal_node_iter starts a walk over one table's pairs.
+** Order: the order in which the keys were first stored in that table; a
+** key deleted and stored again comes last.  A Lua pairs() walks the same
+** order.  A thread's fields made from defaults start in the defaults'
+** order.  Any write to the walked table (from C or Lua; a write that stores
+** an equal value too) ends the walk: the next threadlocal_next returns
+** THREADLOCAL_ERRSTALE.  Writes to tables nested in it do not.  To change
+** the table while walking it, collect the keys first.
+**
+** Example, for a script that ran `req.headers = { host = "x" }`:
+**     threadlocal_node root;
+**     threadlocal_value path[2], v;
+**     threadlocal_root(req, &root);
+**     path[0] = threadlocal_string("headers");
+**     path[1] = threadlocal_string("host");
+**     if (threadlocal_node_get(&root, path, 2, &v) == THREADLOCAL_OK &&
+**         v.type == THREADLOCAL_STRING) puts(v.u.string.ptr);
+*/
+typedef struct threadlocal_node {
+  threadlocal_shared *sh; /* private: a root's shared local, or NULL */
+  uint64_t owner;         /* private: the thread's id */
+  uint32_t slot, gen;     /* private: the table's slot in the thread's slab */
+} threadlocal_node;
+
+typedef struct threadlocal_iter {
+  threadlocal_node node; /* private: the table walked */
+  uint64_t version;      /* private: the table's version at the start */
+  uint32_t next;         /* private: the next entry to look at */
+  int empty;             /* private: a root that had no fields */
+} threadlocal_iter;
+
+/* Sets *out to the root node of sh: the fields of the thread using it.
+** Returns OK, or ERRARG (sh or out NULL). */
+THREADLOCAL_API int threadlocal_root(threadlocal_shared *sh, threadlocal_node *out);
+
+/*
+** Reads the value at a path of n keys (1 to THREADLOCAL_MAXDEPTH + 1) below
+** node: path[0] in node's table, path[1] in the table that holds, and so on.
+** A nil on the path (an absent key) reads as NIL.  A table reads as
+** THREADLOCAL_TABLE, without its content: threadlocal_node_child gives its
+** node.  Returns OK, ERRARG (NULL, a bad key, n out of range), ERRTYPE (a
+** key before the last holds neither a table nor nil), ERRSTALE, ERRTHREAD,
+** or ERRMEM (a root's first use makes the thread's fields from defaults).
+*/
+THREADLOCAL_API int threadlocal_node_get(const threadlocal_node *node,
+                                         const threadlocal_value *path, size_t n,
+                                         threadlocal_value *out);
+
+/* Sets *out to the node of the table at a path of n keys below node (as
+** threadlocal_node_get).  Returns OK, ERRARG, ERRTYPE (the value there, or
+** on the way, is not a table: nil included), ERRSTALE, ERRTHREAD or ERRMEM. */
+THREADLOCAL_API int threadlocal_node_child(const threadlocal_node *node,
+                                           const threadlocal_value *path, size_t n,
+                                           threadlocal_node *out);
+
+/*
+** Sets node's table[key] to a copy of *value: NIL deletes, BOOLEAN (stored
+** as true or false), INTEGER, FLOAT, STRING (copied: NULL only with length
+** 0, at most THREADLOCAL_MAXLEN bytes) or POINTER (without destructor).
+** A TABLE value is a bad argument: use threadlocal_node_newtable.  The old
+** value's destructor, if any, runs (after the store).  Returns OK, ERRARG,
+** ERRSTALE, ERRTHREAD or ERRMEM.
+*/
+THREADLOCAL_API int threadlocal_node_set(const threadlocal_node *node,
+                                         const threadlocal_value *key,
+                                         const threadlocal_value *value);
+
+/* As threadlocal_set_pointer, under any key of node's table: p carries
+** destructor (may be NULL), which runs once, on this thread, as described
+** above.  On failure destructor is not called.  Returns as node_set. */
+THREADLOCAL_API int threadlocal_node_set_pointer(const threadlocal_node *node,
+                                                 const threadlocal_value *key, void *p,
+                                                 void (*destructor)(void *));
+
+/* Deletes node's table[key] (absent is fine).  Returns as node_set. */
+THREADLOCAL_API int threadlocal_node_delete(const threadlocal_node *node,
+                                            const threadlocal_value *key);
+
+/*
+** Sets node's table[key] to a new empty table and, if out is not NULL,
+** sets *out to its node, to fill it.  The new table sits one level below
+** node's; one below THREADLOCAL_MAXDEPTH returns ERRDEPTH.  The replaced
+** value is freed (a replaced table's nodes go stale).  Returns OK, ERRARG,
+** ERRDEPTH, ERRSTALE, ERRTHREAD or ERRMEM.
+*/
+THREADLOCAL_API int threadlocal_node_newtable(const threadlocal_node *node,
+                                              const threadlocal_value *key,
+                                              threadlocal_node *out);
+
+/* Starts a walk over node's table into *it (the caller's memory; nothing to
+** free).  A root with no fields walks nothing.  Returns OK, ERRARG,
+** ERRSTALE, ERRTHREAD, or ERRMEM (a root made from defaults). */
+THREADLOCAL_API int threadlocal_node_iter(const threadlocal_node *node, threadlocal_iter *it);
+
+/*
+** The walk's next pair into *key and *value (value may be NULL); at the end
+** key->type is THREADLOCAL_NIL, and stays so.  Only the thread that started
+** the walk may go on.  Returns OK, ERRARG (NULL it or key), ERRSTALE (the
+** table changed or went away: see Iteration) or ERRTHREAD.
+*/
+THREADLOCAL_API int threadlocal_next(threadlocal_iter *it, threadlocal_value *key,
+                                     threadlocal_value *value);
+
+/*
+** Gives sh its defaults: a copy of the table `from` names (any node of the
+** calling thread; a root with no fields gives empty defaults).  As in Lua,
+** they are fixed once given: a later call with equal content is fine, with
+** other content returns ERRDEFAULTS.  Each thread starts from a copy when
+** it first uses sh; threads that hold fields of sh already keep theirs.
+** Pointers are copied without destructors.  Returns OK, ERRARG,
+** ERRDEFAULTS, ERRSTALE, ERRTHREAD or ERRMEM.
+*/
+THREADLOCAL_API int threadlocal_set_defaults(threadlocal_shared *sh,
+                                             const threadlocal_node *from);
+
+/* A static English phrase for a return code, for logs ("unknown code" for
+** a code this header does not list). */
+THREADLOCAL_API const char *threadlocal_strerror(int code);
+
+/* Keys and values, for the calls above (inline: not exported). */
+static inline threadlocal_value threadlocal_lstring(const char *s, size_t len) {
+  threadlocal_value v;
+  memset(&v, 0, sizeof v);
+  v.type = THREADLOCAL_STRING;
+  v.u.string.ptr = s;
+  v.u.string.len = len;
+  return v;
+}
+static inline threadlocal_value threadlocal_string(const char *s) { /* s != NULL */
+  return threadlocal_lstring(s, strlen(s));
+}
+static inline threadlocal_value threadlocal_integer(int64_t i) {
+  threadlocal_value v;
+  memset(&v, 0, sizeof v);
+  v.type = THREADLOCAL_INTEGER;
+  v.u.integer = i;
+  return v;
+}
+static inline threadlocal_value threadlocal_float(double f) {
+  threadlocal_value v;
+  memset(&v, 0, sizeof v);
+  v.type = THREADLOCAL_FLOAT;
+  v.u.number = f;
+  return v;
+}
+static inline threadlocal_value threadlocal_boolean(int b) {
+  threadlocal_value v;
+  memset(&v, 0, sizeof v);
+  v.type = THREADLOCAL_BOOLEAN;
+  v.u.boolean = b != 0;
+  return v;
+}
+static inline threadlocal_value threadlocal_pointer(void *p) {
+  threadlocal_value v;
+  memset(&v, 0, sizeof v);
+  v.type = THREADLOCAL_POINTER;
+  v.u.pointer = p;
+  return v;
+}
 
 /*
 ** Snapshots: hand a thread's shared fields to another thread, e.g. a

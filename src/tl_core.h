@@ -83,7 +83,7 @@
 ** from proxies), so that every walk of a structure (free, copy, compare,
 ** thread exit) recurses a bounded number of times.
 */
-#define TL_MAXDEPTH 100
+#define TL_MAXDEPTH THREADLOCAL_MAXDEPTH
 
 /* Counters for the hostile-input test (spec/c/hostile_test.c), which
 ** defines TL_STATS; without it they compile to nothing. */
