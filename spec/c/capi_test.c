@@ -5,6 +5,7 @@
 */
 #define _POSIX_C_SOURCE 200809L
 
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -407,6 +408,627 @@ static void test_release_in_init(void) {
   lua_close(L);
 }
 
+/* ---- any key, any depth: nodes, iteration, defaults ---- */
+
+#define S(x) threadlocal_string(x)
+#define I(x) threadlocal_integer(x)
+
+/* Runs code with the shared local `name` as global sh; 1 if it ran. */
+static int run_sh(lua_State *L, const char *name, const char *code) {
+  char buf[4096];
+  snprintf(buf, sizeof buf, "local sh = threadlocal.shared('%s')\n%s", name, code);
+  return run(L, buf);
+}
+
+static int is_int(const threadlocal_value *v, int64_t i) {
+  return v->type == THREADLOCAL_INTEGER && v->u.integer == i;
+}
+
+static int is_str(const threadlocal_value *v, const char *s, size_t len) {
+  return v->type == THREADLOCAL_STRING && v->u.string.len == len &&
+         memcmp(v->u.string.ptr, s, len) == 0 && v->u.string.ptr[len] == '\0';
+}
+
+/* get of one key below node. */
+static int get1(const threadlocal_node *n, threadlocal_value k, threadlocal_value *out) {
+  return threadlocal_node_get(n, &k, 1, out);
+}
+
+static void test_open_cstr(void) {
+  threadlocal_shared *a = NULL, *b = NULL, *c = NULL;
+  check(threadlocal_shared_open_cstr(NULL, &a) == THREADLOCAL_ERRARG &&
+            threadlocal_shared_open_cstr("x", NULL) == THREADLOCAL_ERRARG && a == NULL,
+        "open_cstr refuses NULL arguments");
+  check(threadlocal_shared_open_cstr("request", &a) == THREADLOCAL_OK &&
+            threadlocal_shared_open("request", 7, &b) == THREADLOCAL_OK && a == b &&
+            threadlocal_shared_open("reques", 6, &c) == THREADLOCAL_OK && c != a,
+        "open_cstr opens the shared local the counted open names with strlen");
+  check(threadlocal_shared_open_cstr("", &c) == THREADLOCAL_OK &&
+            threadlocal_shared_open(NULL, 0, &b) == THREADLOCAL_OK && b == c,
+        "open_cstr of \"\" is the empty name");
+}
+
+static void test_strerror(void) {
+  int i, j, ok = 1;
+  for (i = THREADLOCAL_OK; i <= THREADLOCAL_ERRDEFAULTS; i++)
+    for (j = THREADLOCAL_OK; j < i; j++)
+      ok &= strcmp(threadlocal_strerror(i), threadlocal_strerror(j)) != 0;
+  check(ok && strcmp(threadlocal_strerror(99), "unknown code") == 0 &&
+            strcmp(threadlocal_strerror(-1), "unknown code") == 0,
+        "strerror names every code apart, and unknown ones as such");
+}
+
+/* Every key kind, from C to Lua and back, and the keys that are refused. */
+static void test_keys(void) {
+  static const char longkey[] = "a key longer than fifteen bytes";
+  threadlocal_shared *sh;
+  threadlocal_node root, zero, n;
+  threadlocal_value k, v, bad[9];
+  lua_State *L = new_state(NULL);
+  int ok, i, rc;
+  threadlocal_shared_open_cstr("keys", &sh);
+  threadlocal_root(sh, &root);
+  ok = threadlocal_node_set(&root, (k = threadlocal_boolean(1), &k), (v = I(1), &v)) == 0 &&
+       threadlocal_node_set(&root, (k = threadlocal_boolean(0), &k), (v = I(2), &v)) == 0 &&
+       threadlocal_node_set(&root, (k = I(-5), &k), (v = I(3), &v)) == 0 &&
+       threadlocal_node_set(&root, (k = I(INT64_MAX), &k), (v = I(4), &v)) == 0 &&
+       threadlocal_node_set(&root, (k = threadlocal_float(2.5), &k), (v = I(5), &v)) == 0 &&
+       threadlocal_node_set(&root, (k = threadlocal_float(2.0), &k), (v = I(6), &v)) == 0 &&
+       threadlocal_node_set(&root, (k = threadlocal_lstring("a\0b", 3), &k), (v = I(7), &v)) == 0 &&
+       threadlocal_node_set(&root, (k = threadlocal_lstring(NULL, 0), &k), (v = I(8), &v)) == 0 &&
+       threadlocal_node_set(&root, (k = S(longkey), &k), (v = I(9), &v)) == 0 &&
+       threadlocal_node_set(&root, (k = threadlocal_float(-INFINITY), &k), (v = I(10), &v)) == 0;
+  check(ok, "node_set takes boolean, integer, float, string, empty and long string keys");
+  ok = run_sh(L, "keys",
+              "assert(sh[true] == 1 and sh[false] == 2 and sh[-5] == 3)\n"
+              "assert(sh[math.maxinteger or 2^63] == 4 or not math.maxinteger)\n"
+              "assert(sh[2.5] == 5 and sh[2] == 6 and sh['a\\0b'] == 7 and sh[''] == 8)\n"
+              "assert(sh['a key longer than fifteen bytes'] == 9 and sh[-1/0] == 10)\n"
+              "sh[true], sh[7], sh[0.25], sh['x\\0'], sh[-1/0] = 'T', 'seven', 'q', 'z', nil\n");
+  check(ok, "Lua reads what C stored under every key kind (2.0 is the key 2)");
+  ok = get1(&root, threadlocal_boolean(1), &v) == 0 && is_str(&v, "T", 1) &&
+       get1(&root, I(7), &v) == 0 && is_str(&v, "seven", 5) &&
+       get1(&root, threadlocal_float(7.0), &v) == 0 && is_str(&v, "seven", 5) &&
+       get1(&root, threadlocal_float(0.25), &v) == 0 && is_str(&v, "q", 1) &&
+       get1(&root, threadlocal_lstring("x\0", 2), &v) == 0 && is_str(&v, "z", 1) &&
+       get1(&root, threadlocal_lstring("x", 1), &v) == 0 && v.type == THREADLOCAL_NIL &&
+       get1(&root, threadlocal_float(-INFINITY), &v) == 0 && v.type == THREADLOCAL_NIL &&
+       get1(&root, I(2), &v) == 0 && is_int(&v, 6);
+  check(ok, "C reads what Lua stored under every key kind");
+  ok = threadlocal_node_delete(&root, (k = threadlocal_boolean(0), &k)) == 0 &&
+       threadlocal_node_delete(&root, (k = threadlocal_float(2.0), &k)) == 0 &&
+       threadlocal_node_delete(&root, (k = I(12345), &k)) == 0 &&
+       run_sh(L, "keys", "assert(sh[false] == nil and sh[2] == nil and sh[2.5] == 5)");
+  check(ok, "node_delete removes any key kind; an absent one is fine");
+
+  /* refused keys */
+  memset(bad, 0, sizeof bad);
+  bad[0].type = THREADLOCAL_NIL;
+  bad[1] = threadlocal_float(NAN);
+  bad[2] = threadlocal_pointer(&i);
+  bad[3].type = THREADLOCAL_TABLE;
+  bad[4] = threadlocal_lstring(NULL, 3);
+  bad[5] = threadlocal_lstring("x", (size_t)THREADLOCAL_MAXLEN + 1);
+  bad[6] = threadlocal_lstring("x", SIZE_MAX);
+  bad[7].type = (threadlocal_type)99;
+  bad[8] = S("fine");
+  ok = 1;
+  for (i = 0; i < 8; i++) {
+    threadlocal_value path[2];
+    path[0] = bad[i];
+    path[1] = S("x");
+    v = I(1);
+    ok &= threadlocal_node_set(&root, &bad[i], &v) == THREADLOCAL_ERRARG;
+    ok &= threadlocal_node_set_pointer(&root, &bad[i], &i, NULL) == THREADLOCAL_ERRARG;
+    ok &= threadlocal_node_delete(&root, &bad[i]) == THREADLOCAL_ERRARG;
+    ok &= threadlocal_node_newtable(&root, &bad[i], &n) == THREADLOCAL_ERRARG;
+    ok &= threadlocal_node_get(&root, &bad[i], 1, &v) == THREADLOCAL_ERRARG;
+    ok &= threadlocal_node_child(&root, &bad[i], 1, &n) == THREADLOCAL_ERRARG;
+    /* a bad key is refused even where the data ends before it */
+    path[0] = S("absent");
+    path[1] = bad[i];
+    ok &= threadlocal_node_get(&root, path, 2, &v) == THREADLOCAL_ERRARG;
+  }
+  check(ok, "NIL, NaN, pointer, table, unknown-type keys and bad string keys are bad arguments");
+  memset(&zero, 0, sizeof zero);
+  v = I(1);
+  k = S("k");
+  ok = threadlocal_node_set(NULL, &k, &v) == THREADLOCAL_ERRARG &&
+       threadlocal_node_set(&root, NULL, &v) == THREADLOCAL_ERRARG &&
+       threadlocal_node_set(&root, &k, NULL) == THREADLOCAL_ERRARG &&
+       threadlocal_node_set(&zero, &k, &v) == THREADLOCAL_ERRARG &&
+       threadlocal_node_set_pointer(NULL, &k, &i, NULL) == THREADLOCAL_ERRARG &&
+       threadlocal_node_delete(NULL, &k) == THREADLOCAL_ERRARG &&
+       threadlocal_node_delete(&zero, &k) == THREADLOCAL_ERRARG &&
+       threadlocal_node_newtable(NULL, &k, &n) == THREADLOCAL_ERRARG &&
+       threadlocal_node_newtable(&zero, &k, &n) == THREADLOCAL_ERRARG &&
+       threadlocal_node_get(NULL, &k, 1, &v) == THREADLOCAL_ERRARG &&
+       threadlocal_node_get(&root, NULL, 1, &v) == THREADLOCAL_ERRARG &&
+       threadlocal_node_get(&root, &k, 0, &v) == THREADLOCAL_ERRARG &&
+       threadlocal_node_get(&root, &k, SIZE_MAX, &v) == THREADLOCAL_ERRARG &&
+       threadlocal_node_get(&root, &k, THREADLOCAL_MAXDEPTH + 2, &v) == THREADLOCAL_ERRARG &&
+       threadlocal_node_get(&root, &k, 1, NULL) == THREADLOCAL_ERRARG &&
+       threadlocal_node_get(&zero, &k, 1, &v) == THREADLOCAL_ERRARG &&
+       threadlocal_node_child(NULL, &k, 1, &n) == THREADLOCAL_ERRARG &&
+       threadlocal_node_child(&root, &k, 0, &n) == THREADLOCAL_ERRARG &&
+       threadlocal_node_child(&root, &k, SIZE_MAX, &n) == THREADLOCAL_ERRARG &&
+       threadlocal_node_child(&root, &k, 1, NULL) == THREADLOCAL_ERRARG &&
+       threadlocal_root(NULL, &n) == THREADLOCAL_ERRARG &&
+       threadlocal_root(sh, NULL) == THREADLOCAL_ERRARG;
+  check(ok, "node calls refuse NULL, never-made nodes, and path lengths 0 or past the bound");
+  /* bad values */
+  ok = 1;
+  k = S("k");
+  for (i = 0; i < 3; i++) {
+    v = i == 0 ? threadlocal_lstring(NULL, 1)
+               : threadlocal_lstring("x", i == 1 ? (size_t)THREADLOCAL_MAXLEN + 1 : SIZE_MAX);
+    ok &= threadlocal_node_set(&root, &k, &v) == THREADLOCAL_ERRARG;
+  }
+  v.type = THREADLOCAL_TABLE;
+  ok &= threadlocal_node_set(&root, &k, &v) == THREADLOCAL_ERRARG;
+  v.type = (threadlocal_type)99;
+  ok &= threadlocal_node_set(&root, &k, &v) == THREADLOCAL_ERRARG;
+  v = threadlocal_lstring(NULL, 0);
+  ok &= threadlocal_node_set(&root, &k, &v) == THREADLOCAL_OK &&
+        get1(&root, S("k"), &v) == 0 && is_str(&v, "", 0);
+  check(ok, "node_set refuses bad strings, TABLE and unknown types; NULL with 0 is \"\"");
+  rc = run_sh(L, "keys", "assert(sh.k == '')");
+  check(rc, "and nothing of the refused calls reached the fields");
+  threadlocal_clear(sh);
+  lua_close(L);
+}
+
+/* Every value kind, both ways, in a table at depth 1 and at the bound. */
+static const char *fill_lua =
+  "local function fill(t) t.b, t.i, t.f, t.s, t.p, t.t, t[1] = true, -42, 0.5, 'a\\0b', P, {}, 'one' end\n";
+
+static int check_kinds(const threadlocal_node *n) {
+  threadlocal_value v;
+  int ok = 1;
+  ok &= get1(n, S("b"), &v) == 0 && v.type == THREADLOCAL_BOOLEAN && v.u.boolean == 1;
+  ok &= get1(n, S("i"), &v) == 0 && is_int(&v, -42);
+  ok &= get1(n, S("f"), &v) == 0 && v.type == THREADLOCAL_FLOAT && v.u.number == 0.5;
+  ok &= get1(n, S("s"), &v) == 0 && is_str(&v, "a\0b", 3);
+  ok &= get1(n, S("p"), &v) == 0 && v.type == THREADLOCAL_POINTER && v.u.pointer == &dtor_tags[60];
+  ok &= get1(n, S("t"), &v) == 0 && v.type == THREADLOCAL_TABLE;
+  ok &= get1(n, I(1), &v) == 0 && is_str(&v, "one", 3);
+  ok &= get1(n, S("none"), &v) == 0 && v.type == THREADLOCAL_NIL;
+  return ok;
+}
+
+/* Sets every kind in n's table; a table at "t" unless n is at the bound. */
+static int fill_kinds(const threadlocal_node *n, int table) {
+  threadlocal_value k, v;
+  int ok = 1;
+  ok &= threadlocal_node_set(n, (k = S("b"), &k), (v = threadlocal_boolean(7), &v)) == 0;
+  ok &= threadlocal_node_set(n, (k = S("i"), &k), (v = I(-42), &v)) == 0;
+  ok &= threadlocal_node_set(n, (k = S("f"), &k), (v = threadlocal_float(0.5), &v)) == 0;
+  ok &= threadlocal_node_set(n, (k = S("s"), &k), (v = threadlocal_lstring("a\0b", 3), &v)) == 0;
+  ok &= threadlocal_node_set(n, (k = S("p"), &k), (v = threadlocal_pointer(&dtor_tags[60]), &v)) == 0;
+  if (table) ok &= threadlocal_node_newtable(n, (k = S("t"), &k), NULL) == 0;
+  ok &= threadlocal_node_set(n, (k = I(1), &k), (v = S("one"), &v)) == 0;
+  ok &= threadlocal_node_set(n, (k = S("gone"), &k), (v = I(1), &v)) == 0;
+  ok &= threadlocal_node_set(n, (k = S("gone"), &k), (v.type = THREADLOCAL_NIL, &v)) == 0;
+  return ok;
+}
+
+static const char *check_lua =
+  "local function check(t)\n"
+  "  assert(t.b == true and t.i == -42 and t.f == 0.5 and t.s == 'a\\0b' and t.p == P)\n"
+  "  assert(type(t.t) == 'userdata' and next(threadlocal.fields(t.t)) == nil and t[1] == 'one')\n"
+  "  assert(t.gone == nil)\n"
+  "  if math.type then assert(math.type(t.i) == 'integer' and math.type(t.f) == 'float') end\n"
+  "end\n";
+
+static void test_values(void) {
+  threadlocal_shared *sh;
+  threadlocal_node root, n, deep[THREADLOCAL_MAXDEPTH + 1];
+  threadlocal_value path[THREADLOCAL_MAXDEPTH + 2], v, k;
+  lua_State *L = new_state(NULL);
+  char code[2048];
+  int ok, i;
+  lua_pushlightuserdata(L, &dtor_tags[60]);
+  lua_setglobal(L, "P");
+  threadlocal_shared_open_cstr("kinds", &sh);
+  threadlocal_root(sh, &root);
+  /* Lua -> C, depth 1 */
+  snprintf(code, sizeof code, "%s sh.t = {}; fill(sh.t)", fill_lua);
+  ok = run_sh(L, "kinds", code) && threadlocal_node_child(&root, (k = S("t"), &k), 1, &n) == 0 &&
+       check_kinds(&n);
+  path[0] = S("t");
+  path[1] = S("s");
+  ok &= threadlocal_node_get(&root, path, 2, &v) == 0 && is_str(&v, "a\0b", 3);
+  check(ok, "every value kind set in Lua at depth 1 is what C reads (by node and by path)");
+  /* Lua -> C, at the bound: the table at depth THREADLOCAL_MAXDEPTH */
+  snprintf(code, sizeof code,
+           "%s local top = {}; local d = top\n"
+           "for i = 2, %d do d.n = {}; d = d.n end\n"
+           "fill(d); d.t = nil; sh.deep = top\n"
+           "local p = sh.deep; for i = 2, %d do p = p.n end\n"
+           "assert(not pcall(function() p.t = {} end), 'Lua stored a table past the bound')\n",
+           fill_lua, THREADLOCAL_MAXDEPTH, THREADLOCAL_MAXDEPTH);
+  ok = run_sh(L, "kinds", code);
+  path[0] = S("deep");
+  for (i = 1; i < THREADLOCAL_MAXDEPTH; i++) path[i] = S("n");
+  path[THREADLOCAL_MAXDEPTH] = S("s");
+  ok &= threadlocal_node_get(&root, path, THREADLOCAL_MAXDEPTH + 1, &v) == 0 &&
+        is_str(&v, "a\0b", 3);
+  ok &= threadlocal_node_child(&root, path, THREADLOCAL_MAXDEPTH, &n) == 0;
+  ok &= get1(&n, S("i"), &v) == 0 && is_int(&v, -42) && get1(&n, S("t"), &v) == 0 &&
+        v.type == THREADLOCAL_NIL;
+  ok &= threadlocal_node_newtable(&n, (k = S("t"), &k), NULL) == THREADLOCAL_ERRDEPTH &&
+        get1(&n, S("t"), &v) == 0 && v.type == THREADLOCAL_NIL;
+  check(ok, "Lua's values at the nesting bound are what C reads (a path of MAXDEPTH + 1 keys); "
+            "no table goes below it from C either");
+  path[THREADLOCAL_MAXDEPTH] = S("n");
+  ok = threadlocal_node_child(&root, path, THREADLOCAL_MAXDEPTH + 1, &n) == THREADLOCAL_ERRTYPE;
+  path[1] = S("nothing");
+  ok &= threadlocal_node_get(&root, path, THREADLOCAL_MAXDEPTH + 1, &v) == 0 &&
+        v.type == THREADLOCAL_NIL;
+  path[1] = S("n");
+  path[2] = I(1);
+  ok &= threadlocal_node_get(&root, path, 3, &v) == 0 && v.type == THREADLOCAL_NIL;
+  path[0] = S("t");
+  path[1] = S("s");
+  path[2] = S("x");
+  ok &= threadlocal_node_get(&root, path, 3, &v) == THREADLOCAL_ERRTYPE &&
+        threadlocal_node_child(&root, path, 2, &n) == THREADLOCAL_ERRTYPE &&
+        threadlocal_node_child(&root, (k = S("nothing"), &k), 1, &n) == THREADLOCAL_ERRTYPE;
+  check(ok, "an absent key on a path reads as nil; a scalar on it, or a child of a "
+            "non-table, is ERRTYPE");
+
+  /* C -> Lua, depth 1 and at the bound */
+  ok = threadlocal_node_newtable(&root, (k = S("c"), &k), &n) == 0 && fill_kinds(&n, 1);
+  snprintf(code, sizeof code, "%s check(sh.c)", check_lua);
+  ok &= run_sh(L, "kinds", code) && check_kinds(&n);
+  check(ok, "every value kind set in C at depth 1 is what Lua reads");
+  ok = threadlocal_node_newtable(&root, (k = S("cdeep"), &k), &deep[1]) == 0;
+  for (i = 2; ok && i <= THREADLOCAL_MAXDEPTH; i++)
+    ok = threadlocal_node_newtable(&deep[i - 1], (k = S("n"), &k), &deep[i]) == 0;
+  ok &= fill_kinds(&deep[THREADLOCAL_MAXDEPTH], 0);
+  ok &= threadlocal_node_newtable(&deep[THREADLOCAL_MAXDEPTH], (k = S("t"), &k), &n) ==
+        THREADLOCAL_ERRDEPTH;
+  ok &= threadlocal_node_newtable(&deep[THREADLOCAL_MAXDEPTH - 1], (k = S("x"), &k), &n) ==
+        THREADLOCAL_OK;
+  snprintf(code, sizeof code,
+           "local function check(t)\n"
+           "  assert(t.b == true and t.i == -42 and t.f == 0.5 and t.s == 'a\\0b' and t.p == P)\n"
+           "  assert(t[1] == 'one' and t.gone == nil and t.t == nil)\n"
+           "end\n"
+           "local p = sh.cdeep; for i = 2, %d do p = p.n end; check(p)\n"
+           "assert(not pcall(function() p.t = {} end))\n",
+           THREADLOCAL_MAXDEPTH);
+  ok &= run_sh(L, "kinds", code);
+  check(ok, "values set in C at the nesting bound are what Lua reads; a table below it is "
+            "ERRDEPTH from C as Lua refuses it");
+  threadlocal_clear(sh);
+  lua_close(L);
+}
+
+/* Runs f(arg) on a new thread and waits for it. */
+static void on_thread(void *(*f)(void *), void *arg) {
+  pthread_t th;
+  pthread_create(&th, NULL, f, arg);
+  pthread_join(th, NULL);
+}
+
+/* Every call on a node of another thread returns ERRTHREAD; the root node
+** of the same shared local works there, on that thread's own fields. */
+typedef struct foreign {
+  threadlocal_shared *sh;
+  threadlocal_node node;
+  threadlocal_iter it;
+  int ok, rootok;
+} foreign;
+
+static void *use_foreign(void *p) {
+  foreign *f = (foreign *)p;
+  threadlocal_node n, root;
+  threadlocal_value k = S("x"), v = I(1);
+  threadlocal_iter it;
+  int ok = 1;
+  ok &= threadlocal_node_get(&f->node, &k, 1, &v) == THREADLOCAL_ERRTHREAD;
+  ok &= threadlocal_node_child(&f->node, &k, 1, &n) == THREADLOCAL_ERRTHREAD;
+  v = I(1);
+  ok &= threadlocal_node_set(&f->node, &k, &v) == THREADLOCAL_ERRTHREAD;
+  ok &= threadlocal_node_set_pointer(&f->node, &k, NULL, count_dtor) == THREADLOCAL_ERRTHREAD;
+  ok &= threadlocal_node_delete(&f->node, &k) == THREADLOCAL_ERRTHREAD;
+  ok &= threadlocal_node_newtable(&f->node, &k, &n) == THREADLOCAL_ERRTHREAD;
+  ok &= threadlocal_node_iter(&f->node, &it) == THREADLOCAL_ERRTHREAD;
+  ok &= threadlocal_next(&f->it, &k, &v) == THREADLOCAL_ERRTHREAD;
+  ok &= threadlocal_set_defaults(f->sh, &f->node) == THREADLOCAL_ERRTHREAD;
+  f->ok = ok;
+  threadlocal_root(f->sh, &root);
+  k = S("x");
+  f->rootok = get1(&root, k, &v) == 0 && v.type == THREADLOCAL_NIL &&
+              threadlocal_node_set(&root, &k, (v = I(2), &v)) == 0 &&
+              get1(&root, k, &v) == 0 && is_int(&v, 2);
+  return NULL;
+}
+
+static void test_stale_foreign(void) {
+  threadlocal_shared *sh;
+  threadlocal_node root, n, n2, saved;
+  threadlocal_value k, v;
+  lua_State *L = new_state(NULL);
+  foreign f;
+  int ok;
+  threadlocal_shared_open_cstr("stale", &sh);
+  threadlocal_root(sh, &root);
+  run_sh(L, "stale", "sh.t = { x = 1, u = { y = 2 } }");
+  k = S("t");
+  ok = threadlocal_node_child(&root, &k, 1, &n) == 0 && get1(&n, S("x"), &v) == 0 && is_int(&v, 1);
+  ok &= run_sh(L, "stale", "sh.t = { x = 3 }");
+  ok &= get1(&n, S("x"), &v) == THREADLOCAL_ERRSTALE;
+  v = I(5);
+  ok &= threadlocal_node_set(&n, (k = S("x"), &k), &v) == THREADLOCAL_ERRSTALE &&
+        run_sh(L, "stale", "assert(sh.t.x == 3 and sh.x == nil)");
+  check(ok, "a node whose table Lua replaced is stale (ERRSTALE) and writes nothing");
+  k = S("t");
+  threadlocal_node_child(&root, &k, 1, &n);
+  threadlocal_node_delete(&root, &k);
+  ok = get1(&n, S("x"), &v) == THREADLOCAL_ERRSTALE;
+  run_sh(L, "stale", "sh.t = { x = 1 }");
+  threadlocal_node_child(&root, &k, 1, &n);
+  threadlocal_node_newtable(&root, &k, &n2);
+  ok &= get1(&n, S("x"), &v) == THREADLOCAL_ERRSTALE && get1(&n2, S("x"), &v) == 0 &&
+        v.type == THREADLOCAL_NIL;
+  threadlocal_node_child(&root, &k, 1, &n);
+  threadlocal_clear(sh);
+  ok &= get1(&n, S("x"), &v) == THREADLOCAL_ERRSTALE;
+  run_sh(L, "stale", "sh.t = { x = 1 }");
+  threadlocal_node_child(&root, &k, 1, &n);
+  run_sh(L, "stale", "threadlocal.clear(sh)");
+  ok &= get1(&n, S("x"), &v) == THREADLOCAL_ERRSTALE;
+  run_sh(L, "stale", "sh.t = { x = 1 }");
+  threadlocal_node_child(&root, &k, 1, &n);
+  run_sh(L, "stale", "sh.t = nil");
+  ok &= get1(&n, S("x"), &v) == THREADLOCAL_ERRSTALE;
+  /* many tables made and freed since: the slot is reused, the node stays stale */
+  run_sh(L, "stale", "for i = 1, 200 do sh.t = { i } end");
+  ok &= get1(&n, I(1), &v) == THREADLOCAL_ERRSTALE;
+  check(ok, "a node goes stale when its table is deleted, replaced, or cleared, from C or Lua, "
+            "and stays stale when its slot is reused");
+  run_sh(L, "stale", "sh.t = { x = 1 }");
+  threadlocal_node_child(&root, &k, 1, &n);
+  ok = threadlocal_node_set(&root, (k = S("other"), &k), (v = I(1), &v)) == 0 &&
+       run_sh(L, "stale", "sh.t.x = 9; sh.t.new = 1") && get1(&n, S("x"), &v) == 0 &&
+       is_int(&v, 9);
+  check(ok, "writes into a node's table or next to it leave the node valid");
+  k = S("t");
+  threadlocal_node_child(&root, &k, 1, &n);
+  saved = n;
+  f.sh = sh;
+  f.node = n;
+  threadlocal_node_iter(&n, &f.it);
+  on_thread(use_foreign, &f);
+  check(f.ok, "every call on a node or walk of another thread returns ERRTHREAD");
+  check(f.rootok && get1(&root, S("x"), &v) == 0 && v.type == THREADLOCAL_NIL,
+        "a root node works on any thread, each on its own fields");
+  threadlocal_release();
+  ok = get1(&saved, S("x"), &v) == THREADLOCAL_ERRTHREAD &&
+       threadlocal_node_child(&root, &k, 1, &n) == THREADLOCAL_ERRTYPE;
+  check(ok, "after threadlocal_release the thread's old nodes give ERRTHREAD");
+  lua_close(L);
+}
+
+/* The keys of a walk, as "k1 k2 ..." (integers as #n, booleans as T/F). */
+static int walk(const threadlocal_node *n, char *out, size_t size) {
+  threadlocal_iter it;
+  threadlocal_value k, v;
+  size_t used = 0;
+  int rc;
+  out[0] = '\0';
+  if ((rc = threadlocal_node_iter(n, &it)) != THREADLOCAL_OK) return rc;
+  while ((rc = threadlocal_next(&it, &k, &v)) == THREADLOCAL_OK && k.type != THREADLOCAL_NIL) {
+    if (k.type == THREADLOCAL_STRING)
+      used += (size_t)snprintf(out + used, size - used, "%s ", k.u.string.ptr);
+    else if (k.type == THREADLOCAL_INTEGER)
+      used += (size_t)snprintf(out + used, size - used, "#%lld ", (long long)k.u.integer);
+    else if (k.type == THREADLOCAL_FLOAT)
+      used += (size_t)snprintf(out + used, size - used, "%g ", k.u.number);
+    else
+      used += (size_t)snprintf(out + used, size - used, "%s ", k.u.boolean ? "T" : "F");
+    if (used >= size) return -1;
+  }
+  return rc;
+}
+
+static void test_iteration(void) {
+  threadlocal_shared *sh, *empty;
+  threadlocal_node root, n;
+  threadlocal_iter it;
+  threadlocal_value k, v;
+  lua_State *L = new_state(NULL);
+  char got[512], lua[512];
+  int ok, i, count;
+  threadlocal_shared_open_cstr("walk", &sh);
+  threadlocal_shared_open_cstr("walk.empty", &empty);
+  threadlocal_root(sh, &root);
+  run_sh(L, "walk", "sh.a = 1; sh.b = 2; sh[1] = 3; sh[true] = 4; sh[2.5] = 5\n"
+                    "sh.b = nil; sh.b = 6; sh.a = 7; sh.t = {}; sh.t.z = 1; sh.t.y = { 1 }");
+  ok = walk(&root, got, sizeof got) == 0 && strcmp(got, "a #1 T 2.5 b t ") == 0;
+  check(ok, "a walk goes in the order keys were first stored; one deleted and stored again "
+            "goes last");
+  if (!ok) printf("# got '%s'\n", got);
+  ok = run_sh(L, "walk", "local s = ''\n"
+                         "for k in pairs(threadlocal.fields(sh)) do end\n"
+                         "for k in (debug.getmetatable(sh).__pairs)(sh) do\n"
+                         "  s = s .. (type(k) == 'number' and math.floor(k) == k and '#' .. k or\n"
+                         "           type(k) == 'boolean' and (k and 'T' or 'F') or tostring(k)) .. ' '\n"
+                         "end\n"
+                         "walked = s");
+  lua_getglobal(L, "walked");
+  snprintf(lua, sizeof lua, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
+  lua_pop(L, 1);
+  check(ok && strcmp(got, lua) == 0, "Lua's pairs walks the same order");
+  if (strcmp(got, lua) != 0) printf("# C '%s', Lua '%s'\n", got, lua);
+  /* values come with their keys; a nested table walks too */
+  ok = threadlocal_node_iter(&root, &it) == 0 && threadlocal_next(&it, &k, &v) == 0 &&
+       is_str(&k, "a", 1) && is_int(&v, 7) && threadlocal_next(&it, &k, NULL) == 0 &&
+       is_int(&k, 1);
+  threadlocal_node_child(&root, (k = S("t"), &k), 1, &n);
+  ok &= walk(&n, got, sizeof got) == 0 && strcmp(got, "z y ") == 0;
+  check(ok, "a walk gives each value with its key (value may be NULL), and walks nested tables");
+  /* the end stays the end */
+  threadlocal_node_iter(&n, &it);
+  for (i = 0; i < 2; i++) threadlocal_next(&it, &k, &v);
+  ok = threadlocal_next(&it, &k, &v) == 0 && k.type == THREADLOCAL_NIL &&
+       v.type == THREADLOCAL_NIL && threadlocal_next(&it, &k, &v) == 0 &&
+       k.type == THREADLOCAL_NIL;
+  ok &= threadlocal_root(empty, &n) == 0 && threadlocal_node_iter(&n, &it) == 0 &&
+        threadlocal_next(&it, &k, &v) == 0 && k.type == THREADLOCAL_NIL;
+  check(ok, "the end of a walk is a NIL key, again and again; a root with no fields walks nothing");
+  /* changes during a walk */
+  ok = 1;
+  for (i = 0; i < 6; i++) {
+    threadlocal_root(sh, &n);
+    threadlocal_node_iter(&n, &it);
+    threadlocal_next(&it, &k, &v);
+    switch (i) {
+      case 0: threadlocal_node_set(&n, (k = S("new"), &k), (v = I(1), &v)); break;
+      case 1: threadlocal_node_set(&n, (k = S("a"), &k), (v = I(7), &v)); break; /* equal */
+      case 2: threadlocal_node_delete(&n, (k = S("new"), &k)); break;
+      case 3: run_sh(L, "walk", "sh.a = 8"); break;
+      case 4: threadlocal_set_integer(sh, "a", 9); break;
+      default: threadlocal_clear(sh); break;
+    }
+    ok &= threadlocal_next(&it, &k, &v) == THREADLOCAL_ERRSTALE;
+    ok &= threadlocal_next(&it, &k, &v) == THREADLOCAL_ERRSTALE;
+  }
+  check(ok, "any write to the walked table (set, equal set, delete, from Lua, clear) makes the "
+            "next step ERRSTALE");
+  run_sh(L, "walk", "sh.t = {}; sh.t.z = 1; sh.t.y = { 1 }; sh.u = 1");
+  threadlocal_node_iter(&root, &it);
+  threadlocal_next(&it, &k, &v);
+  run_sh(L, "walk", "sh.t.z = 2; sh.t.y[2] = 2");
+  ok = threadlocal_next(&it, &k, &v) == 0 && is_str(&k, "u", 1);
+  check(ok, "writes to tables nested in the walked one do not end the walk");
+  /* a large table, rebuilt by deletes and inserts during many walks */
+  threadlocal_clear(sh);
+  threadlocal_root(sh, &root);
+  for (i = 0; i < 1000; i++) threadlocal_node_set(&root, (k = I(i), &k), (v = I(i), &v));
+  ok = 1;
+  for (i = 0; i < 1000; i += 2) {
+    int rc;
+    threadlocal_node_iter(&root, &it);
+    count = 0;
+    while ((rc = threadlocal_next(&it, &k, &v)) == 0 && k.type != THREADLOCAL_NIL) {
+      count++;
+      if (count == 3) threadlocal_node_delete(&root, &k); /* ends the walk */
+    }
+    ok &= rc == THREADLOCAL_ERRSTALE && count == 3;
+    threadlocal_node_set(&root, (k = I(5000 + i), &k), (v = I(i), &v));
+  }
+  threadlocal_node_iter(&root, &it);
+  count = 0;
+  while (threadlocal_next(&it, &k, &v) == 0 && k.type != THREADLOCAL_NIL) count++;
+  check(ok && count == 1000, "walks over a table rebuilt by deletes and inserts stop cleanly");
+  memset(&it, 0, sizeof it);
+  ok = threadlocal_node_iter(NULL, &it) == THREADLOCAL_ERRARG &&
+       threadlocal_node_iter(&root, NULL) == THREADLOCAL_ERRARG &&
+       threadlocal_next(NULL, &k, &v) == THREADLOCAL_ERRARG &&
+       threadlocal_next(&it, &k, &v) == THREADLOCAL_ERRARG &&
+       (threadlocal_node_iter(&root, &it), threadlocal_next(&it, NULL, &v)) == THREADLOCAL_ERRARG;
+  check(ok, "walk calls refuse NULL and a walk never started");
+  threadlocal_clear(sh);
+  lua_close(L);
+}
+
+/* Defaults from C, read on new threads from C and Lua. */
+typedef struct newthread {
+  threadlocal_shared *sh;
+  int ok;
+} newthread;
+
+static void *read_c_defaults(void *p) {
+  newthread *t = (newthread *)p;
+  threadlocal_node root;
+  threadlocal_value path[2], v;
+  lua_State *L;
+  threadlocal_root(t->sh, &root);
+  path[0] = S("opts");
+  path[1] = S("retries");
+  t->ok = threadlocal_node_get(&root, path, 2, &v) == 0 && is_int(&v, 3) &&
+          threadlocal_get(t->sh, "db", &v) == 0 && is_str(&v, "primary", 7) &&
+          threadlocal_get(t->sh, "conn", &v) == 0 && v.u.pointer == &dtor_tags[61];
+  L = new_state(NULL);
+  t->ok &= run(L, "local sh = threadlocal.shared('cdefaults')\n"
+                  "assert(sh.db == 'primary' and sh.opts.retries == 3 and sh[1] == true)\n"
+                  "assert(not pcall(threadlocal.shared, 'cdefaults', { db = 'other' }))\n"
+                  "threadlocal.shared('cdefaults', { db = 'primary', opts = { retries = 3 },\n"
+                  "  [1] = true, conn = threadlocal.fields(sh).conn })\n"
+                  "sh.db = 'mine'\n");
+  lua_close(L);
+  return NULL; /* its copy of conn carries no destructor */
+}
+
+static void test_defaults(void) {
+  threadlocal_shared *sh, *scratch, *lua_first;
+  threadlocal_node root, n, stale;
+  threadlocal_value k, v;
+  lua_State *L = new_state(NULL);
+  newthread t;
+  threadlocal_iter it_unused;
+  int ok;
+  threadlocal_shared_open_cstr("cdefaults", &sh);
+  threadlocal_shared_open_cstr("cdefaults.scratch", &scratch);
+  threadlocal_root(scratch, &root);
+  threadlocal_node_set(&root, (k = S("db"), &k), (v = S("primary"), &v));
+  threadlocal_node_newtable(&root, (k = S("opts"), &k), &n);
+  threadlocal_node_set(&n, (k = S("retries"), &k), (v = I(3), &v));
+  threadlocal_node_set(&root, (k = I(1), &k), (v = threadlocal_boolean(1), &v));
+  threadlocal_node_set_pointer(&root, (k = S("conn"), &k), &dtor_tags[61], count_dtor);
+  /* a stale node gives no defaults, and leaves the local free to get them */
+  threadlocal_node_newtable(&root, (k = S("tmp"), &k), &stale);
+  threadlocal_node_delete(&root, &k);
+  ok = threadlocal_set_defaults(sh, &stale) == THREADLOCAL_ERRSTALE &&
+       threadlocal_set_defaults(NULL, &root) == THREADLOCAL_ERRARG &&
+       threadlocal_set_defaults(sh, NULL) == THREADLOCAL_ERRARG;
+  check(ok, "set_defaults refuses NULL and stale nodes");
+  ok = threadlocal_set_defaults(sh, &root) == THREADLOCAL_OK &&
+       threadlocal_set_defaults(sh, &root) == THREADLOCAL_OK;
+  check(ok, "set_defaults gives a shared local its defaults; an equal repeat is fine");
+  threadlocal_node_set(&n, (k = S("retries"), &k), (v = I(4), &v));
+  ok = threadlocal_set_defaults(sh, &root) == THREADLOCAL_ERRDEFAULTS;
+  threadlocal_node_set(&n, (k = S("retries"), &k), (v = threadlocal_float(3.0), &v));
+  ok &= threadlocal_set_defaults(sh, &root) == THREADLOCAL_ERRDEFAULTS; /* 3.0 is not 3 */
+  threadlocal_node_set(&n, (k = S("retries"), &k), (v = I(3), &v));
+  ok &= threadlocal_set_defaults(sh, &n) == THREADLOCAL_ERRDEFAULTS &&
+        threadlocal_set_defaults(sh, &root) == THREADLOCAL_OK;
+  check(ok, "other defaults are refused with ERRDEFAULTS, the first stay");
+  t.sh = sh;
+  t.ok = 0;
+  on_thread(read_c_defaults, &t);
+  check(t.ok && calls(61) == 0,
+        "a new thread starts from C's defaults, in C and Lua; Lua's own rules apply to them; "
+        "pointers in them carry no destructor");
+  ok = run(L, "threadlocal.shared('cdefaults.lua', { a = { 1, 'x' }, b = 2.5 })");
+  threadlocal_shared_open_cstr("cdefaults.lua", &lua_first);
+  threadlocal_clear(scratch);
+  threadlocal_node_newtable(&root, (k = S("a"), &k), &n);
+  threadlocal_node_set(&n, (k = I(1), &k), (v = I(1), &v));
+  threadlocal_node_set(&n, (k = I(2), &k), (v = S("x"), &v));
+  threadlocal_node_set(&root, (k = S("b"), &k), (v = threadlocal_float(2.5), &v));
+  ok &= threadlocal_set_defaults(lua_first, &root) == THREADLOCAL_OK;
+  threadlocal_node_set(&root, (k = S("c"), &k), (v = I(0), &v));
+  ok &= threadlocal_set_defaults(lua_first, &root) == THREADLOCAL_ERRDEFAULTS;
+  check(ok, "defaults given in Lua: C may repeat them, not change them");
+  {
+    threadlocal_shared *e, *none;
+    threadlocal_shared_open_cstr("cdefaults.empty", &e);
+    threadlocal_shared_open_cstr("cdefaults.none", &none);
+    threadlocal_root(none, &n);
+    ok = threadlocal_set_defaults(e, &n) == THREADLOCAL_OK &&
+         threadlocal_set_defaults(e, &root) == THREADLOCAL_ERRDEFAULTS &&
+         threadlocal_node_iter(&n, &it_unused) == 0;
+    check(ok, "a root with no fields gives empty defaults, fixed as any others");
+  }
+  threadlocal_clear(scratch);
+  check(calls(61) == 1, "the original pointer's destructor runs once, with the fields that hold it");
+  lua_close(L);
+}
+
 int main(void) {
   int i;
   for (i = 0; i < 64; i++) atomic_init(&dtor_calls[i], 0);
@@ -425,5 +1047,12 @@ int main(void) {
   test_snapshot_twice();
   test_scope_dtors();
   test_release_in_init();
+  test_open_cstr();
+  test_strerror();
+  test_keys();
+  test_values();
+  test_stale_foreign();
+  test_iteration();
+  test_defaults();
   return exit_status();
 }
