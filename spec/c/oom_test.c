@@ -5,7 +5,8 @@
 ** share one counter.  A first run counts the allocations of the script;
 ** then, for every N, the script runs again with allocation N failing: each
 ** step must succeed or raise "not enough memory" (C API steps: return
-** THREADLOCAL_OK or THREADLOCAL_ERRMEM), nothing may crash, and afterwards
+** THREADLOCAL_OK or THREADLOCAL_ERRMEM, and a failed one changes nothing:
+** node_steps), nothing may crash, and afterwards
 ** the state must still work.  Also: when the GC finalizer that purges
 ** exited threads' values cannot make its successor, collection resumes.
 ** Built with ASan+LSan by make test, which
@@ -42,14 +43,22 @@ static void *lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   return realloc(ptr, nsize);
 }
 
+/* Blocks the module holds: after a run, as many as after the first (which
+** made the shared locals and defaults that stay), or a failure leaked one
+** that something still points to (out of LeakSanitizer's sight). */
+static long live_blocks;
+
 static void *tl_alloc(void *ud, void *ptr, size_t size) {
+  void *p;
   (void)ud;
   if (size == 0) {
+    if (ptr != NULL) live_blocks--;
     free(ptr);
     return NULL;
   }
   if (should_fail()) return NULL;
-  return realloc(ptr, size);
+  if ((p = realloc(ptr, size)) != NULL && ptr == NULL) live_blocks++;
+  return p;
 }
 
 /* The scripted run: Locals and shared locals, every kind of value.  Each
@@ -147,6 +156,70 @@ static void forget_failed_require(lua_State *L) {
   lua_pop(L, 2);
 }
 
+
+/* The calls on nodes (threadlocal.h, "Reading and writing any value"):
+** each returns OK or ERRMEM, and one that fails leaves the value as it
+** was.  Returns the number of unexpected outcomes. */
+static int dtor_runs, dtor_owed, node_memerrors;
+
+static void oom_dtor(void *p) {
+  (void)p;
+  dtor_runs++;
+}
+
+#define STEP(call) \
+  ((rc = (call)) == THREADLOCAL_OK ? rc : rc == THREADLOCAL_ERRMEM ? (node_memerrors++, rc) \
+   : (printf("# %s returned %d\n", #call, rc), bad++, rc))
+
+static int node_steps(void) {
+  threadlocal_shared *sh, *d;
+  threadlocal_node root, t, inner;
+  threadlocal_value k, v, path[2];
+  threadlocal_iter it;
+  int bad = 0, rc, n = 0, built = 1;
+  static const char longkey[] = "a key that is longer than fifteen bytes";
+  if (STEP(threadlocal_shared_open_cstr("oom.nodes", &sh)) != THREADLOCAL_OK) return bad;
+  threadlocal_root(sh, &root);
+  k = threadlocal_string("h");
+  if (STEP(threadlocal_node_newtable(&root, &k, &t)) != THREADLOCAL_OK) {
+    if (rc == THREADLOCAL_ERRMEM && threadlocal_node_get(&root, &k, 1, &v) == THREADLOCAL_OK &&
+        v.type != THREADLOCAL_NIL)
+      bad++;
+    return bad;
+  }
+  k = threadlocal_string(longkey);
+  v = threadlocal_string("example.org");
+  if (STEP(threadlocal_node_set(&t, &k, &v)) == THREADLOCAL_ERRMEM) {
+    built = 0;
+    if (threadlocal_node_get(&t, &k, 1, &v) != THREADLOCAL_OK || v.type != THREADLOCAL_NIL) bad++;
+  }
+  k = threadlocal_integer(7);
+  if (STEP(threadlocal_node_set_pointer(&t, &k, &dtor_runs, oom_dtor)) == THREADLOCAL_OK)
+    dtor_owed++;
+  else
+    built = 0;
+  k = threadlocal_float(0.5);
+  if (STEP(threadlocal_node_newtable(&t, &k, &inner)) == THREADLOCAL_OK) {
+    k = threadlocal_boolean(1);
+    v = threadlocal_integer(1);
+    if (STEP(threadlocal_node_set(&inner, &k, &v)) != THREADLOCAL_OK) built = 0;
+  } else
+    built = 0;
+  path[0] = threadlocal_string("h");
+  path[1] = threadlocal_string(longkey);
+  STEP(threadlocal_node_get(&root, path, 2, &v));
+  STEP(threadlocal_node_child(&root, path, 1, &inner));
+  if (STEP(threadlocal_node_iter(&root, &it)) == THREADLOCAL_OK)
+    while (threadlocal_next(&it, &k, &v) == THREADLOCAL_OK && k.type != THREADLOCAL_NIL) n++;
+  if (rc == THREADLOCAL_OK && n != 1) bad++;
+  /* every run gives equal defaults: only the first that gets through fixes them */
+  if (built && STEP(threadlocal_shared_open_cstr("oom.cdefaults", &d)) == THREADLOCAL_OK)
+    STEP(threadlocal_set_defaults(d, &t));
+  k = threadlocal_string("h");
+  STEP(threadlocal_node_delete(&root, &k)); /* never allocates */
+  return bad;
+}
+
 /* Runs the script once; returns the number of unexpected outcomes. */
 static int run_script(int *memerrors) {
   lua_State *L;
@@ -193,6 +266,7 @@ static int run_script(int *memerrors) {
     if (r1 > THREADLOCAL_ERRMEM || r2 > THREADLOCAL_ERRMEM || r3 != THREADLOCAL_OK) bad++;
   } else if (rc != THREADLOCAL_ERRMEM)
     bad++;
+  bad += node_steps();
   fail_at = -1; /* then the state must still work */
   if (luaL_dostring(L, verify) != 0) {
     printf("# afterwards: %s\n", lua_tostring(L, -1));
@@ -258,7 +332,7 @@ static int finalizer_oom(void) {
 }
 
 int main(void) {
-  long total, n;
+  long total, n, baseline, leaks = 0;
   int bad = 0, memerrors = 0, runs = 0, dummy = 0;
   char msg[128];
   threadlocal_set_allocator(tl_alloc, NULL);
@@ -267,19 +341,31 @@ int main(void) {
   bad += run_script(&dummy);
   total = count;
   printf("# the scripted run makes %ld allocations\n", total);
+  baseline = live_blocks;
   for (n = 0; n < total; n++) {
     count = 0;
     failed = 0;
     fail_at = n;
     bad += run_script(&memerrors);
     runs++;
+    if (live_blocks != baseline) {
+      printf("# allocation %ld failing: the module holds %ld blocks, not %ld\n", n, live_blocks,
+             baseline);
+      leaks++;
+      baseline = live_blocks;
+    }
   }
   printf("# %d runs, %d steps raised \"not enough memory\"\n", runs, memerrors);
   snprintf(msg, sizeof msg,
            "every operation succeeded or raised not enough memory, at every one of %ld allocations",
            total);
   check(bad == 0, msg);
+  printf("# %d node calls returned THREADLOCAL_ERRMEM\n", node_memerrors);
+  check(node_memerrors > 0 && dtor_runs == dtor_owed && dtor_owed > 0,
+        "a pointer's destructor ran once for each node_set_pointer that succeeded, never for one "
+        "that failed");
   check(memerrors > 0, "failures were injected and reported");
+  check(leaks == 0, "after every run the module holds as many blocks as after the first");
   check(finalizer_oom(),
         "collection of exited threads' values resumes after a finalizer ran out of memory");
   threadlocal_set_allocator(NULL, NULL);
