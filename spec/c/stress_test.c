@@ -2,7 +2,8 @@
 ** stress_test [OPS]: 8 threads, each with 2 states of its own, plus 1 state
 ** handed between all of them under a lock, run OPS (default 20000) random
 ** operations each (fixed seed): shared get, set, delete, clear, pairs,
-** nested table writes and reads, shared-by-name lookups and C API calls;
+** nested table writes and reads, shared-by-name lookups and C API calls
+** (string keys, and nodes: paths, walks, new tables, any key, defaults);
 ** Local get, set, delete, clear and new Locals, in their own states and in
 ** the handed one.  Every read is checked against a model of what that
 ** thread must see.  Built with -fsanitize=thread by make test.
@@ -116,7 +117,7 @@ typedef struct stress {
 /* One operation, drawn from the thread's seed. */
 typedef struct op {
   unsigned r;    /* the first draw: the kind, and the rarer variants */
-  int kind;      /* 0..13 */
+  int kind;      /* 0..15 */
   int64_t v;     /* a value to store, 0..999 */
   lua_State *L;  /* one of the thread's own states */
   int which;     /* its index in own */
@@ -143,6 +144,31 @@ static void stress_setup(stress *s, int me) {
       for (k = 0; k < NKEYS; k++) s->m.locals[i][j][k] = ABSENT;
   s->own[0] = new_stress_state();
   s->own[1] = new_stress_state();
+}
+
+/* Every thread gives "stress.defaults" equal defaults at once, built in
+** its own fields of a scratch local: each call must succeed, and each
+** thread then starts from them. */
+static void stress_defaults(stress *s) {
+  threadlocal_shared *d, *scratch;
+  threadlocal_node root, t;
+  threadlocal_value k, v;
+  threadlocal_shared_open_cstr("stress.defaults", &d);
+  threadlocal_shared_open_cstr("stress.scratch", &scratch);
+  threadlocal_root(scratch, &root);
+  k = threadlocal_string("a");
+  v = threadlocal_integer(1);
+  EXPECT(threadlocal_node_set(&root, &k, &v) == THREADLOCAL_OK);
+  k = threadlocal_string("t");
+  EXPECT(threadlocal_node_newtable(&root, &k, &t) == THREADLOCAL_OK);
+  k = threadlocal_integer(1);
+  v = threadlocal_string("b");
+  EXPECT(threadlocal_node_set(&t, &k, &v) == THREADLOCAL_OK);
+  pthread_barrier_wait(&start);
+  EXPECT(threadlocal_set_defaults(d, &root) == THREADLOCAL_OK);
+  threadlocal_clear(scratch);
+  EXPECT(threadlocal_get(d, "a", &v) == THREADLOCAL_OK && v.type == THREADLOCAL_INTEGER &&
+         v.u.integer == 1);
 }
 
 /* Shared locals, from Lua and from C (kinds 0 to 8). */
@@ -181,6 +207,46 @@ static void shared_op(stress *s, const op *o) {
       break;
     default: threadlocal_delete(s->sh[n], o->key); m->shared[n][k] = ABSENT; break;
   }
+}
+
+/* The same fields through nodes (kinds 14, 15): paths, walks, new tables. */
+static void node_op(stress *s, const op *o) {
+  int n = o->n, k = o->k, c = 0;
+  model *m = &s->m;
+  threadlocal_node root, t, inner;
+  threadlocal_value path[3], key, v;
+  threadlocal_iter it;
+  threadlocal_root(s->sh[n], &root);
+  path[0] = threadlocal_string("t");
+  path[1] = threadlocal_string("inner");
+  path[2] = threadlocal_integer(1);
+  if (o->kind == 14) { /* read: t.x, t.inner[1], and a walk of the fields */
+    EXPECT(threadlocal_node_get(&root, path, 3, &v) == THREADLOCAL_OK);
+    EXPECT(m->nested[n] == ABSENT ? v.type == THREADLOCAL_NIL
+                                  : v.type == THREADLOCAL_INTEGER && v.u.integer == m->nested[n]);
+    EXPECT(threadlocal_node_iter(&root, &it) == THREADLOCAL_OK);
+    while (threadlocal_next(&it, &key, &v) == THREADLOCAL_OK && key.type != THREADLOCAL_NIL)
+      c += key.type == THREADLOCAL_STRING && key.u.string.ptr[0] == 'k';
+    EXPECT(key.type == THREADLOCAL_NIL && c == count(m->shared[n], NKEYS));
+    return;
+  }
+  key = threadlocal_lstring(o->key, strlen(o->key)); /* any key: a counted string */
+  v = threadlocal_integer(o->v);
+  EXPECT(threadlocal_node_set(&root, &key, &v) == THREADLOCAL_OK);
+  m->shared[n][k] = o->v;
+  if (o->r % 2 == 0 || m->nested[n] == ABSENT) { /* a new t, as tset does */
+    key = threadlocal_string("t");
+    EXPECT(threadlocal_node_newtable(&root, &key, &t) == THREADLOCAL_OK);
+    key = threadlocal_string("inner");
+    EXPECT(threadlocal_node_newtable(&t, &key, &inner) == THREADLOCAL_OK);
+  } else { /* into the present t, as tput does */
+    EXPECT(threadlocal_node_child(&root, path, 1, &t) == THREADLOCAL_OK);
+    EXPECT(threadlocal_node_child(&root, path, 2, &inner) == THREADLOCAL_OK);
+  }
+  key = threadlocal_string("x");
+  EXPECT(threadlocal_node_set(&t, &key, &v) == THREADLOCAL_OK);
+  EXPECT(threadlocal_node_set(&inner, &path[2], &v) == THREADLOCAL_OK);
+  m->nested[n] = o->v;
 }
 
 /* The Locals of one of this thread's own states (kinds 9 to 11). */
@@ -222,7 +288,7 @@ static void handed_op(stress *s, const op *o) {
 static void stress_op(stress *s) {
   op o;
   o.r = next_rand(&s->seed);
-  o.kind = (int)(o.r % 14);
+  o.kind = (int)(o.r % 16);
   o.v = (int64_t)(next_rand(&s->seed) % 1000);
   o.L = s->own[next_rand(&s->seed) % 2];
   o.which = o.L == s->own[0] ? 0 : 1;
@@ -234,8 +300,10 @@ static void stress_op(stress *s) {
     shared_op(s, &o);
   else if (o.kind <= 11)
     local_op(s, &o);
-  else
+  else if (o.kind <= 13)
     handed_op(s, &o);
+  else
+    node_op(s, &o);
   ops_done[s->me]++;
 }
 
@@ -259,6 +327,7 @@ static void *worker(void *p) {
   stress s;
   int i;
   stress_setup(&s, (int)(intptr_t)p);
+  stress_defaults(&s);
   pthread_barrier_wait(&start);
   for (i = 0; i < ops_per_thread; i++) stress_op(&s);
   stress_finish(&s);
