@@ -56,6 +56,7 @@ MODULE = $(BUILD)/threadlocal.so
 HELPER = $(BUILD)/tlhelper.so
 DEMO_HOST = $(BUILD)/demo_host
 POOL_HOST = $(BUILD)/pool_host
+HEADERS_HOST = $(BUILD)/headers_host
 STATIC = $(BUILD)/libthreadlocal.a
 
 # The release, as threadlocal.h states it.
@@ -134,7 +135,12 @@ $(POOL_HOST): examples/pool_host.c $(SRC_PARTS)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ examples/pool_host.c src/threadlocal.c \
 		-l$(LUA_LIB) -lm $(LIBS)
 
-examples: $(DEMO_HOST) $(POOL_HOST)
+$(HEADERS_HOST): examples/headers_host.c $(SRC_PARTS)
+	@mkdir -p $(BUILD)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ examples/headers_host.c src/threadlocal.c \
+		-l$(LUA_LIB) -lm $(LIBS)
+
+examples: $(DEMO_HOST) $(POOL_HOST) $(HEADERS_HOST)
 
 $(BUILD)/floor.so: bench/floor.c
 	@mkdir -p $(BUILD)

@@ -171,6 +171,8 @@ demos() {
       END { exit !(a == 3 && b == 3 && NR == 6 && first_b < last_a) }"'
   check "pool host: per-worker context from C, requests handed from the acceptor" "$out/pool.log" \
     sh -c 'build/lua5.4/pool_host examples | tee /dev/stderr | grep -q "^ok: only worker [0-9] switched"'
+  check "headers host: C reads a script's nested tables, walks the fields, sets a table the script reads" \
+    "$out/headers.log" sh -c 'build/lua5.4/headers_host | grep "^ok: C read req.headers.host=example.org, x-id=7, req.path\[1\]=a; fields: method headers{} path{}; the script read the reply: 200 text/plain$"'
 }
 
 # Real Lanes, on each Lua whose interpreter requires "lanes".
@@ -246,6 +248,8 @@ fi
   section reliability reliability
   section valgrind valgrind_specs lua5.4 --exclude-tags=nogrind,gcstorm spec
   section demos demos
+  section symbols tap_run - "$out/symbols.tap" sh tools/symbols_test.sh
+  section symbols own_tap symbols "$out/symbols.tap" sh tools/symbols_test.sh
   section luarocks luarocks_make
   section dist tap_run - "$out/dist.tap" sh tools/dist_test.sh
   section consumer tap_run - "$out/consumer.tap" sh tools/consumer_test.sh "$out/consumer"
