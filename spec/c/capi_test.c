@@ -789,6 +789,19 @@ static void test_stale_foreign(void) {
   ok &= get1(&n, I(1), &v) == THREADLOCAL_ERRSTALE;
   check(ok, "a node goes stale when its table is deleted, replaced, or cleared, from C or Lua, "
             "and stays stale when its slot is reused");
+  {
+    threadlocal_snapshot *snap, *own, *job;
+    run_sh(L, "stale", "sh.t = { x = 1 }");
+    threadlocal_node_child(&root, (k = S("t"), &k), 1, &n);
+    ok = threadlocal_snapshot_capture(&sh, 1, &snap) == 0 &&
+         threadlocal_snapshot_install(snap, &own) == 0 &&
+         get1(&n, S("x"), &v) == THREADLOCAL_ERRSTALE &&
+         threadlocal_node_child(&root, &k, 1, &n2) == 0 && get1(&n2, S("x"), &v) == 0 &&
+         is_int(&v, 1) && threadlocal_snapshot_install(own, &job) == 0 &&
+         get1(&n2, S("x"), &v) == THREADLOCAL_ERRSTALE;
+    threadlocal_snapshot_free(job);
+    check(ok, "installing a snapshot replaces the fields: nodes into the old ones go stale");
+  }
   run_sh(L, "stale", "sh.t = { x = 1 }");
   threadlocal_node_child(&root, &k, 1, &n);
   ok = threadlocal_node_set(&root, (k = S("other"), &k), (v = I(1), &v)) == 0 &&
