@@ -25,6 +25,7 @@ sed -n 's/^THREADLOCAL_API[^(]*[ *]\([A-Za-z_][A-Za-z0-9_]*\)(.*/\1/p' src/threa
   sort >"$tmp/header"
 nm -D --defined-only "$so" | awk '$2 == "T" { print $3 }' | sort >"$tmp/nm"
 # docs/c-api.md: the rows of its function index, "| `name` | ... |"
+# shellcheck disable=SC2016 # backquotes in a sed pattern
 sed -n '/^## Function index/,/^#/s/^| `\([a-z_][a-z0-9_]*\)` |.*/\1/p' docs/c-api.md 2>/dev/null |
   sort >"$tmp/docs"
 
