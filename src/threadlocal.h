@@ -237,7 +237,7 @@ THREADLOCAL_API int threadlocal_release(void);
 */
 typedef struct threadlocal_node {
   threadlocal_shared *sh; /* private: a root's shared local, or NULL */
-  uint64_t owner;         /* private: the thread's id */
+  uint64_t owner_id;         /* private: the thread's id */
   uint32_t slot, gen;     /* private: the table's slot in the thread's slab */
 } threadlocal_node;
 

@@ -11,7 +11,7 @@
 ** defaults, they are made (a copy of the defaults); otherwise NULL.  *err
 ** is set when out of memory.
 */
-static tl_tab *tl_shfields_start(tl_thread *t, tl_sloc *sl, int create, int *err) {
+static tl_tab *tl_shfields_start(tl_thread *t, threadlocal_shared *sl, int create, int *err) {
   tl_tab *defaults = atomic_load_explicit(&sl->defaults, memory_order_acquire);
   tl_tab *tab;
   tl_shslot *s;
@@ -33,7 +33,7 @@ fail:
 }
 
 /* Deletes t's fields of sl (destructors run). */
-static void tl_shfields_clear(tl_thread *t, const tl_sloc *sl) {
+static void tl_shfields_clear(tl_thread *t, const threadlocal_shared *sl) {
   tl_shslot *s = tl_shmap_find(t, sl);
   tl_tab *tab;
   if (s == NULL || (tab = s->fields) == NULL) return;
@@ -48,11 +48,11 @@ static void tl_shfields_clear(tl_thread *t, const tl_sloc *sl) {
 
 THREADLOCAL_API int threadlocal_shared_open(const char *name, size_t len,
                                             threadlocal_shared **out) {
-  tl_sloc *sl;
+  threadlocal_shared *sl;
   if ((name == NULL && len > 0) || len > THREADLOCAL_MAXLEN || out == NULL)
     return THREADLOCAL_ERRARG;
   if (name == NULL) name = "";
-  if (tl_init() != 0 || (sl = tl_sloc_open(name, len)) == NULL) return THREADLOCAL_ERRMEM;
+  if (tl_init() != 0 || (sl = tl_reg_open(name, len)) == NULL) return THREADLOCAL_ERRMEM;
   *out = sl;
   return THREADLOCAL_OK;
 }
@@ -64,7 +64,7 @@ THREADLOCAL_API int threadlocal_shared_open_cstr(const char *name, threadlocal_s
 
 /* Every per-field call starts here: checks, the calling thread, and its
 ** fields of sl in *tab (NULL when it has none and create is 0). */
-static int tl_capi_fields(tl_sloc *sl, const char *key, int create, tl_tab **tab) {
+static int tl_capi_fields(threadlocal_shared *sl, const char *key, int create, tl_tab **tab) {
   tl_thread *t;
   int err;
   if (sl == NULL || key == NULL) return THREADLOCAL_ERRARG;
@@ -75,7 +75,7 @@ static int tl_capi_fields(tl_sloc *sl, const char *key, int create, tl_tab **tab
 }
 
 /* Sets key to v (moved in) for the calling thread. */
-static int tl_capi_set(tl_sloc *sl, const char *key, tl_val *v) {
+static int tl_capi_set(threadlocal_shared *sl, const char *key, tl_val *v) {
   tl_tab *tab;
   tl_key k;
   tl_val old;
@@ -251,7 +251,7 @@ static void tl_capi_outkey(const tl_entry *e, threadlocal_value *out) {
 /* The node of tab, a table of its owner's slab. */
 static void tl_node_of(const tl_tab *tab, threadlocal_node *out) {
   out->sh = NULL;
-  out->owner = tab->owner->id;
+  out->owner_id = tab->owner->id;
   out->slot = tab->slot;
   out->gen = tab->owner->slabgen[tab->slot];
 }
@@ -273,9 +273,9 @@ static int tl_node_tab(const threadlocal_node *node, int create, tl_tab **tab) {
       err = 0;
     return err ? THREADLOCAL_ERRMEM : THREADLOCAL_OK;
   }
-  if (node->owner == 0) return THREADLOCAL_ERRARG; /* never made */
+  if (node->owner_id == 0) return THREADLOCAL_ERRARG; /* never made */
   t = tl_me;
-  if (t == NULL || t->id != node->owner) return THREADLOCAL_ERRTHREAD;
+  if (t == NULL || t->id != node->owner_id) return THREADLOCAL_ERRTHREAD;
   if (node->slot >= t->nslab || t->slabgen[node->slot] != node->gen) return THREADLOCAL_ERRSTALE;
   *tab = t->slab[node->slot];
   return THREADLOCAL_OK;
@@ -482,7 +482,7 @@ THREADLOCAL_API int threadlocal_set_defaults(threadlocal_shared *sh,
   else if (tl_tab_clone(tab, NULL, 0, &copy) != TL_COPY_OK) /* never deeper than tab */
     copy = NULL;
   if (copy == NULL) return THREADLOCAL_ERRMEM;
-  return tl_sloc_setdefaults(sh, copy) == 0 ? THREADLOCAL_OK : THREADLOCAL_ERRDEFAULTS;
+  return tl_reg_setdefaults(sh, copy) == 0 ? THREADLOCAL_OK : THREADLOCAL_ERRDEFAULTS;
 }
 
 THREADLOCAL_API const char *threadlocal_strerror(int code) {

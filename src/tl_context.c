@@ -17,12 +17,12 @@
 */
 typedef struct tl_scope {
   const char *tag; /* tl_scope_tag */
-  uint64_t owner; /* id of the thread that opened it */
+  uint64_t owner_id; /* id of the thread that opened it */
   uint64_t run;   /* the run whose snapshot held sl when it was opened, or 0 */
   int closed;
   int with;        /* with's own: on close, ends what fn left (tl_with) */
   size_t n;        /* fields replaced */
-  tl_sloc *sl;     /* NULL for a Local */
+  threadlocal_shared *sl;     /* NULL for a Local */
   tl_saved *saved; /* shared locals */
   /* The open scopes of one local in this state form a list, newest first,
   ** headed in the local's userdata (which outlives them: see tl_scope_link).
@@ -61,7 +61,7 @@ static void tl_scope_unlink(tl_scope *sc) {
 static tl_scope *tl_scope_newer(const tl_scope *sc) {
   tl_scope *s;
   for (s = sc->newer; s != NULL; s = s->newer)
-    if (s->owner == sc->owner && s->run == sc->run) return s;
+    if (s->owner_id == sc->owner_id && s->run == sc->run) return s;
   return NULL;
 }
 
@@ -91,8 +91,8 @@ static void tl_scope_free(tl_scope *sc) {
 
 /* Opens a scope on the shared local at slot 1 with the fields at slot 2. */
 static void tl_scope_shared(lua_State *L, tl_scope *sc) {
-  tl_sref *ref = (tl_sref *)lua_touserdata(L, 1);
-  tl_tab *fields = tl_sref_fields(L, ref, 1), *conv;
+  tl_handle *ref = (tl_handle *)lua_touserdata(L, 1);
+  tl_tab *fields = tl_handle_fields(L, ref, 1), *conv;
   tl_thread *t = fields->owner;
   tl_val v;
   uint32_t i;
@@ -167,7 +167,7 @@ static void tl_scope_putback(lua_State *L, int fields, int old, size_t n) {
 static void tl_scope_local(lua_State *L, tl_scope *sc, int scope) {
   int fields, old;
   size_t n = 0;
-  tl_local_push1(L, 1);               /* ... F */
+  tl_local_push_findstate(L, 1);               /* ... F */
   fields = lua_gettop(L);
   lua_pushnil(L);
   while (lua_next(L, 2)) {
@@ -217,13 +217,13 @@ static int tl_scope_open(lua_State *L) {
   sc->closed = 1; /* until it holds something: opening may raise */
   tl_scope_pushmeta(L);
   lua_setmetatable(L, -2);
-  sc->owner = tl_self(L)->id;
+  sc->owner_id = tl_self(L)->id;
   if (kind == TL_KSHARED)
     tl_scope_shared(L, sc);
   else
     tl_scope_local(L, sc, lua_gettop(L));
   sc->closed = 0;
-  tl_scope_link(sc, kind == TL_KSHARED ? &((tl_sref *)lua_touserdata(L, 1))->scopes
+  tl_scope_link(sc, kind == TL_KSHARED ? &((tl_handle *)lua_touserdata(L, 1))->scopes
                                        : &((tl_local *)lua_touserdata(L, 1))->scopes);
   return 1;
 }
@@ -241,7 +241,7 @@ static int tl_scope_close(lua_State *L) {
   if (sc->closed) return 0;
   if (sc->with) {
     tl_scope *s;
-    if (sc->owner != tl_myid) { /* fn released the thread: nothing to put back */
+    if (sc->owner_id != tl_myid) { /* fn released the thread: nothing to put back */
       tl_scope_forget(sc);
       return 0;
     }
@@ -249,7 +249,7 @@ static int tl_scope_close(lua_State *L) {
     ** they put nothing back, since this one restores what came before. */
     while ((s = tl_scope_newer(sc)) != NULL) tl_scope_forget(s);
   }
-  if (sc->owner != tl_myid)
+  if (sc->owner_id != tl_myid)
     tl_error(L, "threadlocal: scope closed on another thread than the one that opened it");
   if (sc->sl != NULL) {
     tl_thread *t = tl_self(L);
@@ -269,7 +269,7 @@ static int tl_scope_close(lua_State *L) {
     int fields;
     tl_getuv(L, 1, TL_SCOPE_OLD);         /* sc old: alive whatever init does */
     tl_getuv(L, 1, TL_SCOPE_LOCAL);       /* sc old lo */
-    tl_local_push1(L, lua_gettop(L));     /* sc old lo F: init may close sc */
+    tl_local_push_findstate(L, lua_gettop(L));     /* sc old lo F: init may close sc */
     if (sc->closed) {
       lua_settop(L, top);
       return 0;
@@ -436,20 +436,20 @@ static void tl_pushcopy_guarded(lua_State *L, tl_guard *g, const tl_tab *tab) {
 /* threadlocal.capture([sh, ...]): {[name] = plain copy of the fields}. */
 static int tl_capture(lua_State *L) {
   int n = lua_gettop(L), i, rc;
-  tl_sloc **locals = NULL;
+  threadlocal_shared **locals = NULL;
   tl_guard *g;
   size_t k;
-  for (i = 1; i <= n; i++) (void)tl_checkud(L, i, tl_sref_tag, sizeof(tl_sref));
+  for (i = 1; i <= n; i++) (void)tl_checkud(L, i, tl_handle_tag, sizeof(tl_handle));
   g = tl_newguard(L);
-  if (n > 0 && (locals = (tl_sloc **)tl_calloc((size_t)n, sizeof *locals)) == NULL)
+  if (n > 0 && (locals = (threadlocal_shared **)tl_calloc((size_t)n, sizeof *locals)) == NULL)
     tl_memerror(L);
-  for (i = 0; i < n; i++) locals[i] = ((tl_sref *)lua_touserdata(L, i + 1))->sl;
+  for (i = 0; i < n; i++) locals[i] = ((tl_handle *)lua_touserdata(L, i + 1))->sl;
   rc = threadlocal_snapshot_capture(locals, (size_t)n, &g->snap); /* no Lua allocation */
   tl_free(locals);
   if (rc != THREADLOCAL_OK) tl_memerror(L);
   lua_createtable(L, 0, n);
   for (k = 0; k < g->snap->n; k++) {
-    const tl_sloc *sl = g->snap->e[k].sl;
+    const threadlocal_shared *sl = g->snap->e[k].sl;
     lua_pushlstring(L, sl->name, sl->len);
     if (g->snap->e[k].fields != NULL)
       tl_pushcopy(L, g->snap->e[k].fields);
@@ -492,7 +492,7 @@ static int tl_run(lua_State *L) {
     if (lua_type(L, -2) != LUA_TSTRING || !lua_istable(L, -1))
       tl_error(L, "threadlocal: a snapshot maps shared local names to tables of fields");
     name = lua_tolstring(L, -2, &len);
-    if ((g->snap->e[i].sl = tl_sloc_open(name, len)) == NULL) tl_memerror(L);
+    if ((g->snap->e[i].sl = tl_reg_open(name, len)) == NULL) tl_memerror(L);
     tl_tovalue(L, -1, lua_gettop(L) - 1, NULL, 0, &v);
     g->snap->e[i++].fields = v.u.tab;
     lua_pop(L, 1);

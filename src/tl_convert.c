@@ -80,7 +80,7 @@ static void tl_pushkey(lua_State *L, const tl_entry *e) {
 
 /* The live table p stands for, if it is t's; NULL otherwise (t may be NULL). */
 static TL_HOT tl_tab *tl_proxy_target(const tl_thread *t, const tl_proxy *p) {
-  if (t != NULL && p->owner == t->id && p->slot < t->nslab && t->slabgen[p->slot] == p->gen)
+  if (t != NULL && p->owner_id == t->id && p->slot < t->nslab && t->slabgen[p->slot] == p->gen)
     return t->slab[p->slot];
   return NULL;
 }
@@ -88,13 +88,13 @@ static TL_HOT tl_tab *tl_proxy_target(const tl_thread *t, const tl_proxy *p) {
 /* Pushes a new proxy of tab, and remembers it in the cache (0: none). */
 static void tl_pushproxymt(lua_State *L);
 
-/* A new proxy of slot `slot`, generation `gen`, of thread `owner`'s slab,
+/* A new proxy of slot `slot`, generation `gen`, of thread `owner_id`'s slab,
 ** remembered in the cache. */
-static void tl_newproxy(lua_State *L, uint64_t owner, uint32_t slot, uint32_t gen, int cache) {
+static void tl_newproxy(lua_State *L, uint64_t owner_id, uint32_t slot, uint32_t gen, int cache) {
   tl_proxy *p = (tl_proxy *)tl_newud(L, sizeof *p, TL_PROXY_NUV);
   memset(p, 0, sizeof *p);
   p->tag = tl_proxy_tag;
-  p->owner = owner;
+  p->owner_id = owner_id;
   p->slot = slot;
   p->gen = gen;
   tl_pushproxymt(L);
@@ -120,7 +120,7 @@ static void tl_pushproxy(lua_State *L, tl_tab *tab, int cache) {
   if (found) cache = tl_pushcache(L);
   tl_rawgeti64(L, cache, slot + 1u);
   p = (const tl_proxy *)lua_touserdata(L, -1);
-  if (p == NULL || p->owner != t->id || p->slot != slot || p->gen != gen) {
+  if (p == NULL || p->owner_id != t->id || p->slot != slot || p->gen != gen) {
     lua_pop(L, 1);
     tl_newproxy(L, t->id, slot, gen, cache);
   }
@@ -160,7 +160,7 @@ static void tl_pushcopy(lua_State *L, const tl_tab *tab) {
 
 static TL_NORETURN void tl_proxy_fail(lua_State *L, const tl_proxy *p) {
   tl_thread *t = tl_me;
-  if (t == NULL || p->owner != t->id)
+  if (t == NULL || p->owner_id != t->id)
     tl_error(L, "threadlocal: table proxy used on another thread than the one that read it");
   tl_error(L, "threadlocal: table proxy is stale: its table was replaced, deleted or cleared");
 }
@@ -354,7 +354,7 @@ static void tl_tovalue(lua_State *L, int i, int key, tl_thread *owner, uint32_t 
 }
 
 /* Stores the value at slot 3 under the key at slot 2 of tab. */
-static void tl_tab_assign_any(lua_State *L, tl_tab *tab) {
+static void tl_ltab_assign_any(lua_State *L, tl_tab *tab) {
   tl_key k;
   tl_val v, old;
   tl_checkkey(L, 2, &k);
@@ -417,7 +417,7 @@ static TL_HOT int tl_entry_store(lua_State *L, tl_tab *tab, tl_entry *e) {
 }
 
 /* The entry of the string key at slot 2 in tab, or NULL. */
-static TL_HOT tl_entry *tl_tab_find2(lua_State *L, tl_tab *tab) {
+static TL_HOT tl_entry *tl_ltab_findarg(lua_State *L, tl_tab *tab) {
   size_t len;
   const char *s = lua_tolstring(L, 2, &len);
   return tl_tab_findstr(tab, s, len);
@@ -433,7 +433,7 @@ static TL_HOT int tl_last_tabhit(const tl_last *last, const void *id, const tl_t
 }
 
 static TL_HOT int tl_last_hit(const tl_last *last, const void *id, const tl_tab *tab) {
-  return tl_last_tabhit(last, id, tab) && tl_myid == last->owner;
+  return tl_last_tabhit(last, id, tab) && tl_myid == last->owner_id;
 }
 
 /*
@@ -452,43 +452,43 @@ static int tl_last_set(lua_State *L, tl_last *last, int uv, const void *id, cons
     tl_setuv(L, 1, uv);
     last->key = id;
   }
-  last->owner = tab->owner->id;
+  last->owner_id = tab->owner->id;
   last->tab = tab;
   last->version = tab->version;
   last->entry = e;
   return 1;
 }
 
-/* tl_tab_assign when last does not have the key at slot 2, whose tl_keyid
+/* tl_ltab_assign when last does not have the key at slot 2, whose tl_keyid
 ** is id: a string key's entry is remembered (unless a table: see
 ** tl_shared_index) for the next write or read. */
-static TL_NOINLINE void tl_tab_assign_miss(lua_State *L, tl_tab *tab, tl_last *last, int uv,
+static TL_NOINLINE void tl_ltab_assign_miss(lua_State *L, tl_tab *tab, tl_last *last, int uv,
                                            const void *id) {
   tl_entry *e;
-  if (lua_type(L, 2) == LUA_TSTRING && (e = tl_tab_find2(L, tab)) != NULL) {
+  if (lua_type(L, 2) == LUA_TSTRING && (e = tl_ltab_findarg(L, tab)) != NULL) {
     int hit = e->val.type != TL_TTAB && tl_last_set(L, last, uv, id, tab, e);
     if (tl_entry_store(L, tab, e)) {
       if (hit) last->version = tab->version;
       return;
     }
   }
-  tl_tab_assign_any(L, tab);
+  tl_ltab_assign_any(L, tab);
 }
 
 /* Stores the value at slot 3 under the key at slot 2 of tab, going
 ** through (and keeping right) what last, with user value uv, remembers. */
-static TL_HOT void tl_tab_assign(lua_State *L, tl_tab *tab, tl_last *last, int uv) {
+static TL_HOT void tl_ltab_assign(lua_State *L, tl_tab *tab, tl_last *last, int uv) {
   const void *id = tl_keyid(L, 2);
   if (!tl_last_hit(last, id, tab))
-    tl_tab_assign_miss(L, tab, last, uv, id);
+    tl_ltab_assign_miss(L, tab, last, uv, id);
   else if (tl_entry_store(L, tab, last->entry))
     last->version = tab->version; /* the entry is still the key's */
   else
-    tl_tab_assign_any(L, tab);
+    tl_ltab_assign_any(L, tab);
 }
 
 /* Pushes tab[key at slot 2]. */
-static TL_HOT int tl_tab_index(lua_State *L, tl_tab *tab) {
+static TL_HOT int tl_ltab_index(lua_State *L, tl_tab *tab) {
   tl_key k;
   tl_entry *e = NULL;
   if (tab != NULL) {
@@ -506,7 +506,7 @@ static TL_HOT int tl_tab_index(lua_State *L, tl_tab *tab) {
   return 1;
 }
 
-static lua_Integer tl_tab_len(const tl_tab *tab) { /* a border, as # finds one */
+static lua_Integer tl_ltab_len(const tl_tab *tab) { /* a border, as # finds one */
   tl_key k;
   int64_t i = 0, j = 1;
   if (tab == NULL) return 0;
@@ -561,7 +561,7 @@ static int tl_iter_empty(lua_State *L) {
 }
 
 /* Returns pairs' three values for tab (owned by the calling thread). */
-static int tl_tab_pairs(lua_State *L, tl_tab *tab) {
+static int tl_ltab_pairs(lua_State *L, tl_tab *tab) {
   if (tab == NULL) {
     lua_pushcfunction(L, tl_iter_empty);
     return 1;

@@ -190,7 +190,7 @@ typedef struct tl_tab {
   uint32_t ixmask; /* the slots in ix (a power of 2 above 1.5 cap) - 1 */
   uint32_t slot;  /* in the owner's slab */
   uint32_t depth; /* levels below the fields table (0), <= TL_MAXDEPTH */
-  uint64_t version;        /* changes with every write: see tl_sref */
+  uint64_t version;        /* changes with every write: see tl_handle */
   struct tl_thread *owner; /* NULL for a shared local's defaults */
 } tl_tab;
 
@@ -245,10 +245,9 @@ typedef struct tl_thread {
 } tl_thread;
 
 /* A shared local: found by name, never freed. */
-typedef struct threadlocal_shared tl_sloc;
 
 struct threadlocal_shared {
-  tl_sloc *next; /* in its registry bucket */
+  threadlocal_shared *next; /* in its registry bucket */
   uint32_t idx, hash;
   _Atomic(tl_tab *) defaults; /* set once, then read-only */
   size_t len;

@@ -11,7 +11,7 @@
 ** Local's get_id and set_id say whose fields its closures hold, as for the C
 ** closures, so that the purge, clear and a failed init drop them
 ** (tl_uncache).  A shared local gets TL_STATE_JITMT, the shared-local
-** metatable with jit.lua's __index; its userdata stays the same tl_sref.
+** metatable with jit.lua's __index; its userdata stays the same tl_handle.
 **
 ** Lua code reaches those FFI functions through debug.getupvalue, so they
 ** take numbers only and are safe whatever they are given: no pointer, no
@@ -80,16 +80,16 @@ typedef struct tl_jit_key {
 
 /* The arrays start empty, not NULL: one test less on every read. */
 static tl_jit_arr tl_jit_noslocs, tl_jit_nokeys;
-static tl_jit_ids tl_jit_slocs = { &tl_jit_noslocs, NULL, 0 }; /* tl_sloc */
+static tl_jit_ids tl_jit_slocs = { &tl_jit_noslocs, NULL, 0 }; /* threadlocal_shared */
 static tl_jit_ids tl_jit_keys = { &tl_jit_nokeys, NULL, 0 };   /* tl_jit_key */
 
 static uint32_t tl_jit_hashof(const tl_jit_ids *ids, const void *p) {
-  return ids == &tl_jit_slocs ? ((const tl_sloc *)p)->hash : ((const tl_jit_key *)p)->hash;
+  return ids == &tl_jit_slocs ? ((const threadlocal_shared *)p)->hash : ((const tl_jit_key *)p)->hash;
 }
 
 /* Whether object p is the one sought: the shared local sl, or the key
 ** s[0..len). */
-static int tl_jit_is(const tl_jit_ids *ids, const void *p, const tl_sloc *sl, const char *s,
+static int tl_jit_is(const tl_jit_ids *ids, const void *p, const threadlocal_shared *sl, const char *s,
                      size_t len) {
   const tl_jit_key *k = (const tl_jit_key *)p;
   if (ids == &tl_jit_slocs) return p == sl;
@@ -129,7 +129,7 @@ static int tl_jit_reserve(tl_jit_ids *ids, uint32_t n) {
 ** if need be; hash is sl->hash or the key's.  0, or -1 when out of memory
 ** or past the bounds on keys.
 */
-static int tl_jit_id(tl_jit_ids *ids, uint32_t hash, const tl_sloc *sl, const char *s, size_t len,
+static int tl_jit_id(tl_jit_ids *ids, uint32_t hash, const threadlocal_shared *sl, const char *s, size_t len,
                      uint32_t *id) {
   tl_jit_arr *a;
   tl_jit_key *k = NULL;
@@ -195,7 +195,7 @@ static TL_HOT tl_tab *tl_jit_fields(uint32_t h, uint32_t k, const tl_jit_key **k
       k >= atomic_load_explicit(&ka->n, memory_order_acquire))
     return NULL;
   *key = (const tl_jit_key *)ka->p[k];
-  return tl_shfields_peek(tl_me, (const tl_sloc *)sa->p[h]);
+  return tl_shfields_peek(tl_me, (const threadlocal_shared *)sa->p[h]);
 }
 
 /*
@@ -209,7 +209,7 @@ static TL_HOT tl_tab *tl_jit_fields(uint32_t h, uint32_t k, const tl_jit_key **k
 */
 typedef struct tl_jit_last {
   uint64_t hk; /* h << 32 | k */
-  uint64_t owner, version;
+  uint64_t owner_id, version;
   const tl_tab *tab;
   const tl_entry *e;
 } tl_jit_last;
@@ -221,9 +221,9 @@ static _Thread_local tl_jit_last tl_jit_lastread TL_TLS_MODEL;
 static TL_HOT int tl_jit_again(uint32_t h, uint32_t k) {
   const tl_jit_arr *sa = atomic_load_explicit(&tl_jit_slocs.arr, memory_order_acquire);
   const tl_tab *tab;
-  return ((uint64_t)h << 32 | k) == tl_jit_lastread.hk && tl_myid == tl_jit_lastread.owner &&
+  return ((uint64_t)h << 32 | k) == tl_jit_lastread.hk && tl_myid == tl_jit_lastread.owner_id &&
          h < atomic_load_explicit(&sa->n, memory_order_acquire) &&
-         (tab = tl_shfields_peek(tl_me, (const tl_sloc *)sa->p[h])) != NULL &&
+         (tab = tl_shfields_peek(tl_me, (const threadlocal_shared *)sa->p[h])) != NULL &&
          tab == tl_jit_lastread.tab && tab->version == tl_jit_lastread.version;
 }
 
@@ -235,7 +235,7 @@ static int tl_jit_lookup(uint32_t h, uint32_t k) {
   if (tab == NULL) return 0;
   tl_jit_lastread.e = tl_tab_findstr(tab, key->s, key->len);
   tl_jit_lastread.hk = (uint64_t)h << 32 | k;
-  tl_jit_lastread.owner = tl_myid;
+  tl_jit_lastread.owner_id = tl_myid;
   tl_jit_lastread.version = tab->version;
   tl_jit_lastread.tab = tab;
   return 1;
@@ -282,7 +282,7 @@ static double tl_jit_skind(uint32_t h, uint32_t k) {
 ** memory.
 */
 static int tl_jit_learn(lua_State *L) {
-  tl_sref *ref = (tl_sref *)tl_testud(L, 1, tl_sref_tag, sizeof(tl_sref));
+  tl_handle *ref = (tl_handle *)tl_testud(L, 1, tl_handle_tag, sizeof(tl_handle));
   uint32_t h, k;
   size_t len;
   const char *s;
@@ -315,7 +315,7 @@ static TL_NORETURN TL_NOINLINE void tl_jit_argerror(lua_State *L, const char *mm
 }
 
 /* Argument 1 must be a Local. */
-static void tl_jit_check1(lua_State *L, int uv) {
+static void tl_jit_checkself(lua_State *L, int uv) {
   void *p = lua_touserdata(L, 1);
   if (p == NULL || *(const char *const *)p != tl_local_tag)
     tl_jit_argerror(L, uv == TL_LOCAL_GET ? "__index" : "__newindex",
@@ -332,7 +332,7 @@ static int tl_jit_slow(lua_State *L, int uv) {
   tl_local *self;
   uint64_t *cid;
   int st;
-  tl_jit_check1(L, uv);
+  tl_jit_checkself(L, uv);
   self = (tl_local *)tl_checkud_hot(L, 2, tl_local_tag);
   cid = uv == TL_LOCAL_GET ? &self->get_id : &self->set_id;
   if (*cid == tl_myid) { /* another Local as o: answered from self's fields */
@@ -363,7 +363,7 @@ static int tl_jit_index(lua_State *L) {
 
 static int tl_jit_newindex(lua_State *L) {
   lua_settop(L, 3);
-  tl_jit_check1(L, TL_LOCAL_SET); /* as tl_local_newindex: argument 1, then the key */
+  tl_jit_checkself(L, TL_LOCAL_SET); /* as tl_local_newindex: argument 1, then the key */
   tl_local_checkname(L, 3);
   lua_settop(L, 2);
   return tl_jit_slow(L, TL_LOCAL_SET);
@@ -373,8 +373,8 @@ static int tl_jit_newindex(lua_State *L) {
 ** with argument 1 checked here so that its error is placed as the Local's. */
 static int tl_jit_sindex(lua_State *L) {
   void *p = lua_touserdata(L, 1);
-  if (p == NULL || *(const char *const *)p != tl_sref_tag)
-    tl_jit_argerror(L, "__index", lua_pushfstring(L, "%s expected, got %s", tl_sref_tag,
+  if (p == NULL || *(const char *const *)p != tl_handle_tag)
+    tl_jit_argerror(L, "__index", lua_pushfstring(L, "%s expected, got %s", tl_handle_tag,
                                                   luaL_typename(L, 1)));
   return tl_shared_index(L);
 }

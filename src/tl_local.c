@@ -16,7 +16,7 @@
 ** and its next call takes the slow path.  A C closure gets the state's
 ** empty or sink table instead, never nil (see tl_local_index).  Allocates
 ** nothing. */
-static void tl_uncache1(lua_State *L, int ud, tl_local *lo, int uv) {
+static void tl_uncache_closure(lua_State *L, int ud, tl_local *lo, int uv) {
   *(uv == TL_LOCAL_GET ? &lo->get_id : &lo->set_id) = TL_NOCACHE;
   tl_getuv(L, ud, uv);
   if (lua_iscfunction(L, -1)) {
@@ -35,8 +35,8 @@ static void tl_uncache1(lua_State *L, int ud, tl_local *lo, int uv) {
 
 static void tl_uncache(lua_State *L, int ud, tl_local *lo) {
   ud = tl_absindex(L, ud);
-  tl_uncache1(L, ud, lo, TL_LOCAL_GET);
-  tl_uncache1(L, ud, lo, TL_LOCAL_SET);
+  tl_uncache_closure(L, ud, lo, TL_LOCAL_GET);
+  tl_uncache_closure(L, ud, lo, TL_LOCAL_SET);
 }
 
 /* Drop every Local's fields of the exited thread `id`.  Allocates nothing,
@@ -108,7 +108,7 @@ static int tl_sentinel_gc(lua_State *L) {
 ** another Local of this state on this thread, and so enrolls the thread
 ** first: what was read before an allocation is read again after it.
 */
-static void tl_enroll1(lua_State *L, int ud, tl_thread *t, int st) {
+static void tl_enroll_once(lua_State *L, int ud, tl_thread *t, int st) {
   tl_home *home = tl_state_at(L, st)->home;
   tl_state_uv(L, st, TL_STATE_BYTHREAD);
   tl_rawgeti64(L, -1, t->id);
@@ -142,7 +142,7 @@ static void tl_enroll(lua_State *L, int ud, tl_thread *t, int st) {
   uint64_t id;
   do {
     id = t->id;
-    tl_enroll1(L, ud, t, st);
+    tl_enroll_once(L, ud, t, st);
   } while (t->id != id);
 }
 
@@ -166,7 +166,7 @@ static void tl_local_start(lua_State *L, int ud, tl_thread *t, int st) {
   lua_pop(L, 1);
   tl_rawseti64(L, map, t->id);
   if (lo->get_id == t->id) /* __index holds the empty table for t */
-    tl_uncache1(L, ud, lo, TL_LOCAL_GET);
+    tl_uncache_closure(L, ud, lo, TL_LOCAL_GET);
   if (lo->ninit > 0 && lo->init_id != t->id) {
     int i, n = lo->ninit, status;
     uint64_t outer = lo->init_id; /* init may hand the state to another thread */
@@ -228,7 +228,7 @@ static void tl_local_push(lua_State *L, int ud, int st) {
 }
 
 /* The same, from a function without the state as an upvalue. */
-static void tl_local_push1(lua_State *L, int ud) {
+static void tl_local_push_findstate(lua_State *L, int ud) {
   int st;
   ud = tl_absindex(L, ud);
   st = tl_pushstate(L);
@@ -276,7 +276,7 @@ static TL_NOINLINE void tl_local_refresh(lua_State *L, tl_local *lo, uint64_t *c
 ** path (the other Local's cache is this thread's) the closure acts on the
 ** table it holds, whichever that is: checking that argument 1 is its own
 ** Local would cost a second call into Lua on every access.  That table is
-** never nil (tl_uncache1), so such a call cannot crash; it reads or writes
+** never nil (tl_uncache_closure), so such a call cannot crash; it reads or writes
 ** what debug.getupvalue would hand out just as well.  With
 ** no arguments, argument 1 is none and is refused; a
 ** missing key is refused; without a value, the raw access takes the key
@@ -316,13 +316,13 @@ static int tl_islocal(lua_State *L, int i) {
 }
 
 /* The cold metamethods check argument 1 fully (see tl_local_index). */
-static void tl_local_check1(lua_State *L) {
+static void tl_local_checkself(lua_State *L) {
   (void)tl_checkud(L, 1, tl_local_tag, sizeof(tl_local));
 }
 
 static int tl_local_pairs(lua_State *L) {
-  tl_local_check1(L);
-  tl_local_push1(L, 1);
+  tl_local_checkself(L);
+  tl_local_push_findstate(L, 1);
   lua_pushcfunction(L, tl_next);
   lua_insert(L, -2);
   lua_pushnil(L);
@@ -330,14 +330,14 @@ static int tl_local_pairs(lua_State *L) {
 }
 
 static int tl_local_len(lua_State *L) {
-  tl_local_check1(L);
-  tl_local_push1(L, 1);
+  tl_local_checkself(L);
+  tl_local_push_findstate(L, 1);
   lua_pushinteger(L, (lua_Integer)tl_rawlen(L, -1));
   return 1;
 }
 
 static int tl_local_tostring(lua_State *L) {
-  tl_local_check1(L);
+  tl_local_checkself(L);
   lua_pushfstring(L, THREADLOCAL_LOCAL_MT ": %p", lua_touserdata(L, 1));
   return 1;
 }
@@ -350,7 +350,7 @@ static int tl_checkkind(lua_State *L, int kinds, const char *tname) {
   int k = 0;
   if (tl_islocal(L, 1))
     k = TL_KLOCAL;
-  else if (tl_testud(L, 1, tl_sref_tag, sizeof(tl_sref)) != NULL)
+  else if (tl_testud(L, 1, tl_handle_tag, sizeof(tl_handle)) != NULL)
     k = TL_KSHARED;
   else if (tl_testud(L, 1, tl_proxy_tag, sizeof(tl_proxy)) != NULL)
     k = TL_KPROXY;

@@ -226,7 +226,7 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 **   TL_STATE_SINK      a table nobody reads: what a Local's __newindex holds
 **                      while it holds no thread's fields (see tl_local_index)
 ** The shared-local metatable (in the registry under its name) also maps
-** each tl_sloc, as a light userdata key (which no metamethod name can be),
+** each threadlocal_shared, as a light userdata key (which no metamethod name can be),
 ** to this state's userdata of it, so that one name has one userdata and a
 ** state that only uses shared locals needs no tl_state.
 ** User values of a Local (tl_local):
@@ -234,9 +234,9 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 **   TL_LOCAL_INIT      {init, args...} (ninit values), or nil
 **   TL_LOCAL_GET       its own __index closure
 **   TL_LOCAL_SET       its own __newindex closure
-** User values of a shared local userdata (tl_sref):
-**   TL_SREF_LAST       the proxy of the remembered field, when a table
-**   TL_SREF_KEY        the remembered field's key (see tl_last)
+** User values of a shared local userdata (tl_handle):
+**   TL_HANDLE_LAST       the proxy of the remembered field, when a table
+**   TL_HANDLE_KEY        the remembered field's key (see tl_last)
 ** User value of a proxy (tl_proxy):
 **   TL_PROXY_KEY       the remembered field's key (see tl_last)
 */
@@ -253,7 +253,7 @@ enum { TL_STATE_BYTHREAD = 1, TL_STATE_SENTINEL, TL_STATE_PROXIES,
        TL_STATE_NUV = TL_STATE_SINK };
 enum { TL_LOCAL_MAP = 1, TL_LOCAL_INIT, TL_LOCAL_GET, TL_LOCAL_SET,
        TL_LOCAL_NUV = TL_LOCAL_SET };
-enum { TL_SREF_LAST = 1, TL_SREF_KEY, TL_SREF_NUV = TL_SREF_KEY };
+enum { TL_HANDLE_LAST = 1, TL_HANDLE_KEY, TL_HANDLE_NUV = TL_HANDLE_KEY };
 enum { TL_PROXY_KEY = 1, TL_PROXY_NUV = TL_PROXY_KEY };
 
 
@@ -273,7 +273,7 @@ typedef struct tl_state {
 ** code, which may call them with anything.
 */
 static const char tl_local_tag[] = THREADLOCAL_LOCAL_MT;
-static const char tl_sref_tag[] = THREADLOCAL_SHARED_MT;
+static const char tl_handle_tag[] = THREADLOCAL_SHARED_MT;
 static const char tl_proxy_tag[] = THREADLOCAL_PROXY_MT;
 static const char tl_state_tag[] = "threadlocal.state";
 
@@ -300,7 +300,7 @@ typedef struct tl_local {
 ** string is kept alive as a user value of the userdata: so no other object
 ** can have its address, and a value at slot 2 whose tl_keyid is `key` is
 ** that very string, with no bytes to compare.  `entry` is right
-** while thread `owner`'s table `tab` has the same version (versions never
+** while thread `owner_id`'s table `tab` has the same version (versions never
 ** repeat on a thread, and a write that only overwrites a value in place
 ** moves `version` along).  A key is remembered at its second miss in a
 ** row (`seen`, a hint only), so that a loop over two keys does not pay for
@@ -308,7 +308,7 @@ typedef struct tl_local {
 */
 typedef struct tl_last {
   const void *key, *seen;
-  uint64_t owner, version;
+  uint64_t owner_id, version;
   const tl_tab *tab;
   tl_entry *entry;
 } tl_last;
@@ -333,19 +333,19 @@ typedef struct tl_last {
 #endif
 
 /* A shared local in one state.  A table field remembered in `last` has its
-** proxy as user value TL_SREF_LAST. */
-typedef struct tl_sref {
-  const char *tag; /* tl_sref_tag */
-  tl_sloc *sl;
+** proxy as user value TL_HANDLE_LAST. */
+typedef struct tl_handle {
+  const char *tag; /* tl_handle_tag */
+  threadlocal_shared *sl;
   tl_last last;
   unsigned reads; /* through the C __index, counted up to TL_JIT_HOT */
   struct tl_scope *scopes; /* its open scopes in this state, newest first */
-} tl_sref;
+} tl_handle;
 
-/* A proxy of the table in slot `slot` of thread `owner`'s slab. */
+/* A proxy of the table in slot `slot` of thread `owner_id`'s slab. */
 typedef struct tl_proxy {
   const char *tag; /* tl_proxy_tag */
-  uint64_t owner;
+  uint64_t owner_id;
   uint32_t slot, gen;
   tl_last last;
 } tl_proxy;

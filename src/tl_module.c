@@ -10,7 +10,7 @@
 static int tl_clear(lua_State *L) {
   if (tl_checkkind(L, TL_KLOCAL | TL_KSHARED, "threadlocal.local or threadlocal.shared") ==
       TL_KSHARED) {
-    if (tl_me != NULL) tl_shfields_clear(tl_me, ((tl_sref *)lua_touserdata(L, 1))->sl);
+    if (tl_me != NULL) tl_shfields_clear(tl_me, ((tl_handle *)lua_touserdata(L, 1))->sl);
   } else {
     tl_local *lo = (tl_local *)lua_touserdata(L, 1);
     uint64_t id = tl_myid;
@@ -27,7 +27,7 @@ static int tl_clear(lua_State *L) {
 static int tl_table(lua_State *L) {
   tl_checkkind(L, TL_KLOCAL, THREADLOCAL_LOCAL_MT);
   lua_settop(L, 1);
-  tl_local_push1(L, 1);
+  tl_local_push_findstate(L, 1);
   return 1;
 }
 
@@ -37,12 +37,12 @@ static int tl_fields_copy(lua_State *L) {
   tl_guard *g;
   int kind = tl_checkkind(L, TL_KLOCAL | TL_KSHARED | TL_KPROXY, TL_ANYKIND);
   if (kind == TL_KLOCAL) {
-    tl_local_push1(L, 1);
+    tl_local_push_findstate(L, 1);
     tl_copytable(L, -1);
     return 1;
   }
   g = tl_newguard(L);
-  tab = kind == TL_KSHARED ? tl_sref_fields1(L, 0) : tl_proxy_tab(L, 1);
+  tab = kind == TL_KSHARED ? tl_handle_selffields(L, 0) : tl_proxy_tab(L, 1);
   if (tab == NULL)
     lua_newtable(L);
   else

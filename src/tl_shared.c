@@ -8,63 +8,63 @@
 
 /* The calling thread's fields of ref->sl, when it has none yet: made (from
 ** the defaults) with create, or when there are defaults. */
-static tl_tab *tl_sref_start(lua_State *L, const tl_sref *ref, int create) {
+static tl_tab *tl_handle_start(lua_State *L, const tl_handle *ref, int create) {
   int err;
   tl_tab *tab = tl_shfields_start(tl_self(L), ref->sl, create, &err);
   if (err) tl_memerror(L);
   return tab;
 }
 
-static TL_HOT tl_tab *tl_sref_fields(lua_State *L, const tl_sref *ref, int create) {
+static TL_HOT tl_tab *tl_handle_fields(lua_State *L, const tl_handle *ref, int create) {
   tl_tab *tab = tl_shfields_peek(tl_me, ref->sl);
-  return tab != NULL ? tab : tl_sref_start(L, ref, create);
+  return tab != NULL ? tab : tl_handle_start(L, ref, create);
 }
 
 /* The shared local at slot 1, checked: debug.getmetatable hands its
 ** metamethods to Lua code, which may call them with anything. */
-static TL_HOT tl_sref *tl_sref_check1(lua_State *L) {
-  return (tl_sref *)tl_checkud_hot(L, 1, tl_sref_tag);
+static TL_HOT tl_handle *tl_handle_checkself(lua_State *L) {
+  return (tl_handle *)tl_checkud_hot(L, 1, tl_handle_tag);
 }
 
 /* The fields of the shared local at slot 1. */
-static TL_HOT tl_tab *tl_sref_fields1(lua_State *L, int create) {
-  return tl_sref_fields(L, tl_sref_check1(L), create);
+static TL_HOT tl_tab *tl_handle_selffields(lua_State *L, int create) {
+  return tl_handle_fields(L, tl_handle_checkself(L), create);
 }
 
 /* tl_shared_index for a table field: its proxy, which tl_last keeps too,
 ** unless a finalizer run by the push changed the fields. */
-static TL_NOINLINE int tl_shared_indextab(lua_State *L, tl_sref *ref, tl_tab *tab,
+static TL_NOINLINE int tl_shared_indextab(lua_State *L, tl_handle *ref, tl_tab *tab,
                                           const void *id, tl_entry *e) {
   uint64_t version = tab->version;
   tl_pushval(L, &e->val, 0); /* may run a finalizer */
   if (tl_shfields_peek(tl_me, ref->sl) == tab && tab->version == version &&
-      tl_last_set(L, &ref->last, TL_SREF_KEY, id, tab, e)) {
+      tl_last_set(L, &ref->last, TL_HANDLE_KEY, id, tab, e)) {
     lua_pushvalue(L, -1);
-    tl_setuv(L, 1, TL_SREF_LAST);
+    tl_setuv(L, 1, TL_HANDLE_LAST);
   }
   return 1;
 }
 
 /* tl_shared_index when tl_last does not have the field: tab may be NULL
 ** (no fields yet), id is the key's tl_keyid or NULL (not asked yet). */
-static TL_NOINLINE int tl_shared_index_slow(lua_State *L, tl_sref *ref, tl_tab *tab,
+static TL_NOINLINE int tl_shared_index_slow(lua_State *L, tl_handle *ref, tl_tab *tab,
                                             const void *id) {
   tl_entry *e;
-  if (tab == NULL) tab = tl_sref_start(L, ref, 0);
-  if (tab == NULL || lua_type(L, 2) != LUA_TSTRING) return tl_tab_index(L, tab);
+  if (tab == NULL) tab = tl_handle_start(L, ref, 0);
+  if (tab == NULL || lua_type(L, 2) != LUA_TSTRING) return tl_ltab_index(L, tab);
   if (id == NULL) id = tl_keyid(L, 2);
-  if ((e = tl_tab_find2(L, tab)) == NULL) {
+  if ((e = tl_ltab_findarg(L, tab)) == NULL) {
     lua_pushnil(L);
     return 1;
   }
   if (e->val.type == TL_TTAB) return tl_shared_indextab(L, ref, tab, id, e);
-  (void)tl_last_set(L, &ref->last, TL_SREF_KEY, id, tab, e);
+  (void)tl_last_set(L, &ref->last, TL_HANDLE_KEY, id, tab, e);
   tl_pushval(L, &e->val, 0);
   return 1;
 }
 
 static int tl_shared_index(lua_State *L) {
-  tl_sref *ref = tl_sref_check1(L);
+  tl_handle *ref = tl_handle_checkself(L);
   tl_tab *tab;
   const void *id = NULL;
   tl_jit_count(L, ref); /* first: it may run Lua code */
@@ -72,7 +72,7 @@ static int tl_shared_index(lua_State *L) {
   if (tab != NULL && tl_last_hit(&ref->last, id = tl_keyid(L, 2), tab)) {
     const tl_entry *e = ref->last.entry;
     if (e->val.type == TL_TTAB) /* its proxy, remembered with it */
-      tl_getuv(L, 1, TL_SREF_LAST);
+      tl_getuv(L, 1, TL_HANDLE_LAST);
     else
       tl_pushval(L, &e->val, 0);
     return 1;
@@ -81,33 +81,33 @@ static int tl_shared_index(lua_State *L) {
 }
 
 /* A write on a thread with no fields yet: deleting needs none. */
-static TL_NOINLINE tl_tab *tl_shared_first(lua_State *L, tl_sref *ref) {
+static TL_NOINLINE tl_tab *tl_shared_first(lua_State *L, tl_handle *ref) {
   tl_key k;
   tl_checkkey(L, 2, &k);
-  return lua_isnil(L, 3) ? NULL : tl_sref_fields(L, ref, 1);
+  return lua_isnil(L, 3) ? NULL : tl_handle_fields(L, ref, 1);
 }
 
 static int tl_shared_newindex(lua_State *L) {
-  tl_sref *ref = tl_sref_check1(L);
-  tl_tab *tab = tl_sref_fields(L, ref, 0);
+  tl_handle *ref = tl_handle_checkself(L);
+  tl_tab *tab = tl_handle_fields(L, ref, 0);
   if (tab == NULL && (tab = tl_shared_first(L, ref)) == NULL) return 0;
-  tl_tab_assign(L, tab, &ref->last, TL_SREF_KEY);
+  tl_ltab_assign(L, tab, &ref->last, TL_HANDLE_KEY);
   return 0;
 }
 
 static int tl_shared_pairs(lua_State *L) {
-  (void)tl_checkud(L, 1, tl_sref_tag, sizeof(tl_sref)); /* the cold ones check fully */
-  return tl_tab_pairs(L, tl_sref_fields1(L, 0));
+  (void)tl_checkud(L, 1, tl_handle_tag, sizeof(tl_handle)); /* the cold ones check fully */
+  return tl_ltab_pairs(L, tl_handle_selffields(L, 0));
 }
 
 static int tl_shared_len(lua_State *L) {
-  (void)tl_checkud(L, 1, tl_sref_tag, sizeof(tl_sref));
-  lua_pushinteger(L, tl_tab_len(tl_sref_fields1(L, 0)));
+  (void)tl_checkud(L, 1, tl_handle_tag, sizeof(tl_handle));
+  lua_pushinteger(L, tl_ltab_len(tl_handle_selffields(L, 0)));
   return 1;
 }
 
 static int tl_shared_tostring(lua_State *L) {
-  const tl_sloc *sl = ((tl_sref *)tl_checkud(L, 1, tl_sref_tag, sizeof(tl_sref)))->sl;
+  const threadlocal_shared *sl = ((tl_handle *)tl_checkud(L, 1, tl_handle_tag, sizeof(tl_handle)))->sl;
   lua_pushliteral(L, THREADLOCAL_SHARED_MT " '");
   lua_pushlstring(L, sl->name, sl->len);
   lua_pushfstring(L, "': %p", lua_touserdata(L, 1));
@@ -120,9 +120,9 @@ static TL_NOINLINE int tl_proxy_index_slow(lua_State *L, tl_proxy *p, tl_tab *ta
                                            const void *id) {
   tl_entry *e;
   if (tab == NULL) tl_proxy_fail(L, p);
-  if (lua_type(L, 2) != LUA_TSTRING) return tl_tab_index(L, tab);
+  if (lua_type(L, 2) != LUA_TSTRING) return tl_ltab_index(L, tab);
   if (id == NULL) id = tl_keyid(L, 2);
-  if ((e = tl_tab_find2(L, tab)) == NULL) {
+  if ((e = tl_ltab_findarg(L, tab)) == NULL) {
     lua_pushnil(L);
     return 1;
   }
@@ -146,18 +146,18 @@ static int tl_proxy_newindex(lua_State *L) {
   tl_proxy *p = (tl_proxy *)tl_checkud_hot(L, 1, tl_proxy_tag);
   tl_tab *tab = tl_proxy_target(tl_me, p);
   if (tab == NULL) tl_proxy_fail(L, p);
-  tl_tab_assign(L, tab, &p->last, TL_PROXY_KEY);
+  tl_ltab_assign(L, tab, &p->last, TL_PROXY_KEY);
   return 0;
 }
 
 static int tl_proxy_pairs(lua_State *L) {
   (void)tl_checkud(L, 1, tl_proxy_tag, sizeof(tl_proxy));
-  return tl_tab_pairs(L, tl_proxy_tab(L, 1));
+  return tl_ltab_pairs(L, tl_proxy_tab(L, 1));
 }
 
 static int tl_proxy_len(lua_State *L) {
   (void)tl_checkud(L, 1, tl_proxy_tag, sizeof(tl_proxy));
-  lua_pushinteger(L, tl_tab_len(tl_proxy_tab(L, 1)));
+  lua_pushinteger(L, tl_ltab_len(tl_proxy_tab(L, 1)));
   return 1;
 }
 
@@ -176,17 +176,17 @@ static int tl_proxy_tostring(lua_State *L) {
 ** shared local's memory as source leads to a write.
 */
 static int tl_shared_lanesclone(lua_State *L) {
-  tl_sref *dst, *src;
+  tl_handle *dst, *src;
   luaL_checktype(L, 1, LUA_TLIGHTUSERDATA);
   luaL_checktype(L, 2, LUA_TLIGHTUSERDATA);
-  luaL_argcheck(L, luaL_checkinteger(L, 3) == (lua_Integer)sizeof(tl_sref), 3,
+  luaL_argcheck(L, luaL_checkinteger(L, 3) == (lua_Integer)sizeof(tl_handle), 3,
                 "not the size of a shared local");
-  dst = (tl_sref *)lua_touserdata(L, 1);
-  src = (tl_sref *)lua_touserdata(L, 2);
-  if (src == NULL || src->tag != tl_sref_tag) tl_typeerror(L, 2, tl_sref_tag);
+  dst = (tl_handle *)lua_touserdata(L, 1);
+  src = (tl_handle *)lua_touserdata(L, 2);
+  if (src == NULL || src->tag != tl_handle_tag) tl_typeerror(L, 2, tl_handle_tag);
   luaL_argcheck(L, dst != NULL && dst != src, 1, "no memory to clone into");
   memset(dst, 0, sizeof *dst);
-  dst->tag = tl_sref_tag;
+  dst->tag = tl_handle_tag;
   dst->sl = src->sl;
   return 0;
 }
@@ -220,8 +220,8 @@ static void tl_pushproxymt(lua_State *L) {
 
 /* Whether slot i holds this state's userdata of sl: the metatable that
 ** maps them can be reached, and so written, through debug.getmetatable. */
-static int tl_isref(lua_State *L, int i, const tl_sloc *sl) {
-  const tl_sref *ref = (const tl_sref *)tl_testud(L, i, tl_sref_tag, sizeof *ref);
+static int tl_isref(lua_State *L, int i, const threadlocal_shared *sl) {
+  const tl_handle *ref = (const tl_handle *)tl_testud(L, i, tl_handle_tag, sizeof *ref);
   return ref != NULL && ref->sl == sl;
 }
 
@@ -229,8 +229,8 @@ static int tl_shared_new(lua_State *L) {
   size_t len;
   const char *name = luaL_checklstring(L, 1, &len);
   tl_tab *defaults = NULL;
-  tl_sloc *sl;
-  tl_sref *ref;
+  threadlocal_shared *sl;
+  tl_handle *ref;
   luaL_argcheck(L, len <= THREADLOCAL_MAXLEN, 1, "name too long");
   if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
@@ -239,11 +239,11 @@ static int tl_shared_new(lua_State *L) {
     tl_tovalue(L, 2, 0, NULL, 0, &v); /* the defaults are the fields */
     defaults = v.u.tab;
   }
-  if ((sl = tl_sloc_open(name, len)) == NULL) {
+  if ((sl = tl_reg_open(name, len)) == NULL) {
     if (defaults) tl_tab_free(defaults);
     tl_memerror(L);
   }
-  if (defaults != NULL && tl_sloc_setdefaults(sl, defaults) != 0) {
+  if (defaults != NULL && tl_reg_setdefaults(sl, defaults) != 0) {
     luaL_where(L, 1);
     lua_pushliteral(L, "threadlocal: shared local '");
     lua_pushlstring(L, name, len);
@@ -255,9 +255,9 @@ static int tl_shared_new(lua_State *L) {
   tl_rawgetp(L, -1, sl);                     /* name defaults mt ref? */
   if (tl_isref(L, -1, sl)) return 1;         /* one userdata per name */
   lua_pop(L, 1);
-  ref = (tl_sref *)tl_newud(L, sizeof *ref, TL_SREF_NUV);
+  ref = (tl_handle *)tl_newud(L, sizeof *ref, TL_HANDLE_NUV);
   memset(ref, 0, sizeof *ref);
-  ref->tag = tl_sref_tag;
+  ref->tag = tl_handle_tag;
   ref->sl = sl;
   lua_pushvalue(L, -2);
   lua_setmetatable(L, -2);                   /* name defaults mt ref */

@@ -114,7 +114,7 @@ static size_t tl_saved_restore(tl_thread *t, tl_tab *fields, tl_saved *saved, si
 struct threadlocal_snapshot {
   size_t n;
   struct tl_snapentry {
-    tl_sloc *sl;
+    threadlocal_shared *sl;
     tl_tab *fields;
   } e[];
 };
@@ -225,8 +225,8 @@ static int tl_snap_install(tl_thread *t, tl_snap *s, tl_snap **replaced) {
 
 /* Every shared local the calling thread has fields of, in *out (an array
 ** the caller frees) and *n: a walk of t's own map.  0, or -1 (memory). */
-static int tl_sloc_withfields(const tl_thread *t, tl_sloc ***out, size_t *n) {
-  tl_sloc **v = (tl_sloc **)tl_calloc(t->shcount + 1u, sizeof *v);
+static int tl_reg_withfields(const tl_thread *t, threadlocal_shared ***out, size_t *n) {
+  threadlocal_shared **v = (threadlocal_shared **)tl_calloc(t->shcount + 1u, sizeof *v);
   uint32_t i;
   size_t k = 0;
   if (v == NULL) return -1;
@@ -240,7 +240,7 @@ static int tl_sloc_withfields(const tl_thread *t, tl_sloc ***out, size_t *n) {
 THREADLOCAL_API int threadlocal_snapshot_capture(threadlocal_shared *const *locals, size_t n,
                                                  threadlocal_snapshot **out) {
   tl_thread *t;
-  tl_sloc **all = NULL;
+  threadlocal_shared **all = NULL;
   tl_snap *s;
   size_t i;
   if (out == NULL || (n > 0 && locals == NULL)) return THREADLOCAL_ERRARG;
@@ -248,7 +248,7 @@ THREADLOCAL_API int threadlocal_snapshot_capture(threadlocal_shared *const *loca
     if (locals[i] == NULL) return THREADLOCAL_ERRARG;
   if (tl_init() != 0 || (t = tl_thread_get()) == NULL) return THREADLOCAL_ERRMEM;
   if (n == 0) {
-    if (tl_sloc_withfields(t, &all, &n) != 0) return THREADLOCAL_ERRMEM;
+    if (tl_reg_withfields(t, &all, &n) != 0) return THREADLOCAL_ERRMEM;
     locals = all;
   }
   if ((s = tl_snap_new(n)) != NULL)

@@ -40,7 +40,7 @@ static void tl_shmap_reset(tl_thread *t) {
 }
 
 /* t's slot of sl, or NULL. */
-static TL_HOT tl_shslot *tl_shmap_find(const tl_thread *t, const tl_sloc *sl) {
+static TL_HOT tl_shslot *tl_shmap_find(const tl_thread *t, const threadlocal_shared *sl) {
   uint32_t i = sl->hash & t->shmask;
   for (;; i = (i + 1) & t->shmask) {
     tl_shslot *s = &t->shmap[i];
@@ -50,7 +50,7 @@ static TL_HOT tl_shslot *tl_shmap_find(const tl_thread *t, const tl_sloc *sl) {
 }
 
 /* t's fields of sl, or NULL if it has none (t may be NULL). */
-static TL_HOT tl_tab *tl_shfields_peek(const tl_thread *t, const tl_sloc *sl) {
+static TL_HOT tl_tab *tl_shfields_peek(const tl_thread *t, const threadlocal_shared *sl) {
   const tl_shslot *s;
   if (t == NULL) return NULL;
   s = &t->shmap[sl->hash & t->shmask];
@@ -60,7 +60,7 @@ static TL_HOT tl_tab *tl_shfields_peek(const tl_thread *t, const tl_sloc *sl) {
 
 /* The threadlocal.run whose snapshot holds sl's fields on t now (the
 ** innermost that names it), or 0: the thread's own fields. */
-static uint64_t tl_shmap_run(const tl_thread *t, const tl_sloc *sl) {
+static uint64_t tl_shmap_run(const tl_thread *t, const threadlocal_shared *sl) {
   const tl_shslot *s = tl_shmap_find(t, sl);
   return s != NULL ? s->run : 0;
 }
@@ -95,7 +95,7 @@ static int tl_shmap_reserve(tl_thread *t, size_t n) {
 }
 
 /* t's slot of sl, added empty if missing; NULL when out of memory. */
-static tl_shslot *tl_shmap_get(tl_thread *t, tl_sloc *sl) {
+static tl_shslot *tl_shmap_get(tl_thread *t, threadlocal_shared *sl) {
   tl_shslot *s = tl_shmap_find(t, sl);
   uint32_t i;
   if (s != NULL) return s;

@@ -790,7 +790,7 @@ static void test_stale_foreign(void) {
   check(ok, "a node goes stale when its table is deleted, replaced, or cleared, from C or Lua, "
             "and stays stale when its slot is reused");
   {
-    threadlocal_snapshot *snap, *own, *job;
+    threadlocal_snapshot *snap = NULL, *own = NULL, *job = NULL;
     run_sh(L, "stale", "sh.t = { x = 1 }");
     threadlocal_node_child(&root, (k = S("t"), &k), 1, &n);
     ok = threadlocal_snapshot_capture(&sh, 1, &snap) == 0 &&

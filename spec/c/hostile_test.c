@@ -238,7 +238,7 @@ static size_t probe_names(int crafted) {
     char s[8];
     uint64_t r = rng();
     if (crafted) crafted_str(j, s); else memcpy(s, &r, 8);
-    if (tl_sloc_open(s, 8) == NULL) return 0;
+    if (tl_reg_open(s, 8) == NULL) return 0;
   }
   return tl_stat_probes - before + 1;
 }
