@@ -455,7 +455,7 @@ THREADLOCAL_API int threadlocal_next(threadlocal_iter *it, threadlocal_value *ke
     if (tab->version != it->version) return THREADLOCAL_ERRSTALE;
     for (; it->next < tab->used; it->next++) {
       const tl_entry *e = &tab->e[it->next];
-      if (e->state != TL_LIVE) continue;
+      if (e->status != TL_LIVE) continue;
       tl_capi_outkey(e, key);
       if (value != NULL) tl_capi_out(&e->val, value);
       it->next++;

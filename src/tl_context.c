@@ -109,7 +109,7 @@ static void tl_scope_shared(lua_State *L, tl_scope *sc) {
   for (i = 0; i < conv->cap; i++) {
     tl_entry *e = &conv->e[i];
     tl_key k;
-    if (e->state != TL_LIVE) continue;
+    if (e->status != TL_LIVE) continue;
     tl_entry_key(&k, e);
     tl_val_adopt(&e->val, t);
     if (tl_tab_put(fields, &k, &e->val, &sc->saved[n].old) != 0) {

@@ -148,7 +148,7 @@ static void tl_pushcopy(lua_State *L, const tl_tab *tab) {
   lua_createtable(L, 0, (int)tab->count);
   for (i = 0; i < tab->used; i++) {
     const tl_entry *e = &tab->e[i];
-    if (e->state != TL_LIVE) continue;
+    if (e->status != TL_LIVE) continue;
     tl_pushkey(L, e);
     if (e->val.type == TL_TTAB)
       tl_pushcopy(L, e->val.u.tab);
@@ -533,7 +533,7 @@ static int tl_iter(lua_State *L) {
   for (; i < tab->used; i++) {
     tl_entry *e = &tab->e[i];
     uint64_t version = tab->version;
-    if (e->state != TL_LIVE) continue;
+    if (e->status != TL_LIVE) continue;
     lua_pushinteger(L, (lua_Integer)i + 1);
     lua_replace(L, lua_upvalueindex(2));
     tl_pushkey(L, e); /* may run a finalizer that changes tab */

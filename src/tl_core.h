@@ -7,13 +7,20 @@
 ** it includes lua.h, so no core function can touch a lua_State: a thread
 ** exit hook runs while another thread may be running any state.
 **
-** Words used throughout:
-**   fields   one thread's data in one local: a Lua table for a Local, a
-**            tl_tab for a shared local.
-**   sloc     a shared local, process-wide (threadlocal_shared).
-**   home     the C side of a Lua state that holds Locals.
-**   slab     a thread's array of its live tables, so that a Lua proxy can
-**            name one by (slot, generation) without a pointer.
+** Glossary (one name per concept):
+**   shared local  threadlocal_shared, process-wide, found by name; `sl`.
+**   fields        one thread's data in one local: a Lua table for a
+**                 Local, a tl_tab for a shared local.
+**   thread        a tl_thread: the record of one OS thread, by its id.
+**   owner         the tl_thread * that holds a table; owner_id is a
+**                 thread's id kept where a pointer could dangle.
+**   home          the C side of a Lua state that holds Locals.
+**   slab          a thread's array of its live tables, so that a proxy or
+**                 node names one by (slot, generation), not by pointer.
+**   run           a snapshot installed by threadlocal_snapshot_install or
+**                 threadlocal.run; slots mark the run that swapped them.
+**   status        an entry's TL_EMPTY, TL_LIVE or TL_DEAD.
+**   copy          tl_*_clone is a deep copy; a string copy is tl_strdup.
 */
 #ifndef TL_CORE_H
 #define TL_CORE_H
@@ -156,7 +163,7 @@ typedef struct tl_entry {
     struct {
       tl_u valu_;              /* val.u */
       unsigned char valtype_;  /* val.type */
-      unsigned char ktype, state;
+      unsigned char ktype, status;
       uint32_t hash;
     };
   };

@@ -1,6 +1,16 @@
 /*
 ** tl_lua.h: the Lua binding's compatibility block and data structures.
 ** Part of threadlocal.c, included after the core.
+**
+** Glossary (the core's words are in tl_core.h):
+**   state     a tl_state: the per-lua_State anchor userdata; its user
+**             values are TL_STATE_*.
+**   Local     a tl_local: a userdata whose fields live in Lua tables.
+**   handle    a tl_handle: one state's userdata of a shared local.
+**   proxy     a tl_proxy: a Lua view of a stored table, by slab slot.
+**   scope     a tl_scope: fields set until close; a guard runs `run`.
+**   self      argument 1 of a method or metamethod (tl_*_checkself).
+**   ltab      the binding's calls on a tl_tab that take a lua_State.
 */
 #ifndef TL_LUA_H
 #define TL_LUA_H

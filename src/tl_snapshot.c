@@ -16,7 +16,7 @@ static size_t tl_tab_ntables(const tl_tab *tab) {
   size_t n = 1;
   uint32_t i;
   for (i = 0; i < tab->cap; i++)
-    if (tab->e[i].state == TL_LIVE && tab->e[i].val.type == TL_TTAB)
+    if (tab->e[i].status == TL_LIVE && tab->e[i].val.type == TL_TTAB)
       n += tl_tab_ntables(tab->e[i].val.u.tab);
   return n;
 }
@@ -42,7 +42,7 @@ static void tl_tab_adopt(tl_tab *tab, tl_thread *t) {
   tab->version = t->clock++;
   memset(tab->kaddr, 0, sizeof tab->kaddr);
   for (i = 0; i < tab->cap; i++)
-    if (tab->e[i].state == TL_LIVE && tab->e[i].val.type == TL_TTAB)
+    if (tab->e[i].status == TL_LIVE && tab->e[i].val.type == TL_TTAB)
       tl_tab_adopt(tab->e[i].val.u.tab, t);
 }
 
@@ -52,7 +52,7 @@ static void tl_tab_disown(tl_tab *tab) {
   if (tab->owner != NULL) tl_slab_remove(tab->owner, tab);
   tab->owner = NULL;
   for (i = 0; i < tab->cap; i++)
-    if (tab->e[i].state == TL_LIVE && tab->e[i].val.type == TL_TTAB)
+    if (tab->e[i].status == TL_LIVE && tab->e[i].val.type == TL_TTAB)
       tl_tab_disown(tab->e[i].val.u.tab);
 }
 

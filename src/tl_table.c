@@ -336,7 +336,7 @@ static tl_entry *tl_tab_find(const tl_tab *t, const tl_key *k) {
     for (i = 0; i < t->used; i++) {
       tl_entry *e = &t->e[i];
       TL_STAT(tl_stat_probes++);
-      if (e->hash == k->hash && e->state == TL_LIVE && tl_key_eq(e, k)) return e;
+      if (e->hash == k->hash && e->status == TL_LIVE && tl_key_eq(e, k)) return e;
     }
     return NULL;
   }
@@ -345,7 +345,7 @@ static tl_entry *tl_tab_find(const tl_tab *t, const tl_key *k) {
     TL_STAT(tl_stat_probes++);
     if ((n = tl_ix_get(t, i)) == 0) return NULL;
     e = &t->e[n - 1];
-    if (e->hash == k->hash && e->state == TL_LIVE && tl_key_eq(e, k)) return e;
+    if (e->hash == k->hash && e->status == TL_LIVE && tl_key_eq(e, k)) return e;
   }
 }
 
@@ -356,7 +356,7 @@ static TL_HOT tl_entry *tl_tab_findstr(tl_tab *t, const char *s, size_t len) {
   tl_key k;
   if (t->kaddr[c] == s) {
     e = &t->e[t->kentry[c]];
-    if (e->state == TL_LIVE && tl_entry_streq(e, s, len)) return e;
+    if (e->status == TL_LIVE && tl_entry_streq(e, s, len)) return e;
   }
   tl_key_str(&k, s, len);
   if ((e = tl_tab_find(t, &k)) != NULL) {
@@ -448,7 +448,7 @@ static void tl_tab_free(tl_tab *tab) {
   if (tab->owner != NULL) tl_slab_remove(tab->owner, tab);
   for (i = 0; i < tab->used; i++) {
     tl_entry *e = &tab->e[i];
-    if (e->state == TL_LIVE) {
+    if (e->status == TL_LIVE) {
       tl_entry_freekey(e);
       tl_val_free(&e->val);
     }
@@ -493,7 +493,7 @@ static int tl_tab_resize(tl_tab *t, uint32_t cap) {
   }
   TL_STAT(tl_stat_rehashes++);
   for (i = j = 0; i < t->used; i++) { /* compact */
-    if (t->e[i].state != TL_LIVE) continue;
+    if (t->e[i].status != TL_LIVE) continue;
     TL_STAT(tl_stat_moved++);
     if (i != j) t->e[j] = t->e[i];
     j++;
@@ -552,7 +552,7 @@ static int tl_tab_put(tl_tab *t, const tl_key *k, tl_val *v, tl_val *old) {
     old->type = e->val.type;
     if (v->type == TL_TNIL) { /* delete */
       tl_entry_freekey(e);
-      e->state = TL_DEAD;
+      e->status = TL_DEAD;
       t->count--;
     } else
       tl_entry_setval(e, v);
@@ -580,7 +580,7 @@ static int tl_tab_put(tl_tab *t, const tl_key *k, tl_val *v, tl_val *old) {
   }
   tl_entry_setval(e, v);
   e->hash = k->hash;
-  e->state = TL_LIVE;
+  e->status = TL_LIVE;
   if (t->ix != NULL) tl_ix_add(t, k->hash, t->used);
   t->used++;
   t->count++;
@@ -609,7 +609,7 @@ static int tl_tab_clone(const tl_tab *src, tl_thread *owner, uint32_t depth, tl_
     const tl_entry *e = &src->e[i];
     tl_key k;
     tl_val v, old;
-    if (e->state != TL_LIVE) continue;
+    if (e->status != TL_LIVE) continue;
     tl_entry_key(&k, e);
     if ((rc = tl_val_clone(&e->val, &v, owner, depth + 1)) != TL_COPY_OK) goto fail;
     if (tl_tab_put(t, &k, &v, &old) != 0) {
@@ -662,7 +662,7 @@ static int tl_tab_equal(const tl_tab *a, const tl_tab *b) {
   for (i = 0; i < a->used; i++) {
     const tl_entry *e = &a->e[i], *f;
     tl_key k;
-    if (e->state != TL_LIVE) continue;
+    if (e->status != TL_LIVE) continue;
     tl_entry_key(&k, e);
     if ((f = tl_tab_find(b, &k)) == NULL || !tl_val_equal(&e->val, &f->val)) return 0;
   }
