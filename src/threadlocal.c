@@ -10,6 +10,7 @@
 **     tl_core.h     data structures: values, tables, threads, homes
 **     tl_table.c    allocator hook, hashing, shared tables, slabs
 **     tl_registry.c shared locals by name
+**     tl_ids.c      ids of shared locals and keys, for LuaJIT's FFI
 **     tl_thread.c   thread records, their shared fields, homes, exit, fork
 **     tl_capi.c     a thread's fields of a shared local, the C API
 **     tl_snapshot.c moving tables between threads, snapshots (C API)
@@ -17,17 +18,18 @@
 **     tl_lua.h      version compatibility, the binding's structures
 **     tl_state.c    helpers, the per-state anchor (made on first need)
 **     tl_convert.c  Lua values <-> shared values, proxies
-**     tl_shared.c   shared local and proxy metamethods
-**     tl_local.c    Locals and the purge of exited threads
+**     tl_shared.c   shared locals and proxies: threadlocal.shared, metamethods
+**     tl_local.c    Locals: threadlocal.new, metamethods, purge of exited threads
 **     tl_jit.c      Locals' Lua metamethods for LuaJIT's JIT
-**     tl_context.c  scopes, hand-off (capture, run), release, Lua companions
-**     tl_module.c   module functions, metatables, luaopen_threadlocal
+**     tl_context.c  scopes, hand-off (capture, run), release
+**     tl_module.c   module functions, built-in companions, luaopen_threadlocal
 */
 #define _GNU_SOURCE /* dladdr, RTLD_NODELETE, RTLD_NOLOAD */
 
 #include "tl_core.h"
 #include "tl_table.c"
 #include "tl_registry.c"
+#include "tl_ids.c"
 #include "tl_thread.c"
 #include "tl_capi.c"
 #include "tl_snapshot.c"

@@ -54,12 +54,14 @@
 #define TL_HOT inline __attribute__((always_inline)) /* on every shared access */
 #define TL_NORETURN __attribute__((noreturn))
 #define TL_NOINLINE __attribute__((noinline))
+#define TL_MAYBE_UNUSED __attribute__((unused))
 #define tl_unreachable() __builtin_unreachable()
 #else
 #define tl_unlikely(x) (x)
 #define TL_HOT inline
 #define TL_NORETURN
 #define TL_NOINLINE
+#define TL_MAYBE_UNUSED
 #define tl_unreachable() ((void)0)
 #endif
 

@@ -35,148 +35,6 @@ static double tl_jit_myid(void) {
 }
 
 /* ---------------------------------------------------------------------- */
-/* Ids of shared locals and keys, for the FFI                             */
-/* ---------------------------------------------------------------------- */
-
-/*
-** An append-only array that any thread reads without a lock.  A full array
-** is copied into one twice its size, and kept (linked from the new one):
-** a reader may still hold it.  Nothing here is ever freed, as shared
-** locals are not; the keys are bounded (TL_JIT_MAXKEYS, TL_JIT_KEYLEN).
-*/
-typedef struct tl_jit_arr {
-  struct tl_jit_arr *prev;
-  uint32_t cap;
-  _Atomic uint32_t n;
-  const void *p[];
-} tl_jit_arr;
-
-/* Objects by id (ids count from 0), and an index from their hashes to
-** their ids + 1 (linear probing; 0 is empty), written under tl_reg_lock,
-** which fork takes. */
-typedef struct tl_jit_ids {
-  _Atomic(tl_jit_arr *) arr;
-  uint32_t *ix;
-  uint32_t ixmask;
-} tl_jit_ids;
-
-/*
-** A key as the FFI functions look it up: a copy, kept for good.  A fields
-** table's cache of key addresses (kaddr) has TL_KCACHE slots, picked by
-** bits 4 and 5 of the address: s is placed in buf so that key id i takes
-** slot i % TL_KCACHE, and keys learnt together do not evict each other.
-*/
-typedef struct tl_jit_key {
-  const char *s; /* in buf, NUL-terminated */
-  uint32_t hash;
-  uint32_t len;
-  char buf[]; /* 16-aligned, as malloc's blocks */
-} tl_jit_key;
-
-/* Keys past these get no id: they are read through the C __index.  So the
-** keys a process ever reads cost at most about 3.5 MB here. */
-#define TL_JIT_MAXKEYS ((uint32_t)1 << 14)
-#define TL_JIT_KEYLEN 64
-
-/* The arrays start empty, not NULL: one test less on every read. */
-static tl_jit_arr tl_jit_noslocs, tl_jit_nokeys;
-static tl_jit_ids tl_jit_slocs = { &tl_jit_noslocs, NULL, 0 }; /* threadlocal_shared */
-static tl_jit_ids tl_jit_keys = { &tl_jit_nokeys, NULL, 0 };   /* tl_jit_key */
-
-static uint32_t tl_jit_hashof(const tl_jit_ids *ids, const void *p) {
-  return ids == &tl_jit_slocs ? ((const threadlocal_shared *)p)->hash : ((const tl_jit_key *)p)->hash;
-}
-
-/* Whether object p is the one sought: the shared local sl, or the key
-** s[0..len). */
-static int tl_jit_is(const tl_jit_ids *ids, const void *p, const threadlocal_shared *sl, const char *s,
-                     size_t len) {
-  const tl_jit_key *k = (const tl_jit_key *)p;
-  if (ids == &tl_jit_slocs) return p == sl;
-  return k->len == len && memcmp(k->s, s, len) == 0;
-}
-
-/* Makes room for id n in the array and the index (at most half full).  0,
-** or -1 when out of memory.  Lock held. */
-static int tl_jit_reserve(tl_jit_ids *ids, uint32_t n) {
-  tl_jit_arr *a = atomic_load_explicit(&ids->arr, memory_order_relaxed), *na;
-  uint32_t cap, i;
-  if (ids->ix == NULL || 2 * (n + 1) > ids->ixmask + 1) {
-    uint32_t mask = ids->ix == NULL ? 63 : 2 * ids->ixmask + 1, *ix;
-    if ((ix = (uint32_t *)tl_calloc((size_t)mask + 1, sizeof *ix)) == NULL) return -1;
-    for (i = 0; i < n; i++) {
-      uint32_t j = tl_jit_hashof(ids, a->p[i]) & mask;
-      while (ix[j] != 0) j = (j + 1) & mask;
-      ix[j] = i + 1;
-    }
-    tl_free(ids->ix);
-    ids->ix = ix;
-    ids->ixmask = mask;
-  }
-  if (n < a->cap) return 0;
-  cap = a->cap ? 2 * a->cap : 16;
-  if ((na = (tl_jit_arr *)tl_malloc(sizeof *na + cap * sizeof na->p[0])) == NULL) return -1;
-  na->prev = a;
-  na->cap = cap;
-  if (n > 0) memcpy((void *)na->p, (const void *)a->p, n * sizeof na->p[0]);
-  atomic_init(&na->n, n);
-  atomic_store_explicit(&ids->arr, na, memory_order_release);
-  return 0;
-}
-
-/*
-** The id of the shared local sl, or of the key s[0..len) (sl NULL), made
-** if need be; hash is sl->hash or the key's.  0, or -1 when out of memory
-** or past the bounds on keys.
-*/
-static int tl_jit_id(tl_jit_ids *ids, uint32_t hash, const threadlocal_shared *sl, const char *s, size_t len,
-                     uint32_t *id) {
-  tl_jit_arr *a;
-  tl_jit_key *k = NULL;
-  const void *p = sl;
-  uint32_t n, j;
-  int rc = -1;
-  pthread_mutex_lock(&tl_reg_lock);
-  a = atomic_load_explicit(&ids->arr, memory_order_relaxed);
-  n = atomic_load_explicit(&a->n, memory_order_relaxed);
-  if (ids->ix != NULL)
-    for (j = hash & ids->ixmask; ids->ix[j] != 0; j = (j + 1) & ids->ixmask)
-      if (tl_jit_is(ids, a->p[ids->ix[j] - 1], sl, s, len)) {
-        *id = ids->ix[j] - 1;
-        rc = 0;
-        goto done;
-      }
-  if (sl == NULL) {
-    char *d;
-    if (n >= TL_JIT_MAXKEYS || len > TL_JIT_KEYLEN ||
-        (k = (tl_jit_key *)tl_malloc(sizeof *k + 16 * (TL_KCACHE - 1) + len + 1)) == NULL)
-      goto done;
-    /* slot n % TL_KCACHE, picked as tl_tab_findstr picks it */
-    d = k->buf + 16 * ((n - (uint32_t)((uintptr_t)k->buf >> 4)) & (TL_KCACHE - 1));
-    memcpy(d, s, len);
-    d[len] = '\0';
-    k->s = d;
-    k->hash = hash;
-    k->len = (uint32_t)len;
-    p = k;
-  }
-  if (n == UINT32_MAX / 4 || tl_jit_reserve(ids, n) != 0) {
-    tl_free(k);
-    goto done;
-  }
-  for (j = hash & ids->ixmask; ids->ix[j] != 0; j = (j + 1) & ids->ixmask) {}
-  ids->ix[j] = n + 1;
-  a = atomic_load_explicit(&ids->arr, memory_order_relaxed);
-  a->p[n] = p;
-  atomic_store_explicit(&a->n, n + 1, memory_order_release);
-  *id = n;
-  rc = 0;
-done:
-  pthread_mutex_unlock(&tl_reg_lock);
-  return rc;
-}
-
-/* ---------------------------------------------------------------------- */
 /* A shared local's reads through the FFI                                 */
 /* ---------------------------------------------------------------------- */
 
@@ -188,14 +46,10 @@ enum { TL_SKIND_ASK, TL_SKIND_TRUE, TL_SKIND_FALSE, TL_SKIND_NIL };
 ** when h or k is no id, or before the thread has fields (tl_shared_index
 ** may start them from the defaults).
 */
-static TL_HOT tl_tab *tl_jit_fields(uint32_t h, uint32_t k, const tl_jit_key **key) {
-  const tl_jit_arr *sa = atomic_load_explicit(&tl_jit_slocs.arr, memory_order_acquire);
-  const tl_jit_arr *ka = atomic_load_explicit(&tl_jit_keys.arr, memory_order_acquire);
-  if (h >= atomic_load_explicit(&sa->n, memory_order_acquire) ||
-      k >= atomic_load_explicit(&ka->n, memory_order_acquire))
-    return NULL;
-  *key = (const tl_jit_key *)ka->p[k];
-  return tl_shfields_peek(tl_me, (const threadlocal_shared *)sa->p[h]);
+static TL_HOT tl_tab *tl_jit_fields(uint32_t h, uint32_t k, const tl_idkey **key) {
+  const threadlocal_shared *sl = (const threadlocal_shared *)tl_ids_at(&tl_ids_shared, h);
+  if (sl == NULL || (*key = (const tl_idkey *)tl_ids_at(&tl_ids_keys, k)) == NULL) return NULL;
+  return tl_shfields_peek(tl_me, sl);
 }
 
 /*
@@ -219,18 +73,18 @@ static _Thread_local tl_jit_last tl_jit_lastread TL_TLS_MODEL;
 /* Whether tl_jit_lastread still holds field k of shared local h: checked
 ** without a call, and the entry's load need not wait for the check. */
 static TL_HOT int tl_jit_again(uint32_t h, uint32_t k) {
-  const tl_jit_arr *sa = atomic_load_explicit(&tl_jit_slocs.arr, memory_order_acquire);
+  const threadlocal_shared *sl;
   const tl_tab *tab;
   return ((uint64_t)h << 32 | k) == tl_jit_lastread.hk && tl_myid == tl_jit_lastread.owner_id &&
-         h < atomic_load_explicit(&sa->n, memory_order_acquire) &&
-         (tab = tl_shfields_peek(tl_me, (const threadlocal_shared *)sa->p[h])) != NULL &&
+         (sl = (const threadlocal_shared *)tl_ids_at(&tl_ids_shared, h)) != NULL &&
+         (tab = tl_shfields_peek(tl_me, sl)) != NULL &&
          tab == tl_jit_lastread.tab && tab->version == tl_jit_lastread.version;
 }
 
 /* Looks field k of shared local h up into tl_jit_lastread; 0 when h or k
 ** is no id, or the thread has no fields yet. */
 static int tl_jit_lookup(uint32_t h, uint32_t k) {
-  const tl_jit_key *key;
+  const tl_idkey *key;
   tl_tab *tab = tl_jit_fields(h, k, &key);
   if (tab == NULL) return 0;
   tl_jit_lastread.e = tl_tab_findstr(tab, key->s, key->len);
@@ -288,9 +142,9 @@ static int tl_jit_learn(lua_State *L) {
   const char *s;
   if (ref == NULL || lua_type(L, 2) != LUA_TSTRING) return 0;
   s = lua_tolstring(L, 2, &len);
-  if (len > TL_JIT_KEYLEN) return 0; /* no id, ever: its reads take no lock here */
-  if (tl_jit_id(&tl_jit_slocs, ref->sl->hash, ref->sl, NULL, 0, &h) != 0 ||
-      tl_jit_id(&tl_jit_keys, tl_hash_bytes(s, len), NULL, s, len, &k) != 0)
+  if (len > TL_IDS_KEYLEN) return 0; /* no id, ever: its reads take no lock here */
+  if (tl_ids_id(&tl_ids_shared, ref->sl->hash, ref->sl, NULL, 0, &h) != 0 ||
+      tl_ids_id(&tl_ids_keys, tl_hash_bytes(s, len), NULL, s, len, &k) != 0)
     return 0;
   lua_settop(L, 2);
   lua_pushvalue(L, 1);
