@@ -92,42 +92,15 @@ static void tl_scope_free(tl_scope *sc) {
 /* Opens a scope on the shared local at slot 1 with the fields at slot 2. */
 static void tl_scope_shared(lua_State *L, tl_scope *sc) {
   tl_handle *ref = (tl_handle *)lua_touserdata(L, 1);
-  tl_tab *fields = tl_handle_fields(L, ref, 1), *conv;
-  tl_thread *t = fields->owner;
+  tl_tab *fields = tl_handle_fields(L, ref, 1);
   tl_val v;
-  uint32_t i;
-  size_t n = 0, left;
+  int rc;
   tl_tovalue(L, 2, 0, NULL, 0, &v); /* all checks first */
-  conv = v.u.tab;
   sc->sl = ref->sl;
-  sc->run = tl_shmap_run(t, sc->sl);
-  if ((sc->saved = (tl_saved *)tl_calloc(conv->count + 1u, sizeof *sc->saved)) == NULL ||
-      tl_slab_reserve(t, tl_tab_ntables(conv)) != 0) {
-    tl_tab_free(conv);
-    tl_memerror(L);
-  }
-  for (i = 0; i < conv->cap; i++) {
-    tl_entry *e = &conv->e[i];
-    tl_key k;
-    if (e->status != TL_LIVE) continue;
-    tl_entry_key(&k, e);
-    tl_val_adopt(&e->val, t);
-    if (tl_tab_put(fields, &k, &e->val, &sc->saved[n].old) != 0) {
-      tl_val_disown(&e->val);
-      break;
-    }
-    tl_val_disown(&sc->saved[n].old);
-    tl_entry_takekey(e, &sc->saved[n++].key); /* moved out of conv */
-    e->val.type = TL_TNIL;
-  }
-  sc->n = n;
-  if (i < conv->cap) { /* out of memory: undo */
-    left = tl_saved_restore(t, fields, sc->saved, n);
-    sc->n = left;
-    tl_tab_free(conv);
-    tl_memerror(L);
-  }
-  tl_tab_free(conv);
+  sc->run = tl_shmap_run(fields->owner, sc->sl);
+  rc = tl_saved_apply(fields, v.u.tab, &sc->saved, &sc->n);
+  tl_tab_free(v.u.tab);
+  if (rc != 0) tl_memerror(L);
 }
 
 /* Sets F[k] = v for every k, v of the table at 2 into the table at 1: the

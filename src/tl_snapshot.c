@@ -106,6 +106,42 @@ static size_t tl_saved_restore(tl_thread *t, tl_tab *fields, tl_saved *saved, si
   return left;
 }
 
+/* Moves every field of conv into fields, saving what each replaced in a
+** new *saved of *n entries.  Out of memory, it undoes its work and returns
+** -1; *n is then what could not be put back (0 unless memory ran out). */
+static int tl_saved_apply(tl_tab *fields, tl_tab *conv, tl_saved **saved, size_t *n) {
+  tl_thread *t = fields->owner;
+  tl_saved *sv;
+  size_t k = 0;
+  uint32_t i;
+  *saved = NULL;
+  *n = 0;
+  if ((sv = (tl_saved *)tl_calloc(conv->count + 1u, sizeof *sv)) == NULL) return -1;
+  if (tl_slab_reserve(t, tl_tab_ntables(conv)) != 0) {
+    tl_free(sv);
+    return -1;
+  }
+  for (i = 0; i < conv->cap; i++) {
+    tl_entry *e = &conv->e[i];
+    tl_key key;
+    if (e->status != TL_LIVE) continue;
+    tl_entry_key(&key, e);
+    tl_val_adopt(&e->val, t);
+    if (tl_tab_put(fields, &key, &e->val, &sv[k].old) != 0) {
+      tl_val_disown(&e->val);
+      break;
+    }
+    tl_val_disown(&sv[k].old);
+    tl_entry_takekey(e, &sv[k++].key); /* moved out of conv */
+    e->val.type = TL_TNIL;
+  }
+  *saved = sv;
+  *n = k;
+  if (i == conv->cap) return 0;
+  *n = tl_saved_restore(t, fields, sv, k); /* out of memory: undo */
+  return -1;
+}
+
 /*
 ** A snapshot: for each of some shared locals, owner-less fields (NULL: the
 ** thread had none).  Installing one moves its tables in and hands back
