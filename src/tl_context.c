@@ -177,35 +177,16 @@ static void tl_scope_local(lua_State *L, tl_scope *sc, int scope) {
   lua_settop(L, fields - 1);
 }
 
-static void tl_scope_pushmeta(lua_State *L);
-
-/* threadlocal.scope(loc, fields): pushes the scope. */
-static int tl_scope_open(lua_State *L) {
-  int kind = tl_checkkind(L, TL_KLOCAL | TL_KSHARED, "threadlocal.local or threadlocal.shared");
-  tl_scope *sc;
-  luaL_checktype(L, 2, LUA_TTABLE);
-  sc = (tl_scope *)tl_newud(L, sizeof *sc, TL_SCOPE_NUV);
-  memset(sc, 0, sizeof *sc);
-  sc->tag = tl_scope_tag;
-  sc->closed = 1; /* until it holds something: opening may raise */
-  tl_scope_pushmeta(L);
-  lua_setmetatable(L, -2);
-  sc->owner_id = tl_self(L)->id;
-  if (kind == TL_KSHARED)
-    tl_scope_shared(L, sc);
-  else
-    tl_scope_local(L, sc, lua_gettop(L));
-  sc->closed = 0;
-  tl_scope_link(sc, kind == TL_KSHARED ? &((tl_handle *)lua_touserdata(L, 1))->scopes
-                                       : &((tl_local *)lua_touserdata(L, 1))->scopes);
-  return 1;
+/* Closes sc without putting anything back. */
+static void tl_scope_forget(tl_scope *sc) {
+  tl_scope_free(sc);
+  sc->closed = 1;
+  tl_scope_unlink(sc);
 }
 
 static tl_scope *tl_checkscope(lua_State *L) {
   return (tl_scope *)tl_checkud(L, 1, tl_scope_tag, sizeof(tl_scope));
 }
-
-static void tl_scope_forget(tl_scope *sc);
 
 /* scope:close(): restores what the scope replaced; a second call does nothing. */
 static int tl_scope_close(lua_State *L) {
@@ -259,13 +240,6 @@ static int tl_scope_close(lua_State *L) {
   return 0;
 }
 
-/* Closes sc without putting anything back. */
-static void tl_scope_forget(tl_scope *sc) {
-  tl_scope_free(sc);
-  sc->closed = 1;
-  tl_scope_unlink(sc);
-}
-
 /* An unclosed scope that is collected drops what it held, on whatever
 ** thread the collector runs (pointers' destructors run there). */
 static int tl_scope_gc(lua_State *L) {
@@ -296,6 +270,28 @@ static void tl_scope_pushmeta(lua_State *L) {
     lua_pushliteral(L, TL_SCOPE_MT);
     lua_setfield(L, -2, "__metatable");
   }
+}
+
+/* threadlocal.scope(loc, fields): pushes the scope. */
+static int tl_scope_open(lua_State *L) {
+  int kind = tl_checkkind(L, TL_KLOCAL | TL_KSHARED, "threadlocal.local or threadlocal.shared");
+  tl_scope *sc;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  sc = (tl_scope *)tl_newud(L, sizeof *sc, TL_SCOPE_NUV);
+  memset(sc, 0, sizeof *sc);
+  sc->tag = tl_scope_tag;
+  sc->closed = 1; /* until it holds something: opening may raise */
+  tl_scope_pushmeta(L);
+  lua_setmetatable(L, -2);
+  sc->owner_id = tl_self(L)->id;
+  if (kind == TL_KSHARED)
+    tl_scope_shared(L, sc);
+  else
+    tl_scope_local(L, sc, lua_gettop(L));
+  sc->closed = 0;
+  tl_scope_link(sc, kind == TL_KSHARED ? &((tl_handle *)lua_touserdata(L, 1))->scopes
+                                       : &((tl_local *)lua_touserdata(L, 1))->scopes);
+  return 1;
 }
 
 /* threadlocal.with(loc, fields, fn, ...): fn(...) inside a scope. */

@@ -86,7 +86,6 @@ static TL_HOT tl_tab *tl_proxy_target(const tl_thread *t, const tl_proxy *p) {
 }
 
 /* Pushes a new proxy of tab, and remembers it in the cache (0: none). */
-static void tl_pushproxymt(lua_State *L);
 
 /* A new proxy of slot `slot`, generation `gen`, of thread `owner_id`'s slab,
 ** remembered in the cache. */

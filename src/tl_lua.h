@@ -387,9 +387,8 @@ typedef struct tl_proxy {
 #if LUA_VERSION_NUM == 501 && defined(TL_EMBED)
 #define TL_JIT 1
 #define TL_JIT_HOT 16
-/* Defined in tl_jit.c, which builds on tl_local.c. */
-static void tl_jit_promote(lua_State *L);
-static int tl_jit_closures(lua_State *L, int st, int ud);
+static void tl_jit_promote(lua_State *L);             /* tl_jit.c */
+static int tl_jit_closures(lua_State *L, int st, int ud); /* tl_jit.c */
 #define tl_jit_count(L, ref) \
   ((ref)->reads < TL_JIT_HOT && ++(ref)->reads == TL_JIT_HOT ? tl_jit_promote(L) : (void)0)
 #else
@@ -399,5 +398,10 @@ static int tl_jit_closures(lua_State *L, int st, int ud);
 
 /* The tl_state at stack index (or upvalue) st. */
 #define tl_state_at(L, st) ((tl_state *)lua_touserdata(L, st))
+
+/* Parts call only parts included before them, except these: each is
+** defined in a later part that builds on the caller's. */
+static void tl_pushproxymt(lua_State *L); /* tl_shared.c, for tl_convert.c */
+static int tl_sentinel_gc(lua_State *L);  /* tl_local.c, for tl_state.c */
 
 #endif

@@ -138,8 +138,6 @@ static void tl_pushstored(lua_State *L, const char *s, size_t len) {
 
 static const char tl_statekey = 0; /* registry key of the tl_state */
 
-static int tl_sentinel_gc(lua_State *L);
-
 /* Finalizers ignore what is not theirs: Lua code can call them by hand. */
 static int tl_state_gc(lua_State *L) {
   tl_state *st = (tl_state *)tl_testud(L, 1, tl_state_tag, sizeof *st);
