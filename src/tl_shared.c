@@ -45,22 +45,29 @@ static TL_NOINLINE int tl_shared_indextab(lua_State *L, tl_handle *ref, tl_tab *
   return 1;
 }
 
-/* tl_shared_index when tl_last does not have the field: tab may be NULL
-** (no fields yet), id is the key's tl_keyid or NULL (not asked yet). */
-static TL_NOINLINE int tl_shared_index_slow(lua_State *L, tl_handle *ref, tl_tab *tab,
-                                            const void *id) {
+/* The slow read of key 2 in tab, for a shared local (ref) or a proxy (ref
+** NULL): remembers a string key's entry in last, kept in user value uv. */
+static int tl_index_slow(lua_State *L, tl_handle *ref, tl_last *last, int uv, tl_tab *tab,
+                         const void *id) {
   tl_entry *e;
-  if (tab == NULL) tab = tl_handle_start(L, ref, 0);
-  if (tab == NULL || lua_type(L, 2) != LUA_TSTRING) return tl_ltab_index(L, tab);
+  if (lua_type(L, 2) != LUA_TSTRING) return tl_ltab_index(L, tab);
   if (id == NULL) id = tl_keyid(L, 2);
   if ((e = tl_ltab_findarg(L, tab)) == NULL) {
     lua_pushnil(L);
     return 1;
   }
-  if (e->val.type == TL_TTAB) return tl_shared_indextab(L, ref, tab, id, e);
-  (void)tl_last_set(L, &ref->last, TL_HANDLE_KEY, id, tab, e);
+  if (ref != NULL && e->val.type == TL_TTAB) return tl_shared_indextab(L, ref, tab, id, e);
+  (void)tl_last_set(L, last, uv, id, tab, e);
   tl_pushval(L, &e->val, 0);
   return 1;
+}
+
+/* tl_shared_index when tl_last does not have the field: tab may be NULL
+** (no fields yet), id is the key's tl_keyid or NULL (not asked yet). */
+static TL_NOINLINE int tl_shared_index_slow(lua_State *L, tl_handle *ref, tl_tab *tab,
+                                            const void *id) {
+  if (tab == NULL && (tab = tl_handle_start(L, ref, 0)) == NULL) return tl_ltab_index(L, NULL);
+  return tl_index_slow(L, ref, &ref->last, TL_HANDLE_KEY, tab, id);
 }
 
 static int tl_shared_index(lua_State *L) {
@@ -118,17 +125,8 @@ static int tl_shared_tostring(lua_State *L) {
 /* tl_proxy_index when tl_last does not have the field (as above). */
 static TL_NOINLINE int tl_proxy_index_slow(lua_State *L, tl_proxy *p, tl_tab *tab,
                                            const void *id) {
-  tl_entry *e;
   if (tab == NULL) tl_proxy_fail(L, p);
-  if (lua_type(L, 2) != LUA_TSTRING) return tl_ltab_index(L, tab);
-  if (id == NULL) id = tl_keyid(L, 2);
-  if ((e = tl_ltab_findarg(L, tab)) == NULL) {
-    lua_pushnil(L);
-    return 1;
-  }
-  (void)tl_last_set(L, &p->last, TL_PROXY_KEY, id, tab, e);
-  tl_pushval(L, &e->val, 0);
-  return 1;
+  return tl_index_slow(L, NULL, &p->last, TL_PROXY_KEY, tab, id);
 }
 
 static int tl_proxy_index(lua_State *L) {
