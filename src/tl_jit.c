@@ -173,7 +173,7 @@ static void tl_jit_checkself(lua_State *L, int uv) {
   void *p = lua_touserdata(L, 1);
   if (p == NULL || *(const char *const *)p != tl_local_tag)
     tl_jit_argerror(L, uv == TL_LOCAL_GET ? "__index" : "__newindex",
-                    lua_pushfstring(L, "%s expected, got %s", tl_local_tag, luaL_typename(L, 1)));
+                    tl_pushexpected(L, 1, tl_local_tag));
 }
 
 /*
@@ -228,8 +228,7 @@ static int tl_jit_newindex(lua_State *L) {
 static int tl_jit_sindex(lua_State *L) {
   void *p = lua_touserdata(L, 1);
   if (p == NULL || *(const char *const *)p != tl_handle_tag)
-    tl_jit_argerror(L, "__index", lua_pushfstring(L, "%s expected, got %s", tl_handle_tag,
-                                                  luaL_typename(L, 1)));
+    tl_jit_argerror(L, "__index", tl_pushexpected(L, 1, tl_handle_tag));
   return tl_shared_index(L);
 }
 

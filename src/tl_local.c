@@ -355,8 +355,7 @@ static int tl_checkkind(lua_State *L, int kinds, const char *tname) {
   else if (tl_testud(L, 1, tl_proxy_tag, sizeof(tl_proxy)) != NULL)
     k = TL_KPROXY;
   if (k & kinds) return k;
-  return luaL_argerror(L, 1, lua_pushfstring(L, "%s expected, got %s", tname,
-                                             luaL_typename(L, 1)));
+  tl_typeerror(L, 1, tname);
 }
 
 /* ---------------------------------------------------------------------- */

@@ -44,9 +44,14 @@ static TL_NORETURN void tl_memerror(lua_State *L) {
   tl_raise(L);
 }
 
+/* Pushes "<tag> expected, got <type of slot i>", the message of a type error. */
+static const char *tl_pushexpected(lua_State *L, int i, const char *tag) {
+  return lua_pushfstring(L, "%s expected, got %s", tag, luaL_typename(L, i));
+}
+
 /* "bad argument #i to 'f' (<tag> expected, got <type>)" */
 static TL_NORETURN TL_NOINLINE void tl_typeerror(lua_State *L, int i, const char *tag) {
-  luaL_argerror(L, i, lua_pushfstring(L, "%s expected, got %s", tag, luaL_typename(L, i)));
+  luaL_argerror(L, i, tl_pushexpected(L, i, tag));
   tl_unreachable();
 }
 
