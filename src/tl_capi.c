@@ -22,7 +22,9 @@ static tl_tab *tl_shfields_start(tl_thread *t, threadlocal_shared *sl, int creat
     if (tl_tab_clone(defaults, t, 0, &tab) != TL_COPY_OK) tab = NULL; /* fits: see tl_conv */
   } else
     tab = tl_tab_new(t, 0);
-  if ((s->fields = tab) == NULL) {
+  s->fields = tab;
+  tl_shmap_touch(t);
+  if (tab == NULL) {
     tl_shmap_drop(t, s);
     goto fail;
   }
@@ -38,6 +40,7 @@ static void tl_shfields_clear(tl_thread *t, const threadlocal_shared *sl) {
   tl_tab *tab;
   if (s == NULL || (tab = s->fields) == NULL) return;
   s->fields = NULL;
+  tl_shmap_touch(t);
   tl_shmap_drop(t, s);
   tl_tab_free(tab);
 }
@@ -65,11 +68,11 @@ THREADLOCAL_API int threadlocal_shared_open_cstr(const char *name, threadlocal_s
 /* Every per-field call starts here: checks, the calling thread, and its
 ** fields of sl in *tab (NULL when it has none and create is 0). */
 static int tl_capi_fields(threadlocal_shared *sl, const char *key, int create, tl_tab **tab) {
-  tl_thread *t;
+  tl_thread *t = tl_me; /* a record: the set-up is done, no pthread_once call */
   int err;
   if (sl == NULL || key == NULL) return THREADLOCAL_ERRARG;
-  if (tl_init() != 0 || (t = tl_thread_get()) == NULL) return THREADLOCAL_ERRMEM;
-  if ((*tab = tl_shfields_peek(t, sl)) == NULL) *tab = tl_shfields_start(t, sl, create, &err);
+  if (t == NULL && (tl_init() != 0 || (t = tl_thread_get()) == NULL)) return THREADLOCAL_ERRMEM;
+  if ((*tab = tl_shfields_last(t, sl)) == NULL) *tab = tl_shfields_start(t, sl, create, &err);
   else err = 0;
   return err ? THREADLOCAL_ERRMEM : THREADLOCAL_OK;
 }

@@ -69,8 +69,9 @@
 ** Every access reads the thread-local id.  The initial-exec model makes
 ** that one load instead of a call to __tls_get_addr.  A dlopen()ed module
 ** may use it only where the C library keeps static TLS room for such
-** modules: glibc does (we use 56 bytes).  musl refuses to load it and has
-** no macro of its own, so every C library but glibc gets the default model.
+** modules: glibc does (we use 24 bytes, 64 on LuaJIT).  musl refuses to
+** load it and has no macro of its own, so every C library but glibc gets
+** the default model.
 ** uClibc defines __GLIBC__ too, and is not known to keep that room.
 ** Packagers: -DTL_TLS_INITIAL_EXEC forces initial-exec, -DTL_TLS_DYNAMIC
 ** the default model.
@@ -244,12 +245,17 @@ typedef struct tl_thread {
   size_t nhomes, caphomes;
   tl_shslot *shmap; /* its shared fields: open addressing by the name's hash */
   uint32_t shmask, shcount; /* slots - 1 (a power of 2 minus 1); used slots */
+  /* The C API's last shared local and its fields here (maybe NULL), until
+  ** the fields change: a C loop over one local skips the map. */
+  const struct threadlocal_shared *lastsl;
+  struct tl_tab *lastfields;
+  uint64_t gennext; /* the next generation it hands out: see tl_mygen */
   tl_tab **slab;      /* the live tables, by slot */
   uint32_t *slabgen;  /* generation of each slot: bumped when it is freed */
   uint32_t *slabfree; /* free slots */
   uint32_t nslab, nslabfree, capslab;
-  uint64_t clock; /* the next table version: never repeats on this thread */
   unsigned inits; /* Local inits running on this thread: no release meanwhile */
+  uint64_t clock; /* the next table version: never repeats on this thread */
   struct tl_thread *prev, *next; /* every live record: for fork */
 } tl_thread;
 

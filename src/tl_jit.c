@@ -55,15 +55,14 @@ static TL_HOT tl_tab *tl_jit_fields(uint32_t h, uint32_t k, const tl_idkey **key
 /*
 ** The calling thread's last field read through the FFI, so that a loop over
 ** one field looks nothing up: entry e (NULL: absent) of tab, the thread's
-** fields of shared local h, right while the thread is still thread `owner`
-** (a record made after release() starts its versions over) and tab is
-** still its fields of h with the same version (versions never repeat on a
-** record).  Initial-exec TLS as tl_me: 40 bytes more of glibc's room for
-** modules.
+** fields of shared local h, right while tl_mygen is still `gen` (so tab is
+** still those fields, on the same record) and tab has the same version
+** (versions never repeat on a record).  Initial-exec TLS as tl_me: 40
+** bytes more of glibc's room for modules.
 */
 typedef struct tl_jit_last {
   uint64_t hk; /* h << 32 | k */
-  uint64_t owner_id, version;
+  uint64_t gen, version;
   const tl_tab *tab;
   const tl_entry *e;
 } tl_jit_last;
@@ -71,14 +70,12 @@ typedef struct tl_jit_last {
 static _Thread_local tl_jit_last tl_jit_lastread TL_TLS_MODEL;
 
 /* Whether tl_jit_lastread still holds field k of shared local h: checked
-** without a call, and the entry's load need not wait for the check. */
+** without a call or a lookup.  Generation 0 is a thread with no record,
+** and tl_jit_lastread before its first lookup: no tab to read. */
 static TL_HOT int tl_jit_again(uint32_t h, uint32_t k) {
-  const threadlocal_shared *sl;
-  const tl_tab *tab;
-  return ((uint64_t)h << 32 | k) == tl_jit_lastread.hk && tl_myid == tl_jit_lastread.owner_id &&
-         (sl = (const threadlocal_shared *)tl_ids_at(&tl_ids_shared, h)) != NULL &&
-         (tab = tl_shfields_peek(tl_me, sl)) != NULL &&
-         tab == tl_jit_lastread.tab && tab->version == tl_jit_lastread.version;
+  uint64_t gen = tl_mygen;
+  return ((uint64_t)h << 32 | k) == tl_jit_lastread.hk && gen == tl_jit_lastread.gen &&
+         gen != 0 && tl_jit_lastread.tab->version == tl_jit_lastread.version;
 }
 
 /* Looks field k of shared local h up into tl_jit_lastread; 0 when h or k
@@ -89,7 +86,7 @@ static int tl_jit_lookup(uint32_t h, uint32_t k) {
   if (tab == NULL) return 0;
   tl_jit_lastread.e = tl_tab_findstr(tab, key->s, key->len);
   tl_jit_lastread.hk = (uint64_t)h << 32 | k;
-  tl_jit_lastread.owner_id = tl_myid;
+  tl_jit_lastread.gen = tl_mygen;
   tl_jit_lastread.version = tab->version;
   tl_jit_lastread.tab = tab;
   return 1;

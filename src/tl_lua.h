@@ -343,10 +343,13 @@ typedef struct tl_last {
 #endif
 
 /* A shared local in one state.  A table field remembered in `last` has its
-** proxy as user value TL_HANDLE_LAST. */
+** proxy as user value TL_HANDLE_LAST.  `fields` are the calling thread's
+** fields of sl (or NULL) while tl_mygen is `gen`: no lookup in its map. */
 typedef struct tl_handle {
   const char *tag; /* tl_handle_tag */
   threadlocal_shared *sl;
+  uint64_t gen;
+  tl_tab *fields;
   tl_last last;
   unsigned reads; /* through the C __index, counted up to TL_JIT_HOT */
   struct tl_scope *scopes; /* its open scopes in this state, newest first */

@@ -15,8 +15,21 @@ static tl_tab *tl_handle_start(lua_State *L, const tl_handle *ref, int create) {
   return tab;
 }
 
-static TL_HOT tl_tab *tl_handle_fields(lua_State *L, const tl_handle *ref, int create) {
-  tl_tab *tab = tl_shfields_peek(tl_me, ref->sl);
+/* The calling thread's fields of ref->sl, or NULL: a lookup in its map,
+** kept in ref until its generation moves. */
+static TL_NOINLINE tl_tab *tl_handle_lookup(tl_handle *ref) {
+  ref->fields = tl_shfields_peek(tl_me, ref->sl);
+  ref->gen = tl_mygen;
+  return ref->fields;
+}
+
+static TL_HOT tl_tab *tl_handle_peek(tl_handle *ref) {
+  if (tl_unlikely(ref->gen != tl_mygen)) return tl_handle_lookup(ref);
+  return ref->fields;
+}
+
+static TL_HOT tl_tab *tl_handle_fields(lua_State *L, tl_handle *ref, int create) {
+  tl_tab *tab = tl_handle_peek(ref);
   return tab != NULL ? tab : tl_handle_start(L, ref, create);
 }
 
@@ -37,7 +50,7 @@ static TL_NOINLINE int tl_shared_indextab(lua_State *L, tl_handle *ref, tl_tab *
                                           const void *id, tl_entry *e) {
   uint64_t version = tab->version;
   tl_pushval(L, &e->val, 0); /* may run a finalizer */
-  if (tl_shfields_peek(tl_me, ref->sl) == tab && tab->version == version &&
+  if (tl_handle_peek(ref) == tab && tab->version == version &&
       tl_last_set(L, &ref->last, TL_HANDLE_KEY, id, tab, e)) {
     lua_pushvalue(L, -1);
     tl_setuv(L, 1, TL_HANDLE_LAST);
@@ -75,7 +88,7 @@ static int tl_shared_index(lua_State *L) {
   tl_tab *tab;
   const void *id = NULL;
   tl_jit_count(L, ref); /* first: it may run Lua code */
-  tab = tl_shfields_peek(tl_me, ref->sl);
+  tab = tl_handle_peek(ref);
   if (tab != NULL && tl_last_hit(&ref->last, id = tl_keyid(L, 2), tab)) {
     const tl_entry *e = ref->last.entry;
     if (e->val.type == TL_TTAB) /* its proxy, remembered with it */

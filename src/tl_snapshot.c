@@ -200,6 +200,7 @@ static void tl_snap_swapin(tl_thread *t, tl_snap *s, uint64_t run, tl_shslot *as
     if (run != 0) slot->run = run;
     s->e[i].fields = NULL;
   }
+  tl_shmap_touch(t);
 }
 
 /* Drops the slots of aside's shared locals that hold nothing now. */
@@ -220,6 +221,7 @@ static void tl_snap_swapback(tl_thread *t, tl_shslot *aside, size_t n) {
     tl_tab *job = slot != NULL ? slot->fields : NULL;
     if (slot != NULL) {
       *slot = aside[i - 1];
+      tl_shmap_touch(t);
       if (job != NULL) tl_tab_free(job); /* may call back in: slot is not used after */
     } else if (aside[i - 1].fields != NULL)
       tl_tab_free(aside[i - 1].fields);

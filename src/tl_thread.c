@@ -22,6 +22,18 @@ static tl_home *tl_homes;
 static _Thread_local tl_thread *tl_me TL_TLS_MODEL;
 static _Thread_local uint64_t tl_myid TL_TLS_MODEL; /* tl_me->id, or 0 */
 
+/*
+** The calling thread's fields generation: a number no other thread, nor
+** this one before, has had.  It changes whenever a shared local's fields
+** on this thread may change (made, cleared, swapped by a run, released).
+** So a cache of (generation, fields) is right while the generation is the
+** same, and the hot paths skip the map.  0: no record, so no fields.
+** A record takes them in blocks, so that most changes need no atomic.
+*/
+#define TL_GENBLOCK 1024
+static atomic_uint_fast64_t tl_nextgenblock = 1; /* block 0 would hold 0 */
+static _Thread_local uint64_t tl_mygen TL_TLS_MODEL;
+
 /* ---------------------------------------------------------------------- */
 /* A thread's map of its shared fields                                    */
 /* ---------------------------------------------------------------------- */
@@ -33,10 +45,22 @@ static _Thread_local uint64_t tl_myid TL_TLS_MODEL; /* tl_me->id, or 0 */
 */
 static tl_shslot tl_noslots[1];
 
+/* Call after any change of which fields t holds, before anything runs
+** that may read them.  The caller's generation moves: t is the caller's
+** record, but for a forked child retiring others (an extra move is harmless). */
+static void tl_shmap_touch(tl_thread *t) {
+  t->lastsl = NULL;
+  if (tl_unlikely(t->gennext % TL_GENBLOCK == 0)) /* a block used up, or none yet */
+    t->gennext = TL_GENBLOCK *
+                 (uint64_t)atomic_fetch_add_explicit(&tl_nextgenblock, 1, memory_order_relaxed);
+  tl_mygen = t->gennext++;
+}
+
 static void tl_shmap_reset(tl_thread *t) {
   t->shmap = tl_noslots;
   t->shmask = 0;
   t->shcount = 0;
+  tl_shmap_touch(t);
 }
 
 /* t's slot of sl, or NULL. */
@@ -56,6 +80,15 @@ static TL_HOT tl_tab *tl_shfields_peek(const tl_thread *t, const threadlocal_sha
   s = &t->shmap[sl->hash & t->shmask];
   if (tl_unlikely(s->sl != sl)) s = s->sl == NULL ? NULL : tl_shmap_find(t, sl);
   return s != NULL ? s->fields : NULL;
+}
+
+/* The same, with the last answer kept in t (the C API's way). */
+static TL_HOT tl_tab *tl_shfields_last(tl_thread *t, const threadlocal_shared *sl) {
+  if (tl_unlikely(t->lastsl != sl)) {
+    t->lastfields = tl_shfields_peek(t, sl);
+    t->lastsl = sl;
+  }
+  return t->lastfields;
 }
 
 /* The threadlocal.run whose snapshot holds sl's fields on t now (the
