@@ -1,7 +1,8 @@
 /*
-** tl_ids.c: process-wide ids of shared locals and of keys: numbers that
-** code may pass where no pointer may go (LuaJIT's FFI functions, which
-** any Lua code can call).  Part of threadlocal.c (the core).
+** tl_ids.c: process-wide ids of shared locals and of keys.  An id is a
+** number that code may pass where no pointer may go.  LuaJIT's FFI
+** functions take ids, since any Lua code can call them.  Part of
+** threadlocal.c (the core).
 */
 #ifndef TL_CORE_H
 #error "compile threadlocal.c, which includes this file"
@@ -9,9 +10,10 @@
 
 /*
 ** An append-only array that any thread reads without a lock.  A full array
-** is copied into one twice its size, and kept (linked from the new one):
-** a reader may still hold it.  Nothing here is ever freed, as shared
-** locals are not; the keys are bounded (TL_IDS_MAXKEYS, TL_IDS_KEYLEN).
+** is copied into one twice its size.  The old one is kept, linked from the
+** new one, since a reader may still hold it.  Nothing here is ever freed,
+** as shared locals are not.  The keys are bounded (TL_IDS_MAXKEYS,
+** TL_IDS_KEYLEN).
 */
 typedef struct tl_idarr {
   struct tl_idarr *prev;
@@ -20,8 +22,8 @@ typedef struct tl_idarr {
   const void *p[];
 } tl_idarr;
 
-/* Objects by id (ids count from 0), and an index from their hashes to
-** their ids + 1 (linear probing; 0 is empty), written under tl_reg_lock,
+/* Objects by id, counting from 0.  The index maps their hashes to their
+** ids + 1, by linear probing; 0 is empty.  Written under tl_reg_lock,
 ** which fork takes. */
 typedef struct tl_ids {
   _Atomic(tl_idarr *) arr;
@@ -31,9 +33,9 @@ typedef struct tl_ids {
 
 /*
 ** A key as the FFI functions look it up: a copy, kept for good.  A fields
-** table's cache of key addresses (kaddr) has TL_KCACHE slots, picked by
-** bits 4 and 5 of the address: s is placed in buf so that key id i takes
-** slot i % TL_KCACHE, and keys learnt together do not evict each other.
+** table caches key addresses (kaddr) in TL_KCACHE slots, picked by bits 4
+** and 5 of the address.  So s is placed in buf for key id i to take slot
+** i % TL_KCACHE.  Keys learnt together then do not evict each other.
 */
 typedef struct tl_idkey {
   const char *s; /* in buf, NUL-terminated */
@@ -65,8 +67,8 @@ static TL_MAYBE_UNUSED int tl_ids_is(const tl_ids *ids, const void *p, const thr
   return k->len == len && memcmp(k->s, s, len) == 0;
 }
 
-/* Makes room for id n in the array and the index (at most half full).  0,
-** or -1 when out of memory.  Lock held. */
+/* Makes room for id n in the array and the index, kept at most half full.
+** Returns 0, or -1 when out of memory.  Lock held. */
 static TL_MAYBE_UNUSED int tl_ids_reserve(tl_ids *ids, uint32_t n) {
   tl_idarr *a = atomic_load_explicit(&ids->arr, memory_order_relaxed), *na;
   uint32_t cap, i;
@@ -94,9 +96,9 @@ static TL_MAYBE_UNUSED int tl_ids_reserve(tl_ids *ids, uint32_t n) {
 }
 
 /*
-** The id of the shared local sl, or of the key s[0..len) (sl NULL), made
-** if need be; hash is sl->hash or the key's.  0, or -1 when out of memory
-** or past the bounds on keys.
+** Sets *id to the id of the shared local sl, or of the key s[0..len) when
+** sl is NULL.  Makes it if need be; hash is sl->hash or the key's.
+** Returns 0, or -1 when out of memory or past the bounds on keys.
 */
 static TL_MAYBE_UNUSED int tl_ids_id(tl_ids *ids, uint32_t hash, const threadlocal_shared *sl, const char *s, size_t len,
                      uint32_t *id) {

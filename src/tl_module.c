@@ -22,8 +22,9 @@ static int tl_clear(lua_State *L) {
   return 0;
 }
 
-/* threadlocal.table(loc): the calling thread's live fields table of a Local
-** (init runs first if the thread has none), for hot loops on this thread. */
+/* threadlocal.table(loc): the calling thread's live fields table of a
+** Local, for hot loops on this thread.  If the thread has none, init runs
+** first. */
 static int tl_table(lua_State *L) {
   tl_checkkind(L, TL_KLOCAL, THREADLOCAL_LOCAL_MT);
   lua_settop(L, 1);
@@ -109,10 +110,10 @@ static int tl_id(lua_State *L) {
 ** in package.preload when the module opens. */
 #ifdef TL_EMBED
 /*
-** var:get for the built-in threadlocal.context, in C: one call finds the
-** current context (the OS thread's for the main coroutine, else the
-** coroutine's own) and reads the var in it.  Anything else (no context
-** recorded yet, the var not set, a bad self) goes to the Lua version.
+** var:get of the built-in threadlocal.context, in C: one call finds the
+** current context and reads the var in it.  The main coroutine's context
+** is the OS thread's; any other coroutine has its own.  Anything else goes
+** to the Lua get: no context recorded yet, the var not set, a bad self.
 ** Upvalues: by_coroutine, by_thread (by thread id), the Lua get.
 */
 static int tl_ctx_get(lua_State *L) {
@@ -170,8 +171,8 @@ THREADLOCAL_API int luaopen_threadlocal_context(lua_State *L) {
 #endif
 }
 
-/* Registers the built-in companions in package.preload, where a package
-** library is open and the host put nothing there under their names. */
+/* Registers the built-in companions in package.preload, if a package
+** library is open.  A loader the host put there under their names stays. */
 static void tl_preload(lua_State *L) {
 #ifdef TL_EMBED
   lua_getfield(L, LUA_REGISTRYINDEX, "_PRELOAD");     /* 5.2+, LuaJIT */
@@ -224,10 +225,10 @@ static const luaL_Reg tl_module_meta[] = {
 };
 
 /*
-** Opening the module fills its table with every public name, so that next()
-** and pairs() list them on every version.  The table is sized once and the
-** values are light C functions (5.2+), so a state per request pays little.
-** The state's own data is made on first need (see tl_pushstate).
+** Pushes the module table, filled with every public name.  So next() and
+** pairs() list them on every version.  The table is sized once and holds
+** light C functions (5.2+): a state per request pays little.  The state's
+** own data is made on first need (see tl_pushstate).
 */
 THREADLOCAL_API int luaopen_threadlocal(lua_State *L) {
   const luaL_Reg *f;
@@ -245,8 +246,8 @@ THREADLOCAL_API int luaopen_threadlocal(lua_State *L) {
   lua_createtable(L, 0, 1);                          /* M meta */
   tl_setfuncs(L, tl_module_meta, 0);
   lua_setmetatable(L, -2);                           /* M */
-  /* Lanes copies a shared local's metatable by its name in the module
-  ** table (lanes.require "threadlocal"): it must be there at open. */
+  /* Lanes (lanes.require "threadlocal") copies a shared local's metatable
+  ** by its name in the module table.  So it must be there at open. */
   tl_pushsharedmt(L);                                /* M mt */
   lua_setfield(L, -2, "shared_mt");                  /* M */
   tl_preload(L);

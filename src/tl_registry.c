@@ -55,9 +55,9 @@ done:
 }
 
 /*
-** Gives sl its defaults, which it keeps for good: tab is consumed.  0 when
-** sl now has them (given here or equal ones before), 1 when sl already had
-** other defaults.
+** Gives sl its defaults, which it keeps for good; tab is consumed.
+** Returns 0 when sl now has them, given here or equal ones before.
+** Returns 1 when sl already had other defaults.
 */
 static int tl_reg_setdefaults(threadlocal_shared *sl, tl_tab *tab) {
   tl_tab *current = NULL;
