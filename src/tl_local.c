@@ -1,7 +1,8 @@
 /*
-** tl_local.c: Locals: each thread's fields table in the owning state,
-** init, the cached __index/__newindex closures, and the purge of exited
-** threads' fields.  Part of threadlocal.c (the Lua binding).
+** tl_local.c: Locals.  Construction (threadlocal.new), init, and each
+** thread's fields table in the owning state.  The cached __index and
+** __newindex closures, and the purge of exited threads' fields.  Part of
+** threadlocal.c (the Lua binding).
 */
 #ifndef TL_LUA_H
 #error "compile threadlocal.c, which includes this file"
@@ -11,11 +12,10 @@
 /* Purging the Local fields of exited threads                             */
 /* ---------------------------------------------------------------------- */
 
-/* Drops the fields the closure in user value uv (TL_LOCAL_GET or
-** TL_LOCAL_SET) of the Local lo at ud holds, so that it keeps nothing alive
-** and its next call takes the slow path.  A C closure gets the state's
-** empty or sink table instead, never nil (see tl_local_index).  Allocates
-** nothing. */
+/* Drops the fields held by the closure in user value uv (TL_LOCAL_GET or
+** TL_LOCAL_SET) of lo at ud.  So it keeps nothing alive, and its next call
+** takes the slow path.  A C closure gets the state's empty or sink table
+** instead, never nil (see tl_local_index).  Allocates nothing. */
 static void tl_uncache_closure(lua_State *L, int ud, tl_local *lo, int uv) {
   *(uv == TL_LOCAL_GET ? &lo->get_id : &lo->set_id) = TL_NOCACHE;
   tl_getuv(L, ud, uv);
@@ -39,7 +39,7 @@ static void tl_uncache(lua_State *L, int ud, tl_local *lo) {
   tl_uncache_closure(L, ud, lo, TL_LOCAL_SET);
 }
 
-/* Drop every Local's fields of the exited thread `id`.  Allocates nothing,
+/* Drops every Local's fields of the exited thread `id`.  Allocates nothing,
 ** so it is safe inside a finalizer. */
 static void tl_purge_id(lua_State *L, int bythread, uint64_t id) {
   tl_rawgeti64(L, bythread, id);
@@ -59,8 +59,8 @@ static void tl_purge_id(lua_State *L, int bythread, uint64_t id) {
     lua_pop(L, 1);
 }
 
-/* Drops the fields of the threads that exited since the last purge; st is
-** the index (or upvalue) of the tl_state. */
+/* Drops the fields of the threads that exited since the last purge.  The
+** tl_state is at index (or upvalue) st. */
 static void tl_purge(lua_State *L, int st) {
   tl_home *h = tl_state_at(L, st)->home;
   uint64_t ids[32];
@@ -74,9 +74,9 @@ static void tl_purge(lua_State *L, int st) {
 }
 
 /*
-** A finalizer runs once per GC cycle: the sentinel's __gc purges, then
-** makes the next sentinel.  So a dead thread's values become garbage in
-** one cycle and are collected in the next, even if no Local is touched.
+** Makes the state's GC sentinel, whose __gc purges, then makes the next
+** one.  So a purge runs once per GC cycle.  A dead thread's values become
+** garbage in one cycle; the next collects them, with no Local touched.
 */
 static void tl_sentinel_new(lua_State *L, int st) {
   st = tl_absindex(L, st);
@@ -103,10 +103,10 @@ static int tl_sentinel_gc(lua_State *L) {
 /* ---------------------------------------------------------------------- */
 
 /*
-** Record that the Local at `ud` holds fields for t, so a purge finds them.
-** Every allocation through the Lua API may run a finalizer that touches
-** another Local of this state on this thread, and so enrolls the thread
-** first: what was read before an allocation is read again after it.
+** Records that the Local at ud holds fields for t, so a purge finds them.
+** Any Lua allocation may run a finalizer that touches another Local of
+** this state on this thread.  That enrolls the thread first.  So what was
+** read before an allocation is read again after it.
 */
 static void tl_enroll_once(lua_State *L, int ud, tl_thread *t, int st) {
   tl_home *home = tl_state_at(L, st)->home;
@@ -135,9 +135,10 @@ static void tl_enroll_once(lua_State *L, int ud, tl_thread *t, int st) {
   lua_pop(L, 2);
 }
 
-/* The same, for t's id after the last allocation: a finalizer run by one
-** may have released t, whose fields then go under its new id.  Callers
-** make their table first and store it with no allocation after this. */
+/* The same, for t's id after the last allocation.  A finalizer that an
+** allocation runs may release t, whose fields then go under its new id.
+** Callers make their table first, and store it with no allocation after
+** this. */
 static void tl_enroll(lua_State *L, int ud, tl_thread *t, int st) {
   uint64_t id;
   do {
@@ -146,10 +147,10 @@ static void tl_enroll(lua_State *L, int ud, tl_thread *t, int st) {
   } while (t->id != id);
 }
 
-/* Gives the calling thread t its fields table and runs init for it,
-** unless init already runs for t (it cleared its own fields: they start
-** again empty).  Release is refused while an init runs: t keeps its id.
-** Leaves the stack as it was. */
+/* Gives the calling thread t its fields table and runs init for it.  If
+** init already runs for t, it has cleared its own fields.  They start again
+** empty, and init does not run again.  Release is refused while an init
+** runs, so t keeps its id.  Leaves the stack as it was. */
 static void tl_local_start(lua_State *L, int ud, tl_thread *t, int st) {
   tl_local *lo = (tl_local *)lua_touserdata(L, ud);
   int map, top = lua_gettop(L);
@@ -195,9 +196,9 @@ static void tl_local_start(lua_State *L, int ud, tl_thread *t, int st) {
   lua_settop(L, top);
 }
 
-/* Pushes the calling thread's fields table of the Local at ud, starting
-** the thread (init) if it has none.  st: the index (or upvalue) of the
-** tl_state. */
+/* Pushes the calling thread's fields table of the Local at ud.  If the
+** thread has none, starts it (runs init).  The tl_state is at index (or
+** upvalue) st. */
 static void tl_local_push(lua_State *L, int ud, int st) {
   tl_thread *t = tl_self(L);
   ud = tl_absindex(L, ud);
@@ -237,13 +238,13 @@ static void tl_local_push_findstate(lua_State *L, int ud) {
 }
 
 /*
-** Pushes the calling thread's fields table of the Local lo at ud (map: its
-** TL_LOCAL_MAP; st: the tl_state) as tl_local_push does, except for a read
-** (`read`) of a Local without init on a thread without fields: that reads
-** the state's empty table and makes nothing.  The usual cases allocate
-** nothing through Lua.  Exited threads' fields are purged by tl_local_push
-** and the sentinel, not here: a thread's fields are never found under
-** another thread's id.
+** Pushes the calling thread's fields table of the Local lo at ud, as
+** tl_local_push does.  Here map is lo's TL_LOCAL_MAP, st the tl_state, and
+** read says a read.  A read of a Local without init, by a thread without
+** fields, gets the state's empty table.  It makes nothing.  The usual cases
+** allocate nothing through Lua.  Exited threads' fields are purged by
+** tl_local_push and the sentinel, not here.  That is safe: a thread's
+** fields are never found under another thread's id.
 */
 static void tl_local_find(lua_State *L, int ud, const tl_local *lo, int map, int st, int read) {
   if (tl_myid == 0) (void)tl_self(L); /* the thread's record: C memory only */
@@ -258,8 +259,8 @@ static void tl_local_find(lua_State *L, int ud, const tl_local *lo, int map, int
   }
 }
 
-/* The slow path of the closures: the calling thread is not the one whose
-** fields they hold (cid: get_id or set_id says whose). */
+/* The closures' slow path: the calling thread is not the one whose fields
+** they hold.  The id in *cid (get_id or set_id) says whose. */
 static TL_NOINLINE void tl_local_refresh(lua_State *L, tl_local *lo, uint64_t *cid) {
   if (lo != lua_touserdata(L, TL_UP_SELF)) /* called with another Local */
     luaL_argerror(L, 1, "not the Local whose metamethod this is");
@@ -269,18 +270,14 @@ static TL_NOINLINE void tl_local_refresh(lua_State *L, tl_local *lo, uint64_t *c
 }
 
 /*
-** The hot path.  Argument 1 is checked cheaply (tl_checkud_hot): Lua code
-** can call these closures with anything through debug.getmetatable.
-** Another Local there is refused on the slow path, which compares it with
-** TL_UP_SELF, so the closure's fields and ids stay consistent.  On the fast
-** path (the other Local's cache is this thread's) the closure acts on the
-** table it holds, whichever that is: checking that argument 1 is its own
-** Local would cost a second call into Lua on every access.  That table is
-** never nil (tl_uncache_closure), so such a call cannot crash; it reads or writes
-** what debug.getupvalue would hand out just as well.  With
-** no arguments, argument 1 is none and is refused; a
-** missing key is refused; without a value, the raw access takes the key
-** for the value and argument 1 for the key, within the call's arguments.
+** The hot path.  Argument 1 gets a cheap check (tl_checkud_hot): Lua code
+** can pass anything here through debug.getmetatable.  The slow path
+** refuses another Local (TL_UP_SELF), so the cached fields and ids stay
+** consistent.  The fast path does not check: that would cost a second call
+** into Lua per access.  It uses the table it holds, never nil
+** (tl_uncache_closure), as debug.getupvalue would hand it out anyway.  No
+** argument 1, or no key to set, is refused.  Otherwise a missing argument
+** makes the raw access use argument 1 as the key, within the arguments.
 */
 static int tl_local_index(lua_State *L) {
   tl_local *lo = (tl_local *)tl_checkud_hot(L, 1, tl_local_tag);
@@ -370,9 +367,10 @@ static const luaL_Reg tl_local_meta[] = {
   {NULL, NULL}
 };
 
-/* Sets mt[name] to a new closure f over (the state at st, no fields yet,
-** the Local at ud), and keeps it in user value uv of the Local.
-** [-0, +0] with mt on top. */
+/* Sets mt[name] to a new closure f, and keeps it in user value uv of the
+** Local at ud.  Its upvalues are the state at st, its empty or sink table
+** (no fields yet), the Local and its map.  Stack: [-0, +0], with mt on
+** top. */
 static void tl_local_closure(lua_State *L, int st, int ud, lua_CFunction f, const char *name,
                              int uv) {
   lua_pushvalue(L, st);                 /* mt state */

@@ -1,11 +1,11 @@
 /*
 ** tl_snapshot.c: moving shared values between a thread and owner-less
-** storage, and snapshots of a thread's shared fields (capture on one
-** thread, install on another).  Part of threadlocal.c (core: no Lua).
+** storage.  Snapshots of a thread's shared fields: capture on one thread,
+** install on another.  Part of threadlocal.c (core: no Lua).
 **
-** A table is either owned by a thread (in its slab, so proxies can name
-** it) or owner-less (defaults, snapshots, values a scope put aside): only
-** owner-less tables may outlive their thread or cross to another.
+** A thread owns its tables, in its slab, so that proxies can name them.
+** Owner-less tables are defaults, snapshots and values a scope put aside.
+** Only owner-less tables may outlive their thread or cross to another.
 */
 #ifndef TL_CORE_H
 #error "compile threadlocal.c, which includes this file"
@@ -79,10 +79,10 @@ static void tl_saved_free(tl_saved *saved, size_t n) {
   tl_free(saved);
 }
 
-/* Puts back saved[i] for i < n, last first; what they replace is freed
-** after, once fields is consistent, since a destructor may call back in
-** (and clear it).  Returns the number still to restore: 0, or more when
-** out of memory. */
+/* Puts back saved[i] for i < n, last first.  What they replace is freed
+** after, once fields is consistent: a destructor may call back in and
+** clear it.  Returns the number still to restore: 0, or more when out of
+** memory. */
 static size_t tl_saved_restore(tl_thread *t, tl_tab *fields, tl_saved *saved, size_t n) {
   size_t need = 0, i, left;
   for (i = 0; i < n; i++) need += tl_val_ntables(&saved[i].old);
@@ -177,7 +177,7 @@ static void tl_snap_free(tl_snap *s) {
 }
 
 /* Makes room on t for swapping in s, so that tl_snap_swapin cannot fail.
-** 0, or -1 when out of memory. */
+** Returns 0, or -1 when out of memory. */
 static int tl_snap_reserve(tl_thread *t, const tl_snap *s) {
   size_t i, ntables = 0;
   for (i = 0; i < s->n; i++)
@@ -230,9 +230,10 @@ static void tl_snap_swapback(tl_thread *t, tl_shslot *aside, size_t n) {
 }
 
 /*
-** Installs s on t: each entry's fields replace t's, and *replaced gets
-** what was there (moved, destructors and all).  s is consumed.  Returns 0,
-** or -1 when out of memory (then nothing changed and s is untouched).
+** Installs s on t: each entry's fields replace t's.  What was there goes
+** to *replaced, moved out with destructors and all.  On success s is
+** consumed.  Returns 0, or -1 when out of memory: then nothing changed and
+** s is untouched.
 */
 static int tl_snap_install(tl_thread *t, tl_snap *s, tl_snap **replaced) {
   size_t i;
@@ -261,8 +262,9 @@ static int tl_snap_install(tl_thread *t, tl_snap *s, tl_snap **replaced) {
 /* C API                                                                  */
 /* ---------------------------------------------------------------------- */
 
-/* Every shared local the calling thread has fields of, in *out (an array
-** the caller frees) and *n: a walk of t's own map.  0, or -1 (memory). */
+/* Sets *out to every shared local the calling thread has fields of, and *n
+** to their count.  The caller frees the array.  It walks t's own map, not
+** the registry.  Returns 0, or -1 when out of memory. */
 static int tl_reg_withfields(const tl_thread *t, threadlocal_shared ***out, size_t *n) {
   threadlocal_shared **v = (threadlocal_shared **)tl_calloc(t->shcount + 1u, sizeof *v);
   uint32_t i;
