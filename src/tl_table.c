@@ -40,14 +40,14 @@ static void tl_free(void *p) {
   if (p != NULL) tl_allocf(tl_allocud, p, 0);
 }
 
-/* A NUL-terminated copy of s[0..len); NULL when out of memory. */
-/* The bytes a string of len takes: len + 1 rounded up to 16 (what malloc
-** gives anyway), so that a string of the same size class can be
-** overwritten in place.  0 for impossible lengths. */
+/* The bytes a string of len takes: len + 1 rounded up to 16, as malloc
+** gives anyway.  So a string of the same size class can be overwritten
+** in place.  0 for impossible lengths. */
 static size_t tl_strcap(size_t len) {
   return len <= SIZE_MAX - 16 ? (len + 16) & ~(size_t)15 : 0;
 }
 
+/* A NUL-terminated copy of s[0..len); NULL when out of memory. */
 static char *tl_strdup(const char *s, size_t len) {
   size_t cap = tl_strcap(len);
   char *p = cap != 0 ? (char *)tl_malloc(cap) : NULL;
@@ -67,10 +67,10 @@ THREADLOCAL_API void threadlocal_set_allocator(threadlocal_alloc f, void *ud) {
 /* ---------------------------------------------------------------------- */
 
 /*
-** Hashing.  Keys come from scripts and hosts that may be hostile, so the
-** hashes are keyed with a per-process random seed (tl_seed_init, at the
-** one-time set-up): without the seed, nobody can make many keys share a
-** slot.  The mixing is wyhash's: a 64x64->128-bit multiply, folded.
+** Hashing.  Keys may come from hostile scripts and hosts, so hashes are
+** keyed with a per-process random seed (tl_seed_init, at set-up).  Without
+** the seed, nobody can make many keys share a slot.  The mixing is
+** wyhash's: a 64x64->128-bit multiply, folded.
 */
 static uint64_t tl_seed[4] = { /* replaced by random bits before any use */
   0x2d358dccaa6c78a5u, 0x8bb84b93962eacc9u, 0x4b33a62ed433d4a3u, 0x4d5a2da51de1aa47u
@@ -366,9 +366,8 @@ static TL_HOT tl_entry *tl_tab_findstr(tl_tab *t, const char *s, size_t len) {
   return e;
 }
 
-/* A thread's slab: its live tables by slot, so that a proxy can hold a
-** (slot, generation) pair instead of a pointer that may dangle. */
-/* Makes room for `need` more slots past nslab.  0, or -1 when out of memory. */
+/* Makes room for `need` more slots past nslab in t's slab (see tl_thread).
+** Returns 0, or -1 when out of memory. */
 static int tl_slab_grow(tl_thread *t, uint32_t need) {
   uint32_t cap = t->capslab ? t->capslab : 16, *gen, *freeslots;
   tl_tab **slab;
@@ -408,8 +407,8 @@ static void tl_slab_remove(tl_thread *t, tl_tab *tab) {
   t->slabfree[t->nslabfree++] = tab->slot;
 }
 
-/* A new empty table owned by t (NULL: not in any slab), `depth` levels
-** below the fields table (the caller checks the limit). */
+/* A new empty table owned by t (NULL: in no slab), `depth` levels below
+** the fields table.  The caller checks the depth limit. */
 static tl_tab *tl_tab_new(tl_thread *owner, uint32_t depth) {
   tl_tab *tab = (tl_tab *)tl_calloc(1, sizeof *tab);
   if (tab == NULL) return NULL;
@@ -460,8 +459,8 @@ static void tl_tab_free(tl_tab *tab) {
 
 #define TL_MAXCAP ((uint32_t)1 << 30) /* entries in one table */
 
-/* The slots of the index of a table with room for cap entries: a power
-** of 2 above 1.5 cap, so that probes stay short; 0 (none) up to TL_LINEAR. */
+/* The index slots for cap entries: a power of 2 above 1.5 cap, so that
+** probes stay short.  None (0) up to TL_LINEAR. */
 static uint32_t tl_ix_size(uint32_t cap) {
   uint32_t n = 16;
   if (cap <= TL_LINEAR) return 0;
@@ -470,8 +469,8 @@ static uint32_t tl_ix_size(uint32_t cap) {
 }
 
 /*
-** Rebuilds t with room for cap entries (at least t->count): the live
-** entries move to the front of e[], in order, and the index is made again.
+** Rebuilds t with room for cap entries (at least t->count).  The live
+** entries move to the front of e[], in order; the index is made again.
 ** Returns 0, or -1 when out of memory (then nothing changed).
 */
 static int tl_tab_resize(tl_tab *t, uint32_t cap) {
@@ -518,12 +517,11 @@ static int tl_tab_resize(tl_tab *t, uint32_t cap) {
 }
 
 /*
-** Makes room for one more entry at e[used].  When e[] is full, the table
-** is rebuilt with room for half as many entries again as are live, or as
-** many again when deletes left an eighth of e[] dead: so at least a third
-** of e[] is free after a rebuild, at least that many inserts separate two
-** rebuilds, and any mix of inserts and deletes costs amortised O(1).  The
-** table may shrink.  Returns 0, or -1 when out of memory.
+** Makes room for one more entry at e[used]; 0, or -1 when out of memory.
+** A full e[] is rebuilt with room for 1.5 times the live entries.  When
+** deletes left an eighth of e[] dead, it gets room for twice them.  So a
+** third of e[] is free after a rebuild, and any mix of inserts and
+** deletes costs amortised O(1).  The table may shrink.
 */
 static int tl_tab_reserve(tl_tab *t) {
   uint64_t cap;
@@ -538,10 +536,10 @@ static int tl_tab_reserve(tl_tab *t) {
 }
 
 /*
-** t[k] = *v, moving v in (nil deletes).  The replaced value is moved to
-** *old for the caller to free once the table is consistent, since a
-** destructor may call back in.  Returns 0, or -1 when out of memory (then
-** nothing changed and v still belongs to the caller).
+** t[k] = *v, moving v in (nil deletes).  The old value goes to *old.  The
+** caller frees it once the table is consistent: a destructor may call
+** back in.  Returns 0, or -1 when out of memory (then nothing changed and
+** v still belongs to the caller).
 */
 static int tl_tab_put(tl_tab *t, const tl_key *k, tl_val *v, tl_val *old) {
   tl_entry *e = tl_tab_find(t, k);
@@ -668,5 +666,3 @@ static int tl_tab_equal(const tl_tab *a, const tl_tab *b) {
   }
   return 1;
 }
-
-/* ---------------------------------------------------------------------- */
