@@ -1,25 +1,8 @@
 /*
-** tl_jit.c: the metamethods of Locals and shared locals for LuaJIT with the
-** JIT on.  Part of threadlocal.c (the Lua binding).  Why they are Lua
-** functions, and what keeps their loops compiled: docs/architecture.md,
-** section "LuaJIT".
-**
-** Locals made while the JIT is on, and shared locals once read often with it
-** on (TL_JIT_HOT, tl_lua.h), get the Lua functions of src/tl_jit.lua
-** (built in from tl_embedded.h, loaded once per state, on first need).  Their hits
-** call C through the FFI; their misses call the C functions below.  A
-** Local's get_id and set_id say whose fields its closures hold, as for the C
-** closures, so that the purge, clear and a failed init drop them
-** (tl_uncache).  A shared local gets TL_STATE_JITMT, the shared-local
-** metatable with jit.lua's __index; its userdata stays the same tl_handle.
-**
-** Lua code reaches those FFI functions through debug.getupvalue, so they
-** take numbers only and are safe whatever they are given: no pointer, no
-** out-parameter.  A shared local and a key are named by numbers from the
-** tables of ids below, which the C side checks before it reads anything.
-**
-** Everywhere else (Lua 5.1 to 5.4, LuaJIT's interpreter, a build without
-** the embedded file) both keep the C functions.
+** tl_jit.c: the metamethods of Locals and shared locals under LuaJIT with
+** the JIT on.  They are the Lua functions of src/tl_jit.lua, and the C
+** functions here that those call.  Part of threadlocal.c (the binding).
+** Why, and the rules a change must keep: docs/architecture.md, "LuaJIT".
 */
 #ifndef TL_LUA_H
 #error "compile threadlocal.c, which includes this file"
@@ -27,9 +10,9 @@
 
 #ifdef TL_JIT
 
-/* The calling thread's id, for the FFI: never allocates, never fails.  A
-** double holds every id exactly (ids count up from 1: they would need 2^53
-** threads to outgrow it); 0 (no record yet) matches no cached id. */
+/* For the FFI: the calling thread's id; never allocates or fails.  A
+** double holds every id exactly, up to 2^53 threads.  Ids count up from
+** 1, so 0 (no record yet) matches no cached id. */
 static double tl_jit_myid(void) {
   return (double)tl_myid;
 }
@@ -42,9 +25,9 @@ static double tl_jit_myid(void) {
 enum { TL_SKIND_ASK, TL_SKIND_TRUE, TL_SKIND_FALSE, TL_SKIND_NIL };
 
 /*
-** The calling thread's fields of shared local h and, in *key, key k; NULL
-** when h or k is no id, or before the thread has fields (tl_shared_index
-** may start them from the defaults).
+** The calling thread's fields of shared local h, and key k in *key.  NULL
+** when h or k is no id, or before the thread has fields.  (Then
+** tl_shared_index may start them from the defaults.)
 */
 static TL_HOT tl_tab *tl_jit_fields(uint32_t h, uint32_t k, const tl_idkey **key) {
   const threadlocal_shared *sl = (const threadlocal_shared *)tl_ids_at(&tl_ids_shared, h);
@@ -53,12 +36,10 @@ static TL_HOT tl_tab *tl_jit_fields(uint32_t h, uint32_t k, const tl_idkey **key
 }
 
 /*
-** The calling thread's last field read through the FFI, so that a loop over
-** one field looks nothing up: entry e (NULL: absent) of tab, the thread's
-** fields of shared local h, right while tl_mygen is still `gen` (so tab is
-** still those fields, on the same record) and tab has the same version
-** (versions never repeat on a record).  Initial-exec TLS as tl_me: 40
-** bytes more of glibc's room for modules.
+** The calling thread's last field read through the FFI, so that a loop
+** over one field looks nothing up.  Entry e (NULL: absent) is right while
+** tl_mygen is still `gen` (tab is still the thread's fields of h) and tab
+** has the same version.  Initial-exec TLS, as tl_me.
 */
 typedef struct tl_jit_last {
   uint64_t hk; /* h << 32 | k */
@@ -69,17 +50,16 @@ typedef struct tl_jit_last {
 
 static _Thread_local tl_jit_last tl_jit_lastread TL_TLS_MODEL;
 
-/* Whether tl_jit_lastread still holds field k of shared local h: checked
-** without a call or a lookup.  Generation 0 is a thread with no record,
-** and tl_jit_lastread before its first lookup: no tab to read. */
+/* Whether tl_jit_lastread still holds field k of shared local h, with no
+** call or lookup.  Generation 0: no record, or no lookup yet. */
 static TL_HOT int tl_jit_again(uint32_t h, uint32_t k) {
   uint64_t gen = tl_mygen;
   return ((uint64_t)h << 32 | k) == tl_jit_lastread.hk && gen == tl_jit_lastread.gen &&
          gen != 0 && tl_jit_lastread.tab->version == tl_jit_lastread.version;
 }
 
-/* Looks field k of shared local h up into tl_jit_lastread; 0 when h or k
-** is no id, or the thread has no fields yet. */
+/* Looks field k of shared local h up into tl_jit_lastread.  Returns 0
+** when h or k is no id, or the thread has no fields yet. */
 static int tl_jit_lookup(uint32_t h, uint32_t k) {
   const tl_idkey *key;
   tl_tab *tab = tl_jit_fields(h, k, &key);
@@ -105,19 +85,19 @@ static TL_NOINLINE double tl_jit_sget_slow(uint32_t h, uint32_t k) {
 
 /*
 ** For the FFI: field k of the calling thread's fields of shared local h,
-** when it is a number (an integer as the double tl_pushint pushes under
-** LuaJIT); NaN otherwise, and for a NaN field (the C __index pushes it as
-** it is).  Never allocates, never fails, whatever h and k are.  The usual
-** read saves no register: the rest is a tail call.
+** when a number.  NaN otherwise, and for a NaN field, which the C __index
+** pushes.  An integer comes as the double tl_pushint pushes under LuaJIT.
+** Never allocates or fails, whatever h and k are.  The usual read saves
+** no register: the rest is a tail call.
 */
 static double tl_jit_sget(uint32_t h, uint32_t k) {
   if (tl_jit_again(h, k)) return tl_jit_num(tl_jit_lastread.e);
   return tl_jit_sget_slow(h, k);
 }
 
-/* For the FFI, after tl_jit_sget gave NaN: a boolean or an absent field,
-** or TL_SKIND_ASK, for the C __index to answer.  A call of its own, not an
-** out-parameter of tl_jit_sget: a hook may read another field in between. */
+/* For the FFI, after tl_jit_sget gave NaN: TRUE, FALSE or NIL for a
+** boolean or absent field.  Else TL_SKIND_ASK: the C __index answers.  Not
+** an out-parameter of tl_jit_sget: a hook may read a field in between. */
 static double tl_jit_skind(uint32_t h, uint32_t k) {
   const tl_entry *e;
   if (!tl_jit_again(h, k) && !tl_jit_lookup(h, k)) return TL_SKIND_ASK;
@@ -127,10 +107,10 @@ static double tl_jit_skind(uint32_t h, uint32_t k) {
 }
 
 /*
-** learn(o, k), called protected: when o is a shared local and k a key
-** that gets an id, sets handles[o] and keys[k] (upvalues 1 and 2) to their
-** ids, which jit.lua passes to the FFI functions.  Raises only when out of
-** memory.
+** learn(o, k), called protected.  Gives shared local o and string k their
+** ids, when both can have one.  They go in handles[o] and keys[k]
+** (upvalues 1 and 2), for jit.lua to pass to the FFI.  Raises only when
+** out of memory.
 */
 static int tl_jit_learn(lua_State *L) {
   tl_handle *ref = (tl_handle *)tl_testud(L, 1, tl_handle_tag, sizeof(tl_handle));
@@ -153,9 +133,9 @@ static int tl_jit_learn(lua_State *L) {
 }
 
 /*
-** "bad argument #1 to '__index' (msg)", placed where the metamethod was
-** called from (level 2: the Lua closure is level 1), as LuaJIT places the
-** errors of the C closures.
+** Raises "bad argument #1 to 'mm' (msg)" where the metamethod was called
+** from, as LuaJIT places the C closures' errors.  That is level 2: the Lua
+** closure is level 1.
 */
 static TL_NORETURN TL_NOINLINE void tl_jit_argerror(lua_State *L, const char *mm,
                                                     const char *msg) {
@@ -174,10 +154,11 @@ static void tl_jit_checkself(lua_State *L, int uv) {
 }
 
 /*
-** The slow path of a Lua closure (o, self[, k]): o is argument 1 of the
-** metamethod, self the Local whose closure it is.  uv: TL_LOCAL_GET or
-** TL_LOCAL_SET, the user value of self that holds the closure.  Returns the
-** fields table to use and the id of their thread, for the closure to keep.
+** The slow path of a Lua closure (o, self[, k]).  Argument 1 of the
+** metamethod is `o`; `self` is the Local whose closure it is.  The user
+** value of self that holds the closure is `uv`: TL_LOCAL_GET or
+** TL_LOCAL_SET.  Returns the fields table and its thread's id, for the
+** closure to keep.
 */
 static int tl_jit_slow(lua_State *L, int uv) {
   tl_local *self;
@@ -190,8 +171,8 @@ static int tl_jit_slow(lua_State *L, int uv) {
     tl_getuv(L, 2, uv);
     lua_getupvalue(L, -1, TL_JIT_UP_FIELDS);
     lua_getupvalue(L, -2, TL_JIT_UP_ID);
-    /* Unless the closure does not hold them: this function, reached through
-    ** the debug library and called directly, set *cid for nobody. */
+    /* Unless the closure lacks them: called directly through the debug
+    ** library, this function set *cid for nobody. */
     if (lua_tonumber(L, -1) == (lua_Number)tl_myid) return 2;
     lua_pop(L, 3);
   }
@@ -220,8 +201,8 @@ static int tl_jit_newindex(lua_State *L) {
   return tl_jit_slow(L, TL_LOCAL_SET);
 }
 
-/* A shared local's __index when the FFI did not answer: as tl_shared_index,
-** with argument 1 checked here so that its error is placed as the Local's. */
+/* A shared local's __index when the FFI did not answer, as tl_shared_index.
+** Argument 1 is checked here, so that its error is placed as a Local's. */
 static int tl_jit_sindex(lua_State *L) {
   void *p = lua_touserdata(L, 1);
   if (p == NULL || *(const char *const *)p != tl_handle_tag)
@@ -247,10 +228,9 @@ static int tl_jit_on(lua_State *L) {
   return on;
 }
 
-/* With the JIT on: pushes the table src/tl_jit.lua returns and
-** returns 1 when the FFI is there; else pushes nothing, returns 0.  st: the
-** index of the tl_state, whose user value TL_STATE_JIT caches it (false: no
-** FFI). */
+/* With the JIT on, pushes the table src/tl_jit.lua returns and returns 1.
+** Without the FFI, pushes nothing and returns 0.  At index `st`, the
+** tl_state caches the table in user value TL_STATE_JIT (false: no FFI). */
 static int tl_jit_factory(lua_State *L, int st) {
   st = tl_absindex(L, st);
   tl_getuv(L, st, TL_STATE_JIT);
@@ -295,8 +275,8 @@ static int tl_jit_factory(lua_State *L, int st) {
   return 0;
 }
 
-/* With the metatable mt of the new Local ud on top: when the JIT is on, sets
-** its __index and __newindex to Lua closures and returns 1; else 0. */
+/* With the JIT on, gives the new Local ud Lua closures as __index and
+** __newindex, in its metatable on top.  Returns 1, or 0 if it did not. */
 static int tl_jit_closures(lua_State *L, int st, int ud) {
   if (!tl_jit_on(L) || !tl_jit_factory(L, st)) return 0; /* mt jit */
   lua_getfield(L, -1, "closures");
@@ -312,9 +292,10 @@ static int tl_jit_closures(lua_State *L, int st, int ud) {
   return 1;
 }
 
-/* When the JIT is on, pushes the metatable of shared locals read often
-** (TL_STATE_JITMT, made on first need: the shared-local one with jit.lua's
-** __index) and returns 1; else pushes nothing and returns 0. */
+/* With the JIT on and the FFI there, pushes the metatable of shared locals
+** read often and returns 1.  Else pushes nothing and returns 0.  It is
+** TL_STATE_JITMT, made on first need: the shared-local one with jit.lua's
+** __index.  A promoted shared local keeps its tl_handle userdata. */
 static int tl_jit_sharedmt(lua_State *L) {
   int st;
   if (!tl_jit_on(L)) return 0;
@@ -357,12 +338,11 @@ static int tl_jit_makemt(lua_State *L) {
 }
 
 /*
-** The TL_JIT_HOT-th read of the shared local at slot 1 through the C
-** __index (see TL_JIT in tl_lua.h): with the JIT on, it gets the JIT's
-** metatable.  The switch runs Lua code (jit.status, jit.lua) and
-** allocates: it runs protected, and whatever fails there (no memory, a
-** replaced jit.status that raises or yields) leaves the C __index and the
-** read goes on.  Leaves the stack as it was.
+** At the TL_JIT_HOT-th read of the shared local at slot 1 through the C
+** __index (see TL_JIT).  With the JIT on, it gets the JIT's metatable.
+** The switch runs Lua code and allocates, so it runs protected.  A failure
+** (no memory, a jit.status that raises or yields) keeps the C __index, and
+** the read goes on.  Leaves the stack as it was.
 */
 static void tl_jit_promote(lua_State *L) {
   int made = 0;
