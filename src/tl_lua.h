@@ -3,14 +3,14 @@
 ** Part of threadlocal.c, included after the core.
 **
 ** Glossary (the core's words are in tl_core.h):
-**   state     a tl_state: the per-lua_State anchor userdata; its user
+**   `state`   a tl_state: the per-lua_State anchor userdata; its user
 **             values are TL_STATE_*.
-**   Local     a tl_local: a userdata whose fields live in Lua tables.
-**   handle    a tl_handle: one state's userdata of a shared local.
-**   proxy     a tl_proxy: a Lua view of a stored table, by slab slot.
-**   scope     a tl_scope: fields set until close; a guard runs `run`.
-**   self      argument 1 of a method or metamethod (tl_*_checkself).
-**   ltab      the binding's calls on a tl_tab that take a lua_State.
+**   `Local`   a tl_local: a userdata whose fields live in Lua tables.
+**   `handle`  a tl_handle: one state's userdata of a shared local.
+**   `proxy`   a tl_proxy: a Lua view of a stored table, by slab slot.
+**   `scope`   a tl_scope: fields set until close; a guard runs `run`.
+**   `self`    argument 1 of a method or metamethod (tl_*_checkself).
+**   `ltab`    the binding's calls on a tl_tab that take a lua_State.
 */
 #ifndef TL_LUA_H
 #define TL_LUA_H
@@ -32,7 +32,7 @@
 /*
 ** newproxy() makes a full userdata of no bytes from plain Lua.  Lua 5.1
 ** allocates it alone, so the hot check asks its length first.  LuaJIT
-** keeps it inside its own arena, where reading a tag cannot fault, and
+** keeps it in its own arena, where reading a tag cannot fault.  There,
 ** asking the length would cost 44 instructions per access.
 */
 #ifdef LUA_JITLIBNAME
@@ -90,13 +90,13 @@ static int tl_cpcall(lua_State *L, lua_CFunction f, void *ud) {
 #endif
 
 /*
-** with and run call fn with the value at slot `guard` (the scope, the run's
-** guard) ready to undo what they set.  On 5.4 fn runs unprotected, with the
-** guard to-be-closed: its __close undoes, on return and on error, and an
-** error keeps fn's frames for the caller's message handler.  lua_call has
-** no continuation, so a yield inside fn still raises.  Before 5.4 fn runs
-** under lua_pcall and the caller undoes.  Returns TL_GUARD_CLOSES, or
-** lua_pcall's status.
+** `with` and `run` call fn with a guard at slot `guard`: the scope, or the
+** run's guard.  It is ready to undo what they set.  On 5.4 fn runs
+** unprotected, with the guard to-be-closed.  Its __close undoes on return
+** and on error, and an error keeps fn's frames for the message handler.
+** As lua_call has no continuation, a yield inside fn still raises.  Before
+** 5.4 fn runs under lua_pcall and the caller undoes.  Returns
+** TL_GUARD_CLOSES, or lua_pcall's status.
 */
 #define TL_GUARD_CLOSES (-1)
 #if LUA_VERSION_NUM >= 504
@@ -110,9 +110,9 @@ static int tl_guardcall(lua_State *L, int guard, int nargs) {
 #endif
 
 /*
-** 64-bit integers: thread ids and slab slots are table keys.  5.3 has
-** integers; before, a number is an integer if it has an exact integer
-** value, so C hosts see 3 as an integer on every version.
+** 64-bit integers, since thread ids and slab slots are table keys.  Lua
+** 5.3 has integers.  Before it, a number with an exact integer value
+** counts as one.  So C hosts see 3 as an integer on every version.
 */
 #if LUA_VERSION_NUM >= 503
 
@@ -201,54 +201,56 @@ static void tl_setuv(lua_State *L, int i, int n) { /* pops the value */
 /*
 ** Upvalues and user values, in one place.
 **
-** Opening the module in a state builds only its table of plain C functions:
-** short-lived states that require the module and touch a shared local pay
-** for little more.  Everything else of a state is made on first need (see
-** tl_pushstate).  The module's functions and the metamethods of shared
-** locals, proxies and Locals have no upvalues: those that need the state
-** find it in the registry.  Closures with upvalues:
-**   a Local's own __index and __newindex (the hot path):
-**     upvalue 1  TL_UP_STATE   the state's tl_state userdata
-**     upvalue 2  TL_UP_FIELDS  the fields table of the thread in get_id/set_id
-**     upvalue 3  TL_UP_SELF    the Local
-**     upvalue 4  TL_UP_MAP     the Local's TL_LOCAL_MAP, for the slow path
-**   or, made while LuaJIT's JIT is on, Lua closures (src/tl_jit.lua,
-**   whose bodies name these first, in this order; see tl_jit.c):
-**     upvalue 1  TL_JIT_UP_FIELDS  the fields table, as TL_UP_FIELDS
-**     upvalue 2  TL_JIT_UP_ID      the number get_id/set_id, -1 for none
-**   the GC sentinel's __gc: upvalue 1, the tl_state;
-**   tl_iter: a proxy, the next entry index, the proxy cache;
-**   tl_threads_step: the Local, the ids to visit, the position.
+** Opening the module builds only its table of plain C functions.  So a
+** short-lived state that touches a shared local pays for little more.
+** The rest of a state is made on first need (see tl_pushstate).  The
+** module's functions and the metamethods of shared locals, proxies and
+** Locals have no upvalues.  Those that need the state find it in the
+** registry.  Closures with upvalues:
+**   A Local's own __index and __newindex, the hot path:
+**     TL_UP_STATE   1  the state's tl_state userdata.
+**     TL_UP_FIELDS  2  the fields table of the thread in get_id/set_id.
+**     TL_UP_SELF    3  the Local.
+**     TL_UP_MAP     4  the Local's TL_LOCAL_MAP, for the slow path.
+**   Or, made while LuaJIT's JIT is on, the Lua closures of src/tl_jit.lua.
+**   Their bodies name these first, in this order (docs/architecture.md):
+**     TL_JIT_UP_FIELDS  1  the fields table, as TL_UP_FIELDS.
+**     TL_JIT_UP_ID      2  the number get_id/set_id; -1 for none.
+**   The GC sentinel's __gc: the tl_state.
+**   The proxy iterator tl_iter: a proxy, the next entry index, the cache.
+**   The step tl_threads_step: the Local, the ids to visit, the position.
 **
 ** User values of the tl_state (one per state, in the registry), each made
 ** on first need:
-**   TL_STATE_BYTHREAD  thread id -> weak set of Locals holding its fields
-**   TL_STATE_SENTINEL  metatable of the per-cycle GC sentinel
-**   TL_STATE_PROXIES   weak: slab slot + 1 -> a proxy of that slot
-**   TL_STATE_JIT       what src/tl_jit.lua returns, false without
-**                      the FFI (LuaJIT with the JIT on only: see tl_jit.c)
-**   TL_STATE_JITMT     the metatable of shared locals made with the JIT on:
-**                      the shared-local one with jit.lua's __index
-**   TL_STATE_EMPTY     an empty table, never written: what a Local's __index
-**                      reads on a thread without fields (made with the first
-**                      Local, so that the slow path never allocates for it),
-**                      and what it holds while it holds no thread's fields
-**   TL_STATE_SINK      a table nobody reads: what a Local's __newindex holds
-**                      while it holds no thread's fields (see tl_local_index)
-** The shared-local metatable (in the registry under its name) also maps
-** each threadlocal_shared, as a light userdata key (which no metamethod name can be),
-** to this state's userdata of it, so that one name has one userdata and a
-** state that only uses shared locals needs no tl_state.
+**   TL_STATE_BYTHREAD  thread id -> weak set of Locals holding its fields.
+**   TL_STATE_SENTINEL  metatable of the per-cycle GC sentinel.
+**   TL_STATE_PROXIES   weak: slab slot + 1 -> a proxy of that slot.
+**   TL_STATE_JIT       what src/tl_jit.lua returns; false without the FFI.
+**                      LuaJIT with the JIT on only (see tl_jit.c).
+**   TL_STATE_JITMT     the metatable of shared locals read often with the
+**                      JIT on: the shared-local one with jit.lua's __index.
+**   TL_STATE_EMPTY     an empty table, never written.  A Local's __index
+**                      reads it on a thread without fields, and holds it
+**                      while it holds no thread's fields.  Made with the
+**                      first Local, so that the slow path never allocates.
+**   TL_STATE_SINK      a table nobody reads.  A Local's __newindex holds it
+**                      while it holds no thread's fields (see tl_local_index).
+**
+** The shared-local metatable, in the registry under its name, has more
+** keys.  Each threadlocal_shared, as a light userdata, maps to this state's
+** userdata of it.  No metamethod name can be such a key.  So one name has
+** one userdata, and a state that only uses shared locals needs no tl_state.
+**
 ** User values of a Local (tl_local):
-**   TL_LOCAL_MAP       thread id -> that thread's fields table
-**   TL_LOCAL_INIT      {init, args...} (ninit values), or nil
-**   TL_LOCAL_GET       its own __index closure
-**   TL_LOCAL_SET       its own __newindex closure
-** User values of a shared local userdata (tl_handle):
-**   TL_HANDLE_LAST       the proxy of the remembered field, when a table
-**   TL_HANDLE_KEY        the remembered field's key (see tl_last)
+**   TL_LOCAL_MAP       thread id -> that thread's fields table.
+**   TL_LOCAL_INIT      {init, args...} (ninit values), or nil.
+**   TL_LOCAL_GET       its own __index closure.
+**   TL_LOCAL_SET       its own __newindex closure.
+** User values of a shared local's userdata (tl_handle):
+**   TL_HANDLE_LAST     the proxy of the remembered field, when a table.
+**   TL_HANDLE_KEY      the remembered field's key (see tl_last).
 ** User value of a proxy (tl_proxy):
-**   TL_PROXY_KEY       the remembered field's key (see tl_last)
+**   TL_PROXY_KEY       the remembered field's key (see tl_last).
 */
 #define TL_UP_STATE lua_upvalueindex(1)
 #define TL_UP_FIELDS lua_upvalueindex(2)
@@ -277,10 +279,10 @@ typedef struct tl_state {
 } tl_state;
 
 /*
-** The userdata of the module start with a tag, the address of their type
-** name, so that a metamethod can check its argument without touching its
-** metatable (tl_testud): debug.getmetatable hands the metamethods to Lua
-** code, which may call them with anything.
+** The module's userdata start with a tag: the address of their type name.
+** So a metamethod checks its argument without its metatable (tl_testud).
+** Lua code gets the metamethods through debug.getmetatable, and may call
+** them with anything.
 */
 static const char tl_local_tag[] = THREADLOCAL_LOCAL_MT;
 static const char tl_handle_tag[] = THREADLOCAL_SHARED_MT;
@@ -289,10 +291,10 @@ static const char tl_state_tag[] = "threadlocal.state";
 
 /*
 ** A Local.  Its __index and __newindex closures each keep one thread's
-** fields table as upvalue TL_UP_FIELDS, so that a hit costs a rawget on a
-** fixed table, as the floor does; get_id and set_id say whose.  A thread
-** gets fields on its first write (or, with init, its first access): until
-** then __index holds the state's empty table (TL_STATE_EMPTY) for it.
+** fields table as upvalue TL_UP_FIELDS.  So a hit costs a rawget on a
+** fixed table, as the floor does.  Its get_id and set_id say whose.  A
+** thread gets fields on its first write, or with init its first access.
+** Until then __index holds the state's empty table (TL_STATE_EMPTY).
 */
 typedef struct tl_local {
   const char *tag; /* tl_local_tag */
@@ -305,16 +307,15 @@ typedef struct tl_local {
 #define TL_NOCACHE UINT64_MAX /* matches no thread, not even "no record yet" */
 
 /*
-** The field read or written last through a shared local or a proxy, so
-** that a loop over sh.k or sh.t.k skips the lookup of the key.  The key
-** string is kept alive as a user value of the userdata: so no other object
-** can have its address, and a value at slot 2 whose tl_keyid is `key` is
-** that very string, with no bytes to compare.  `entry` is right
-** while thread `owner_id`'s table `tab` has the same version (versions never
-** repeat on a thread, and a write that only overwrites a value in place
-** moves `version` along).  A key is remembered at its second miss in a
-** row (`seen`, a hint only), so that a loop over two keys does not pay for
-** keeping each one alive in turn.
+** The field read or written last through a shared local or a proxy.  So
+** a loop over sh.k or sh.t.k skips the key's lookup.  The key string is
+** kept alive as a user value of the userdata: no other object can have
+** its address.  A value at slot 2 whose tl_keyid is `key` is that very
+** string, with no bytes to compare.  `entry` is right while thread
+** `owner_id`'s table `tab` has the same version.  Versions never repeat
+** on a thread, and an overwrite in place moves `version` along too.  A key
+** is remembered at its second miss in a row (`seen`, a hint only).  So a
+** loop over two keys does not pay to keep each alive in turn.
 */
 typedef struct tl_last {
   const void *key, *seen;
@@ -325,15 +326,15 @@ typedef struct tl_last {
 
 /*
 ** tl_keyid: the address that stands for the value at slot i when it is a
-** string, so that a remembered key (kept alive: see tl_last) is known by
-** its address alone.  In 5.4 it is the string object (lua_topointer), which
-** the collector never moves, and the hot paths ask nothing else: a live
-** object other than that string has another address, and a number, boolean
-** or nil gives NULL; only a light userdata made at that very address would
-** pass for the string, and only C code or the debug library can make one
-** (outside what Lua code is kept from, as in tl_checkud_hot).  Before 5.4
-** lua_topointer has no strings: the type is checked, and the address of
-** the bytes (inside the string object) serves.  NULL: not a string.
+** string; NULL when not.  A remembered key (kept alive: see tl_last) is
+** then known by its address alone.  In 5.4 it is the string object
+** (lua_topointer), which the collector never moves.  The hot paths ask
+** nothing else.  Another live object has another address, and a number,
+** boolean or nil gives NULL.  Only a light userdata made at that very
+** address would pass for the string.  Only C code or the debug library can
+** make one, as tl_checkud_hot assumes.  Before 5.4 lua_topointer has no
+** strings.  The type is checked, and the address of the bytes (inside the
+** string object) serves.
 */
 #if LUA_VERSION_NUM >= 504
 #define tl_keyid(L, i) lua_topointer(L, i)
@@ -365,13 +366,14 @@ typedef struct tl_proxy {
 
 /*
 ** The public lua/threadlocal/context.lua and the internal src/tl_jit.lua
-** are built into the module, so that a host that links only the C sources
-** gets them too, from one source of truth: tl_embedded.h holds their bytes
-** as C arrays, so any C11 compiler builds them in.  tools/embed.sh writes
-** it (make embed); make test fails when it differs from them.
-** -DTL_NO_EMBED leaves threadlocal.context to package.path (make install,
-** CMake and a rock's builtin build install lua/ there), and Locals and
-** shared locals to their C metamethods.  tl_jit.lua is never installed.
+** are built into the module.  So a host that links only the C sources
+** gets them too, from one source of truth.  The header tl_embedded.h holds
+** their bytes as C arrays, which any C11 compiler builds in.  The script
+** tools/embed.sh writes it (make embed); make test fails when it differs.
+** With -DTL_NO_EMBED, threadlocal.context is left to package.path, where
+** make install, CMake and a rock's builtin build put lua/.  Locals and
+** shared locals then keep their C metamethods: tl_jit.lua is never
+** installed.
 */
 #ifndef TL_NO_EMBED
 #define TL_EMBED 1
@@ -379,13 +381,11 @@ typedef struct tl_proxy {
 #endif
 
 /*
-** Under LuaJIT (whose headers say 5.1), Locals made while the JIT is on,
-** and shared locals read TL_JIT_HOT times through the C __index, the last
-** time with the JIT on, get the Lua metamethods of src/tl_jit.lua
-** (tl_jit.c).  LuaJIT starts recording a loop after hotloop iterations
-** (56 by default), so a loop over a shared local has switched by then; a
-** state that reads it a few times, as a state per request does, never
-** loads tl_jit.lua.
+** Under LuaJIT (whose headers say 5.1), some objects get the Lua
+** metamethods of src/tl_jit.lua (tl_jit.c).  Locals get them when made
+** with the JIT on.  Shared locals get them at their TL_JIT_HOT-th read
+** through the C __index, if the JIT is on then.  Why 16: the section
+** "LuaJIT" of docs/architecture.md.
 */
 #if LUA_VERSION_NUM == 501 && defined(TL_EMBED)
 #define TL_JIT 1
