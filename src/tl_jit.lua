@@ -1,11 +1,9 @@
--- threadlocal's metamethods for LuaJIT with the JIT on: part of the module
--- (src/tl_jit.c builds it in and loads it), not a module of its own.  Why they
--- are written so, and the rules a change must keep (vararg metamethods, FFI
--- calls in small fixed-parameter helpers, no FFI object reachable but
--- functions that take numbers only): docs/architecture.md, section "LuaJIT".
--- Called with require's arguments and the C helpers; returns { closures =
--- the factory of a Local's metamethods, shared_index = a shared local's
--- __index }, or false without the FFI.
+-- threadlocal's metamethods for LuaJIT with the JIT on.  Built into the
+-- module and loaded by src/tl_jit.c; not a module of its own.  Why, and the
+-- rules a change must keep: docs/architecture.md, section "LuaJIT".
+-- Called with require's arguments and the C helpers.  Returns { closures =
+-- a Local's metamethod factory, shared_index = a shared local's __index },
+-- or false without the FFI.
 local internals = select(3, ...)
 -- Loaded on its own (it is built in, never installed), it returns nothing useful.
 if type(internals) ~= "table" then return nil end
