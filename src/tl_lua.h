@@ -325,16 +325,13 @@ typedef struct tl_last {
 } tl_last;
 
 /*
-** tl_keyid: the address that stands for the value at slot i when it is a
-** string; NULL when not.  A remembered key (kept alive: see tl_last) is
-** then known by its address alone.  In 5.4 it is the string object
-** (lua_topointer), which the collector never moves.  The hot paths ask
-** nothing else.  Another live object has another address, and a number,
-** boolean or nil gives NULL.  Only a light userdata made at that very
-** address would pass for the string.  Only C code or the debug library can
-** make one, as tl_checkud_hot assumes.  Before 5.4 lua_topointer has no
-** strings.  The type is checked, and the address of the bytes (inside the
-** string object) serves.
+** tl_keyid: the address that stands for the string at slot i; NULL when
+** not a string.  A remembered key (see tl_last) is known by it alone.  In
+** 5.4 it is the string object (lua_topointer), which never moves, and the
+** hot paths check nothing else.  Other values give NULL or another address.
+** Only a light userdata made at that address, by C or the debug library,
+** could pass for it (see tl_checkud_hot).  Before 5.4 the type is checked,
+** and the address of the bytes (inside the string object) serves.
 */
 #if LUA_VERSION_NUM >= 504
 #define tl_keyid(L, i) lua_topointer(L, i)
