@@ -119,11 +119,8 @@ static void tl_enroll_once(lua_State *L, int ud, tl_thread *t, int st) {
     lua_pushliteral(L, "k");
     lua_setfield(L, -2, "__mode");
     lua_setmetatable(L, -2);
-    tl_rawgeti64(L, -2, t->id); /* did a finalizer enroll the thread meanwhile? */
-    if (!lua_isnil(L, -1))
-      lua_remove(L, -2); /* then use its set */
-    else { /* no allocation from here to the store */
-      lua_pop(L, 1);
+    tl_rawgeti64(L, -2, t->id);
+    if (tl_keepmade(L)) { /* no allocation from here to the store */
       if (home != NULL && tl_home_register(home, t) != 0) tl_memerror(L);
       lua_pushvalue(L, -1);
       tl_rawseti64(L, -3, t->id);

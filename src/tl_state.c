@@ -155,6 +155,18 @@ static int tl_state_gc(lua_State *L) {
   return 0;
 }
 
+/* With [made, found] on top, where found was read again after made was
+** made (an allocation may run a finalizer that fills the same slot): keeps
+** found and returns 0, or keeps made and returns 1 (the caller stores it). */
+static int tl_keepmade(lua_State *L) {
+  if (!lua_isnil(L, -1)) {
+    lua_remove(L, -2);
+    return 0;
+  }
+  lua_pop(L, 1);
+  return 1;
+}
+
 /* Pushes this state's tl_state, making it on first need; returns its index. */
 static int tl_pushstate(lua_State *L) {
   tl_state *st;
@@ -165,14 +177,11 @@ static int tl_pushstate(lua_State *L) {
   st->tag = tl_state_tag;
   st->home = NULL;
   st->closed = st->sentinel = 0;
-  tl_rawgetp(L, LUA_REGISTRYINDEX, &tl_statekey); /* a finalizer may have made one */
-  if (!lua_isnil(L, -1)) {
-    lua_remove(L, -2);
-    return lua_gettop(L);
+  tl_rawgetp(L, LUA_REGISTRYINDEX, &tl_statekey);
+  if (tl_keepmade(L)) {
+    lua_pushvalue(L, -1);
+    tl_rawsetp(L, LUA_REGISTRYINDEX, &tl_statekey);
   }
-  lua_pop(L, 1);
-  lua_pushvalue(L, -1);
-  tl_rawsetp(L, LUA_REGISTRYINDEX, &tl_statekey);
   return lua_gettop(L);
 }
 
@@ -208,14 +217,11 @@ static void tl_state_uv(lua_State *L, int st, int n) {
     lua_pushcclosure(L, tl_sentinel_gc, 1);
     lua_setfield(L, -2, "__gc");
   }
-  tl_getuv(L, st, n); /* a finalizer may have made one */
-  if (!lua_isnil(L, -1)) {
-    lua_remove(L, -2);
-    return;
+  tl_getuv(L, st, n);
+  if (tl_keepmade(L)) {
+    lua_pushvalue(L, -1);
+    tl_setuv(L, st, n);
   }
-  lua_pop(L, 1);
-  lua_pushvalue(L, -1);
-  tl_setuv(L, st, n);
 }
 
 /* Pushes the metatable `name`, made on first use in this state from funcs
@@ -232,14 +238,11 @@ static void tl_pushmeta(lua_State *L, const char *name, const luaL_Reg *funcs) {
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, "__name");
   lua_setfield(L, -2, "__metatable");
-  lua_getfield(L, LUA_REGISTRYINDEX, name); /* a finalizer may have made one */
-  if (!lua_isnil(L, -1)) {
-    lua_remove(L, -2);
-    return;
+  lua_getfield(L, LUA_REGISTRYINDEX, name);
+  if (tl_keepmade(L)) {
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, name);
   }
-  lua_pop(L, 1);
-  lua_pushvalue(L, -1);
-  lua_setfield(L, LUA_REGISTRYINDEX, name);
 }
 
 /* Pushes this state's proxy cache; returns its index. */
