@@ -85,10 +85,8 @@ static TL_HOT tl_tab *tl_proxy_target(const tl_thread *t, const tl_proxy *p) {
   return NULL;
 }
 
-/* Pushes a new proxy of tab, and remembers it in the cache (0: none). */
-
-/* A new proxy of slot `slot`, generation `gen`, of thread `owner_id`'s slab,
-** remembered in the cache. */
+/* Pushes a new proxy of slot `slot`, generation `gen`, of thread
+** `owner_id`'s slab, and remembers it in the cache at index cache. */
 static void tl_newproxy(lua_State *L, uint64_t owner_id, uint32_t slot, uint32_t gen, int cache) {
   tl_proxy *p = (tl_proxy *)tl_newud(L, sizeof *p, TL_PROXY_NUV);
   memset(p, 0, sizeof *p);
@@ -103,18 +101,19 @@ static void tl_newproxy(lua_State *L, uint64_t owner_id, uint32_t slot, uint32_t
 }
 
 /*
-** Pushes a proxy of tab (owned by the calling thread).  Through the
-** state's proxy cache (at index cache, or found when 0), a table read again
-** in a loop gets the same proxy back instead of a new userdata each time.  The cache is
-** keyed by slab index (dense: its array part), and a proxy found there is
-** checked, since another thread's or an older table may have had the slot.
-** mt and cache are absolute or pseudo-indices.
+** Pushes a proxy of tab, owned by the calling thread.  Through the state's
+** proxy cache (at index cache, or found when 0), a table read again in a
+** loop gets the same proxy back.  The cache is keyed by slab slot (its
+** array part).  A proxy found there is checked: another thread's or an
+** older table may have had the slot.  cache is absolute or a pseudo-index.
 */
 static void tl_pushproxy(lua_State *L, tl_tab *tab, int cache) {
   const tl_proxy *p;
-  const tl_thread *t = tab->owner; /* read first: an allocation below may run */
-  uint32_t slot = tab->slot;       /* a finalizer that frees tab (then the */
-  uint32_t gen = t->slabgen[slot]; /* proxy is just stale) */
+  /* Read first: an allocation below may run a finalizer that frees tab
+  ** (the proxy is then just stale). */
+  const tl_thread *t = tab->owner;
+  uint32_t slot = tab->slot;
+  uint32_t gen = t->slabgen[slot];
   int found = cache == 0;
   if (found) cache = tl_pushcache(L);
   tl_rawgeti64(L, cache, slot + 1u);

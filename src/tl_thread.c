@@ -381,5 +381,3 @@ static int tl_home_register(tl_home *h, tl_thread *t) {
   t->homes[t->nhomes++] = h;
   return 0;
 }
-
-/* ---------------------------------------------------------------------- */
