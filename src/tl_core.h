@@ -1,26 +1,27 @@
 /*
 ** tl_core.h: the core's data structures.  Part of threadlocal.c.
 **
-** The core is plain C on pthreads: the allocator hook, the shared tables,
-** thread records, homes and slabs, thread exit and fork, the registry of
-** shared locals by name, and the C API.  threadlocal.c compiles it before
-** it includes lua.h, so no core function can touch a lua_State: a thread
-** exit hook runs while another thread may be running any state.
+** The core is plain C on pthreads.  It holds the allocator hook, the
+** shared tables, thread records, homes and slabs, thread exit and fork.
+** It also holds the registry of shared locals by name, and the C API.
+** In threadlocal.c it comes before lua.h, so no core function can touch
+** a lua_State.  A thread exit hook runs while another thread may run any
+** state.
 **
 ** Glossary (one name per concept):
-**   shared local  threadlocal_shared, process-wide, found by name; `sl`.
-**   fields        one thread's data in one local: a Lua table for a
-**                 Local, a tl_tab for a shared local.
-**   thread        a tl_thread: the record of one OS thread, by its id.
-**   owner         the tl_thread * that holds a table; owner_id is a
-**                 thread's id kept where a pointer could dangle.
-**   home          the C side of a Lua state that holds Locals.
-**   slab          a thread's array of its live tables, so that a proxy or
-**                 node names one by (slot, generation), not by pointer.
-**   run           a snapshot installed by threadlocal_snapshot_install or
-**                 threadlocal.run; slots mark the run that swapped them.
-**   status        an entry's TL_EMPTY, TL_LIVE or TL_DEAD.
-**   copy          tl_*_clone is a deep copy; a string copy is tl_strdup.
+**   `shared local`  threadlocal_shared, process-wide, found by name; `sl`.
+**   `fields`  one thread's data in one local.  A Lua table for a Local,
+**             a tl_tab for a shared local.
+**   `thread`  a tl_thread: the record of one OS thread, by its id.
+**   `owner`   the tl_thread * that holds a table.  `owner_id` is a
+**             thread's id, kept where a pointer could dangle.
+**   `home`    the C side of a Lua state that holds Locals.
+**   `slab`    a thread's array of its live tables.  A proxy or node names
+**             one by (slot, generation), not by pointer.
+**   `run`     a snapshot installed by threadlocal_snapshot_install or
+**             threadlocal.run.  Slots mark the run that swapped them.
+**   `status`  an entry's TL_EMPTY, TL_LIVE or TL_DEAD.
+**   `copy`    tl_*_clone is a deep copy.  A string copy is tl_strdup.
 */
 #ifndef TL_CORE_H
 #define TL_CORE_H
@@ -68,11 +69,11 @@
 /*
 ** Every access reads the thread-local id.  The initial-exec model makes
 ** that one load instead of a call to __tls_get_addr.  A dlopen()ed module
-** may use it only where the C library keeps static TLS room for such
-** modules: glibc does (we use 24 bytes, 64 on LuaJIT).  musl refuses to
-** load it and has no macro of its own, so every C library but glibc gets
-** the default model.
-** uClibc defines __GLIBC__ too, and is not known to keep that room.
+** may use it only where the C library keeps static TLS room for modules.
+** On glibc it does (we use 24 bytes, 64 on LuaJIT).  With musl it fails to
+** load, and musl has no macro of its own.  So every C library but glibc
+** gets the default model.  The uClibc library defines __GLIBC__ too, and
+** is not known to keep that room.
 ** Packagers: -DTL_TLS_INITIAL_EXEC forces initial-exec, -DTL_TLS_DYNAMIC
 ** the default model.
 */
@@ -88,10 +89,9 @@
 #endif
 
 /*
-** Nesting of shared tables: a table is at most TL_MAXDEPTH levels below its
-** thread's fields table, however it was built (from Lua tables, or copied
-** from proxies), so that every walk of a structure (free, copy, compare,
-** thread exit) recurses a bounded number of times.
+** Nesting of shared tables.  A table is at most TL_MAXDEPTH levels below
+** its thread's fields table, from Lua tables or copied from proxies alike.
+** So every walk (free, copy, compare, thread exit) has bounded recursion.
 */
 #define TL_MAXDEPTH THREADLOCAL_MAXDEPTH
 
@@ -153,11 +153,11 @@ typedef struct tl_key {
 enum { TL_EMPTY, TL_LIVE, TL_DEAD };
 
 /*
-** An entry: 40 bytes on 64-bit machines.  As in Lua 5.4's table nodes, the
-** key's type, the state and the hash live in what would be the padding of
-** val: so val is never assigned as a whole (that could overwrite them),
-** only its members, as tl_entry_setval does.  Short string keys sit in
-** place; longer ones are a NUL-terminated copy.
+** An entry: 40 bytes on 64-bit machines.  As in Lua 5.4's table nodes,
+** the key's type, the status and the hash live in val's padding.  So val
+** is never assigned as a whole, which could overwrite them.  Only its
+** members are, as tl_entry_setval does.  Short string keys sit in place;
+** longer ones are a NUL-terminated copy.
 */
 typedef struct tl_entry {
   tl_u key; /* by ktype: TL_TSHORT, TL_TSTR, TL_TINT, TL_TFLOAT, TL_TBOOL */
@@ -175,16 +175,15 @@ typedef struct tl_entry {
 struct tl_thread;
 
 /*
-** A hash table of shared values, laid out as CPython's dicts: the entries
-** sit in insertion order in e[] (deleted ones stay, marked dead, until the
-** next rebuild compacts them), and a small index of slots holds entry
-** numbers (+1; 0 is empty) by hash, with linear probing: 1-byte slots up to
-** 256 of them, 2-byte up to 65536, else 4-byte.  A table of at most
-** TL_LINEAR entries has no index: it is searched in order.  Lua's short
-** strings are interned, so the address of a key string seen from Lua is a
-** cheap first guess at its entry: kaddr/kentry remember a few, and a hit
-** is confirmed by comparing the key (a reused address with another content
-** just misses).
+** A hash table of shared values, laid out as CPython's dicts.  The entries
+** sit in insertion order in e[].  Deleted ones stay, marked dead, until the
+** next rebuild compacts them.  A small index of slots holds entry numbers
+** (+1; 0 is empty) by hash, with linear probing.  Slots take 1 byte up to
+** 256 of them, 2 bytes up to 65536, else 4.  A table of at most TL_LINEAR
+** entries has no index: it is searched in order.
+** Lua's short strings are interned, so a key string's address from Lua is
+** a cheap first guess at its entry.  Arrays kaddr/kentry remember a few.  A hit
+** is confirmed by comparing the key: a reused address just misses.
 */
 #define TL_KCACHE 4
 #define TL_LINEAR 8
@@ -206,8 +205,8 @@ typedef struct tl_tab {
 
 /*
 ** A home is the C side of one Lua state that holds Locals.  Every thread
-** that stored values in the state holds a reference to it; when the thread
-** exits it appends its id to `dead`, and the state purges those ids later.
+** that stored values in the state holds a reference to it.  An exiting
+** thread appends its id to `dead`, and the state purges those ids later.
 ** `dead` always has room for every registered thread (nreserved <= cap), so
 ** an exiting thread never allocates.
 */
@@ -223,10 +222,10 @@ typedef struct tl_home {
 } tl_home;
 
 /*
-** A thread's fields of one shared local, in the thread's map of them.  A
-** threadlocal.run swaps in its snapshot's fields and marks them with its
-** own id (from the thread's clock: never 0, never repeated there), so
-** that a scope knows in O(1) which run's fields it changed.
+** A thread's fields of one shared local, in the thread's map of them.
+** A threadlocal.run swaps in its snapshot's fields and marks them with its
+** own id.  The id comes from the thread's clock: never 0, never repeated.
+** So a scope knows in O(1) which run's fields it changed.
 */
 typedef struct tl_shslot {
   struct threadlocal_shared *sl; /* NULL: an empty slot */
@@ -236,8 +235,8 @@ typedef struct tl_shslot {
 
 /*
 ** What the module knows of one OS thread; only that thread touches it.
-** Its tables sit in the slab so that a Lua proxy can name one by (slot,
-** generation) and find out, without touching freed memory, that it is gone.
+** Its tables sit in the slab, so a Lua proxy names one by (slot,
+** generation).  The proxy then finds a freed table gone without touching it.
 */
 typedef struct tl_thread {
   uint64_t id;     /* never reused in this process */
@@ -245,8 +244,9 @@ typedef struct tl_thread {
   size_t nhomes, caphomes;
   tl_shslot *shmap; /* its shared fields: open addressing by the name's hash */
   uint32_t shmask, shcount; /* slots - 1 (a power of 2 minus 1); used slots */
-  /* The C API's last shared local and its fields here (maybe NULL), until
-  ** the fields change: a C loop over one local skips the map. */
+  /* The C API's last shared local and its fields here (maybe NULL).
+  ** They stay until the fields change, so a C loop over one local skips the
+  ** map. */
   const struct threadlocal_shared *lastsl;
   struct tl_tab *lastfields;
   uint64_t gennext; /* the next generation it hands out: see tl_mygen */
