@@ -7,9 +7,9 @@
 #endif
 
 /*
-** t's fields of sl, when it has none yet: with create, or when sl has
-** defaults, they are made (a copy of the defaults); otherwise NULL.  *err
-** is set when out of memory.
+** Starts t's fields of sl, when it has none yet.  If sl has defaults,
+** they are a copy of them.  Else create makes them empty; without it,
+** NULL.  Out of memory, it sets *err.
 */
 static tl_tab *tl_shfields_start(tl_thread *t, threadlocal_shared *sl, int create, int *err) {
   tl_tab *defaults = atomic_load_explicit(&sl->defaults, memory_order_acquire);
@@ -65,8 +65,8 @@ THREADLOCAL_API int threadlocal_shared_open_cstr(const char *name, threadlocal_s
   return threadlocal_shared_open(name, strlen(name), out);
 }
 
-/* Every per-field call starts here: checks, the calling thread, and its
-** fields of sl in *tab (NULL when it has none and create is 0). */
+/* Every per-field call starts here: checks, then the calling thread.
+** Its fields of sl go in *tab (NULL when it has none and create is 0). */
 static int tl_capi_fields(threadlocal_shared *sl, const char *key, int create, tl_tab **tab) {
   tl_thread *t = tl_me; /* a record: the set-up is done, no pthread_once call */
   int err;
@@ -212,8 +212,8 @@ THREADLOCAL_API uint64_t threadlocal_id(void) {
 /* Any key, any depth: nodes (C API)                                      */
 /* ---------------------------------------------------------------------- */
 
-/* *k for a key given from C; -1 for a bad one (as Lua: no NaN, an
-** integral float is that integer). */
+/* *k for a key given from C; -1 for a bad one.  As in Lua, NaN is bad
+** and an integral float is that integer. */
 static int tl_capi_key(const threadlocal_value *kv, tl_key *k) {
   if (kv == NULL) return -1;
   switch (kv->type) {
@@ -292,8 +292,8 @@ THREADLOCAL_API int threadlocal_root(threadlocal_shared *sh, threadlocal_node *o
 }
 
 /*
-** Follows path[0..n) from node: *e is the entry of the last key, or NULL
-** when a key on the way is absent.  Every key is checked first, so that a
+** Follows path[0..n) from node.  It sets *e to the last key's entry, or
+** to NULL when a key on the way is absent.  Every key is checked first, so that a
 ** bad one is reported whatever the data holds.
 */
 static int tl_node_walk(const threadlocal_node *node, const threadlocal_value *path, size_t n,
@@ -445,9 +445,9 @@ THREADLOCAL_API int threadlocal_node_iter(const threadlocal_node *node, threadlo
   return THREADLOCAL_OK;
 }
 
-/* Versions change with every write to a table (tl_tab_put, and Lua's
-** in-place stores): a changed one ends the walk, whose place in e[] a
-** rebuild may have moved. */
+/* A table's version changes with every write: tl_tab_put and Lua's
+** in-place stores.  A changed one ends the walk, as a rebuild may have
+** moved its place in e[]. */
 THREADLOCAL_API int threadlocal_next(threadlocal_iter *it, threadlocal_value *key,
                                      threadlocal_value *value) {
   tl_tab *tab;
