@@ -12,8 +12,9 @@
 
 /*
 ** A scope: what threadlocal.scope replaced on the thread that opened it.
-** For a shared local, `saved` holds the replaced values, owner-less (so a
-** scope may outlive its thread); for a Local they are in its user values.
+** For a shared local, `saved` holds the replaced values.  They are
+** owner-less, so a scope may outlive its thread.  For a Local they are in
+** its user values.
 */
 typedef struct tl_scope {
   const char *tag; /* tl_scope_tag */
@@ -24,8 +25,8 @@ typedef struct tl_scope {
   size_t n;        /* fields replaced */
   threadlocal_shared *sl;     /* NULL for a Local */
   tl_saved *saved; /* shared locals */
-  /* The open scopes of one local in this state form a list, newest first,
-  ** headed in the local's userdata (which outlives them: see tl_scope_link).
+  /* The open scopes of one local in this state form a list, newest first.
+  ** Its head is in the local's userdata, which outlives them (tl_scope_link).
   ** Closing checks that no newer one of the same thread and run is open. */
   struct tl_scope **head, *older, *newer;
 } tl_scope;
@@ -34,9 +35,9 @@ enum { TL_SCOPE_LOCAL = 1, TL_SCOPE_OLD, TL_SCOPE_NUV = TL_SCOPE_OLD };
 
 static const char tl_scope_tag[] = TL_SCOPE_MT;
 
-/* Puts the just opened sc first in the list at head.  A Local's userdata is
-** a user value of its scopes, and a shared local's stays in its metatable
-** for the state's life, so head is valid while sc is. */
+/* Puts the just opened sc first in the list at head.  head is valid while
+** sc is.  A Local's userdata is a user value of its scopes.  A shared
+** local's stays in its metatable for the state's life. */
 static void tl_scope_link(tl_scope *sc, tl_scope **head) {
   sc->head = head;
   sc->older = *head;
@@ -103,8 +104,8 @@ static void tl_scope_shared(lua_State *L, tl_scope *sc) {
   if (rc != 0) tl_memerror(L);
 }
 
-/* Sets F[k] = v for every k, v of the table at 2 into the table at 1: the
-** part of opening a Local's scope that may run out of memory. */
+/* Sets F[k] = v in the table at 1 for every k, v of the table at 2.  It is
+** the part of opening a Local's scope that may run out of memory. */
 static int tl_scope_set(lua_State *L) {
   lua_pushnil(L);
   while (lua_next(L, 2)) {
@@ -115,9 +116,9 @@ static int tl_scope_set(lua_State *L) {
   return 0;
 }
 
-/* F[k] = old for the n pairs saved in old (at index old); allocates nothing:
-** a field absent before and now is left alone (setting nil on an absent
-** key may allocate before Lua 5.4). */
+/* F[k] = old for the n pairs saved in the table at index old.  It
+** allocates nothing.  A field absent before and now is left alone: before
+** Lua 5.4, setting nil on an absent key may allocate. */
 static void tl_scope_putback(lua_State *L, int fields, int old, size_t n) {
   size_t i;
   for (i = n; i > 0; i--) {
@@ -134,9 +135,9 @@ static void tl_scope_putback(lua_State *L, int fields, int old, size_t n) {
   }
 }
 
-/* Opens a scope on the Local at slot 1 with the fields at slot 2: saves
-** what it replaces, then sets; if setting runs out of memory, puts every
-** field back and raises. */
+/* Opens a scope on the Local at slot 1 with the fields at slot 2.  It
+** saves what it replaces, then sets.  If setting runs out of memory, it
+** puts every field back and raises. */
 static void tl_scope_local(lua_State *L, tl_scope *sc, int scope) {
   int fields, old;
   size_t n = 0;
@@ -199,8 +200,8 @@ static int tl_scope_close(lua_State *L) {
       tl_scope_forget(sc);
       return 0;
     }
-    /* Scopes that fn left open end with it (an error skips their close):
-    ** they put nothing back, since this one restores what came before. */
+    /* Scopes that fn left open end with it: an error skips their close.
+    ** They put nothing back, since this one restores what came before. */
     while ((s = tl_scope_newer(sc)) != NULL) tl_scope_forget(s);
   }
   if (sc->owner_id != tl_myid)
@@ -209,8 +210,8 @@ static int tl_scope_close(lua_State *L) {
     tl_thread *t = tl_self(L);
     tl_tab *fields;
     int err;
-    /* run swaps shared fields: put back into the other ones, the replaced
-    ** values would leak from one context into the other */
+    /* run swaps shared fields.  Put back into the other ones, the
+    ** replaced values would leak from one context into the other. */
     if (tl_shmap_run(t, sc->sl) != sc->run)
       tl_error(L, "threadlocal: scope closed outside the threadlocal.run context it was opened in");
     if (tl_scope_newer(sc) != NULL) tl_scope_order_error(L, sc, 0);
@@ -313,12 +314,12 @@ static int tl_with(lua_State *L) {
 }
 
 /*
-** threadlocal.run keeps its two snapshots in a guard userdata, so that an
-** error anywhere frees them: the one being built, and the thread's own
-** fields while fn runs.  capture and fields keep their clone in one: a
-** shared table is cloned first, with no Lua allocation in between, and
-** the plain copy made from the clone, so that a finalizer run by an
-** allocation of the copy cannot change or free what is being copied.
+** A guard userdata frees what it holds on an error anywhere.  In one,
+** threadlocal.run keeps two snapshots: the one being built, and the
+** thread's own fields while fn runs.  In one, capture and fields keep
+** their clone.  A shared table is cloned first, with no Lua allocation in
+** between.  The plain copy is made from the clone.  So a finalizer run by
+** the copy's allocations cannot change or free what is being copied.
 */
 typedef struct tl_guard {
   const char *tag; /* tl_guard_tag */
@@ -346,10 +347,10 @@ static int tl_guard_gc(lua_State *L) {
 }
 
 /*
-** The end of threadlocal.run: puts the thread's own fields back (when fn did
-** not release the thread) and frees the snapshot.  Called once fn returns
-** or raises; on 5.4 as the guard's __close, which does nothing after the
-** first time.
+** The end of threadlocal.run.  It puts the thread's own fields back,
+** unless fn released the thread, and frees the snapshot.  It runs once fn
+** returns or raises.  On 5.4 it is the guard's __close, which does nothing
+** after the first time.
 */
 static void tl_run_end(tl_guard *g) {
   tl_thread *t = tl_me;
@@ -393,8 +394,8 @@ static tl_guard *tl_newguard(lua_State *L) {
   return g;
 }
 
-/* Pushes a plain copy of tab, through a clone held by g (made before tab
-** was looked up: making it may run a finalizer). */
+/* Pushes a plain copy of tab, through a clone held by g.  The guard is
+** made before tab is looked up, as making it may run a finalizer. */
 static void tl_pushcopy_guarded(lua_State *L, tl_guard *g, const tl_tab *tab) {
   if (tl_tab_clone(tab, NULL, 0, &g->clone) != TL_COPY_OK) tl_memerror(L);
   tl_pushcopy(L, g->clone);
@@ -432,10 +433,10 @@ static int tl_capture(lua_State *L) {
 }
 
 /*
-** threadlocal.run(snap, fn, ...): fn(...) under snap's shared fields.  The
-** thread's own fields are only set aside while fn runs (they stay its own,
-** in its slab), so putting them back cannot fail: everything that may fail
-** happens before anything changes.
+** threadlocal.run(snap, fn, ...): fn(...) under snap's shared fields.
+** The thread's own fields are only set aside while fn runs, still in its
+** slab.  So putting them back cannot fail.  All that may fail happens
+** before anything changes.
 */
 static int tl_run(lua_State *L) {
   tl_thread *t = tl_self(L);
