@@ -1,8 +1,8 @@
 /*
-** tl_convert.c: shared values in Lua: keys, conversion of Lua values to
-** plain data and back, proxies of shared tables, and the table operations
-** that shared locals and proxies share.  Part of threadlocal.c (the Lua
-** binding).
+** tl_convert.c: shared values in Lua.  It holds keys, conversion of Lua
+** values to plain data and back, and proxies of shared tables.  It also
+** holds the table operations that shared locals and proxies share.
+** Part of threadlocal.c (the Lua binding).
 */
 #ifndef TL_LUA_H
 #error "compile threadlocal.c, which includes this file"
@@ -86,7 +86,7 @@ static TL_HOT tl_tab *tl_proxy_target(const tl_thread *t, const tl_proxy *p) {
 }
 
 /* Pushes a new proxy of slot `slot`, generation `gen`, of thread
-** `owner_id`'s slab, and remembers it in the cache at index cache. */
+** `owner_id`'s slab.  It remembers it in the cache at index cache. */
 static void tl_newproxy(lua_State *L, uint64_t owner_id, uint32_t slot, uint32_t gen, int cache) {
   tl_proxy *p = (tl_proxy *)tl_newud(L, sizeof *p, TL_PROXY_NUV);
   memset(p, 0, sizeof *p);
@@ -101,11 +101,12 @@ static void tl_newproxy(lua_State *L, uint64_t owner_id, uint32_t slot, uint32_t
 }
 
 /*
-** Pushes a proxy of tab, owned by the calling thread.  Through the state's
-** proxy cache (at index cache, or found when 0), a table read again in a
-** loop gets the same proxy back.  The cache is keyed by slab slot (its
-** array part).  A proxy found there is checked: another thread's or an
-** older table may have had the slot.  cache is absolute or a pseudo-index.
+** Pushes a proxy of tab, owned by the calling thread.  The state's proxy
+** cache is at index cache, or found when 0.  Through it, a table read again
+** in a loop gets the same proxy back.  The cache is keyed by slab slot (its
+** array part).  A proxy found there is checked, as another thread's or an
+** older table may have had the slot.  The index cache is absolute or a
+** pseudo-index.
 */
 static void tl_pushproxy(lua_State *L, tl_tab *tab, int cache) {
   const tl_proxy *p;
@@ -163,8 +164,8 @@ static TL_NORETURN void tl_proxy_fail(lua_State *L, const tl_proxy *p) {
   tl_error(L, "threadlocal: table proxy is stale: its table was replaced, deleted or cleared");
 }
 
-/* The table a proxy at stack slot i stands for; raises if it is gone, or
-** if slot i holds no proxy. */
+/* The table a proxy at stack slot i stands for.  It raises if the table
+** is gone, or if slot i holds no proxy. */
 static TL_HOT tl_tab *tl_proxy_tab(lua_State *L, int i) {
   const tl_proxy *p = (const tl_proxy *)tl_checkud_hot(L, i, tl_proxy_tag);
   tl_tab *tab = tl_proxy_target(tl_me, p);
@@ -173,8 +174,8 @@ static TL_HOT tl_tab *tl_proxy_tab(lua_State *L, int i) {
 }
 
 /*
-** Lua value -> shared value, never raising, so that a failure can free
-** what was built and leave everything as it was.  Tables are copied raw;
+** Lua value -> shared value, never raising.  So a failure can free what
+** was built and leave everything as it was.  Tables are copied raw;
 ** one with a metatable is refused, since its copy would lose it.  A
 ** proxy's table is copied.
 */
@@ -334,8 +335,8 @@ static int tl_conv_value(tl_conv *c, int i, tl_val *out) {
   }
 }
 
-/* Converts stack slot i into *out, a value whose tables would be `depth`
-** levels below the fields table, or raises (having freed everything). */
+/* Converts stack slot i into *out, or raises having freed everything.
+** The value's tables would be `depth` levels below the fields table. */
 static void tl_tovalue(lua_State *L, int i, int key, tl_thread *owner, uint32_t depth,
                        tl_val *out) {
   tl_conv c;
@@ -364,8 +365,8 @@ static void tl_ltab_assign_any(lua_State *L, tl_tab *tab) {
   if (old.type >= TL_TSTR) tl_val_free(&old);
 }
 
-/* Copies the n bytes of a Lua string and the NUL that every Lua string
-** has after them to d: inline for short ones, with overlapping words. */
+/* Copies to d the n bytes of a Lua string, and the NUL that every Lua
+** string has after them.  Short ones are inline, with overlapping words. */
 static TL_HOT void tl_copylstr(char *d, const char *s, size_t n) {
   size_t m = n + 1;
   if (m > 16)
@@ -388,11 +389,11 @@ static TL_HOT void tl_copylstr(char *d, const char *s, size_t n) {
 }
 
 /*
-** Stores the value at slot 3 in e, an entry of tab, in place if it can: a
-** number or boolean over a scalar, a string over a string whose block has
-** room (tl_strcap: the same or a smaller multiple of 16), so with no
-** malloc.  Returns whether it did.  Nothing here can run a finalizer
-** between the checks and the store.
+** Stores the value at slot 3 in e, an entry of tab, in place if it can.
+** A number or boolean goes over a scalar.  A string goes over a string
+** whose block has room (tl_strcap): the same or a smaller multiple of 16.
+** So it needs no malloc.  Returns whether it did.  Nothing here can
+** run a finalizer between the checks and the store.
 */
 static TL_HOT int tl_entry_store(lua_State *L, tl_tab *tab, tl_entry *e) {
   tl_val v;
@@ -421,11 +422,11 @@ static TL_HOT tl_entry *tl_ltab_findarg(lua_State *L, tl_tab *tab) {
   return tl_tab_findstr(tab, s, len);
 }
 
-/* Whether the key at slot 2, whose tl_keyid is id, is the one remembered
-** in last, and its entry still right in tab, a table of the calling thread
-** (see tl_last).  A proxy's last only ever has its own table, which is
-** the calling thread's once tl_proxy_target found it: the same table with
-** the same version is enough (tl_last_hit checks the thread too). */
+/* Whether last remembers the key at slot 2 (its tl_keyid is id), with its
+** entry still right in tab.  Here tab is the calling thread's (tl_last).
+** A proxy's last only ever has its own table.  That is the calling
+** thread's once tl_proxy_target found it.  So the same table with the same
+** version is enough; tl_last_hit checks the thread too. */
 static TL_HOT int tl_last_tabhit(const tl_last *last, const void *id, const tl_tab *tab) {
   return id == last->key && tab == last->tab && tab->version == last->version;
 }
@@ -435,9 +436,10 @@ static TL_HOT int tl_last_hit(const tl_last *last, const void *id, const tl_tab 
 }
 
 /*
-** Remembers e, tab's entry of the string key at slot 2 (id), in last, a
-** part of the userdata at slot 1 whose user value uv keeps the key alive;
-** a new key only at its second miss in a row.  Returns whether it did.
+** Remembers in last e, tab's entry of the string key at slot 2 (id).
+** Here last is part of the userdata at slot 1, whose user value uv keeps
+** the key alive.  A new key is kept only at its second miss in a row.
+** Returns whether it did.
 */
 static int tl_last_set(lua_State *L, tl_last *last, int uv, const void *id, const tl_tab *tab,
                        tl_entry *e) {
@@ -457,9 +459,9 @@ static int tl_last_set(lua_State *L, tl_last *last, int uv, const void *id, cons
   return 1;
 }
 
-/* tl_ltab_assign when last does not have the key at slot 2, whose tl_keyid
-** is id: a string key's entry is remembered (unless a table: see
-** tl_shared_index) for the next write or read. */
+/* tl_ltab_assign when last lacks the key at slot 2 (its tl_keyid is id).
+** A string key's entry is remembered for the next write or read.  A table
+** value's is not (see tl_shared_index). */
 static TL_NOINLINE void tl_ltab_assign_miss(lua_State *L, tl_tab *tab, tl_last *last, int uv,
                                            const void *id) {
   tl_entry *e;
@@ -473,8 +475,8 @@ static TL_NOINLINE void tl_ltab_assign_miss(lua_State *L, tl_tab *tab, tl_last *
   tl_ltab_assign_any(L, tab);
 }
 
-/* Stores the value at slot 3 under the key at slot 2 of tab, going
-** through (and keeping right) what last, with user value uv, remembers. */
+/* Stores the value at slot 3 under the key at slot 2 of tab.  It goes
+** through what last (user value uv) remembers, and keeps that right. */
 static TL_HOT void tl_ltab_assign(lua_State *L, tl_tab *tab, tl_last *last, int uv) {
   const void *id = tl_keyid(L, 2);
   if (!tl_last_hit(last, id, tab))
@@ -523,8 +525,8 @@ static lua_Integer tl_ltab_len(const tl_tab *tab) { /* a border, as # finds one 
   return (lua_Integer)i;
 }
 
-/* Upvalues: a proxy of the table, the next slot to look at, the state's
-** proxy cache (so that v == sh[k] holds for a table v in the loop). */
+/* Upvalues: a proxy of the table, the next slot to look at, and the
+** state's proxy cache.  The cache makes v == sh[k] hold for a table v. */
 static int tl_iter(lua_State *L) {
   tl_tab *tab = tl_proxy_tab(L, lua_upvalueindex(1));
   uint32_t i = (uint32_t)lua_tointeger(L, lua_upvalueindex(2));
