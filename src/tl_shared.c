@@ -6,8 +6,8 @@
 #error "compile threadlocal.c, which includes this file"
 #endif
 
-/* The calling thread's fields of ref->sl, when it has none yet: made (from
-** the defaults) with create, or when there are defaults. */
+/* Starts the calling thread's fields of ref->sl, when it has none yet.
+** They are made with create, or when there are defaults (a copy). */
 static tl_tab *tl_handle_start(lua_State *L, const tl_handle *ref, int create) {
   int err;
   tl_tab *tab = tl_shfields_start(tl_self(L), ref->sl, create, &err);
@@ -44,8 +44,8 @@ static TL_HOT tl_tab *tl_handle_selffields(lua_State *L, int create) {
   return tl_handle_fields(L, tl_handle_checkself(L), create);
 }
 
-/* tl_shared_index for a table field: its proxy, which tl_last keeps too,
-** unless a finalizer run by the push changed the fields. */
+/* tl_shared_index for a table field: pushes its proxy.  The tl_last keeps
+** it too, unless a finalizer run by the push changed the fields. */
 static TL_NOINLINE int tl_shared_indextab(lua_State *L, tl_handle *ref, tl_tab *tab,
                                           const void *id, tl_entry *e) {
   uint64_t version = tab->version;
@@ -59,7 +59,7 @@ static TL_NOINLINE int tl_shared_indextab(lua_State *L, tl_handle *ref, tl_tab *
 }
 
 /* The slow read of key 2 in tab, for a shared local (ref) or a proxy (ref
-** NULL): remembers a string key's entry in last, kept in user value uv. */
+** NULL).  It remembers a string key's entry in last, kept in user value uv. */
 static int tl_index_slow(lua_State *L, tl_handle *ref, tl_last *last, int uv, tl_tab *tab,
                          const void *id) {
   tl_entry *e;
@@ -75,8 +75,9 @@ static int tl_index_slow(lua_State *L, tl_handle *ref, tl_last *last, int uv, tl
   return 1;
 }
 
-/* tl_shared_index when tl_last does not have the field: tab may be NULL
-** (no fields yet), id is the key's tl_keyid or NULL (not asked yet). */
+/* tl_shared_index when tl_last does not have the field.  Here tab is NULL
+** when there are no fields yet.  And id is the key's tl_keyid, or NULL if
+** not asked yet. */
 static TL_NOINLINE int tl_shared_index_slow(lua_State *L, tl_handle *ref, tl_tab *tab,
                                             const void *id) {
   if (tab == NULL && (tab = tl_handle_start(L, ref, 0)) == NULL) return tl_ltab_index(L, NULL);
@@ -179,12 +180,12 @@ static int tl_proxy_tostring(lua_State *L) {
 
 /*
 ** __lanesclone(dest, source, size), as Lanes 3.17 calls it when a shared
-** local crosses to another lane.  dest is a new userdata of size bytes in
-** the lane's state, which already has this metatable (found by its name in
-** the module table) and copies of the source's user values.  It becomes
-** that state's own userdata of the same named local, with empty caches.
-** Lua code can call this function with any light userdata too: only a
-** shared local's memory as source leads to a write.
+** local crosses to another lane.  Then dest is a new userdata of size bytes
+** in the lane's state.  That state already has this metatable, found by its
+** name in the module table.  It has copies of the source's user values too.
+** Filled in, dest is that state's own userdata of the same named local, with
+** empty caches.  Lua code can call this with any light userdata too.  Only
+** a shared local's memory as source leads to a write.
 */
 static int tl_shared_lanesclone(lua_State *L) {
   tl_handle *dst, *src;
@@ -229,8 +230,8 @@ static void tl_pushproxymt(lua_State *L) {
   tl_pushmeta(L, THREADLOCAL_PROXY_MT, tl_proxy_meta);
 }
 
-/* Whether slot i holds this state's userdata of sl: the metatable that
-** maps them can be reached, and so written, through debug.getmetatable. */
+/* Whether slot i holds this state's userdata of sl.  The metatable that
+** maps them can be reached, and written, through debug.getmetatable. */
 static int tl_isref(lua_State *L, int i, const threadlocal_shared *sl) {
   const tl_handle *ref = (const tl_handle *)tl_testud(L, i, tl_handle_tag, sizeof *ref);
   return ref != NULL && ref->sl == sl;
