@@ -1,6 +1,6 @@
 /*
-** tl_state.c: the binding's helpers (errors, argument checks, stored
-** strings) and the per-state anchor with what it holds, made on first need.
+** tl_state.c: the binding's helpers: errors, argument checks, stored
+** strings.  Also the per-state anchor with what it holds, made on first need.
 ** Part of threadlocal.c (the Lua binding).
 */
 #ifndef TL_LUA_H
@@ -56,9 +56,9 @@ static TL_NORETURN TL_NOINLINE void tl_typeerror(lua_State *L, int i, const char
 }
 
 /*
-** The userdata at slot i if it is one of the module's of the kind `tag`: a
-** full userdata of `size` bytes that starts with the tag; NULL otherwise
-** (a light userdata has length 0).  Cheap enough for the hot paths.
+** The userdata at slot i if it is one of the module's of the kind `tag`.
+** That is a full userdata of `size` bytes that starts with the tag.  Else
+** NULL: a light userdata has length 0.  Cheap enough for the hot paths.
 */
 static TL_HOT void *tl_testud(lua_State *L, int i, const char *tag, size_t size) {
   void *p = lua_touserdata(L, i);
@@ -92,13 +92,12 @@ static tl_thread *tl_self(lua_State *L) {
 }
 
 /*
-** Pushes a string that lives in shared storage.  Before 5.3 (and in
-** LuaJIT), lua_pushlstring may collect, and so run a finalizer that frees
-** or rewrites s, before it copies s: copy it out first.  A long string goes
-** through a copy pushed by a protected call (tl_cpcall, which allocates
-** nothing outside the protection), so that an error cannot leak the copy;
-** the string comes back through the registry, as a protected C call
-** returns nothing on 5.1.
+** Pushes a string that lives in shared storage.  Before 5.3 and in LuaJIT,
+** lua_pushlstring may collect before it copies s.  A finalizer could then
+** free or rewrite s, so it is copied out first.  A long string's copy is
+** pushed by a protected call, so an error cannot leak it.  That call,
+** tl_cpcall, allocates nothing outside the protection.  The string comes
+** back through the registry, as a protected C call returns nothing on 5.1.
 */
 #if LUA_VERSION_NUM >= 503
 #define tl_pushstored(L, s, len) ((void)lua_pushlstring(L, s, len))
@@ -155,9 +154,9 @@ static int tl_state_gc(lua_State *L) {
   return 0;
 }
 
-/* With [made, found] on top, where found was read again after made was
-** made (an allocation may run a finalizer that fills the same slot): keeps
-** found and returns 0, or keeps made and returns 1 (the caller stores it). */
+/* With [made, found] on top: keeps found and returns 0, or keeps made and
+** returns 1 (the caller stores it).  The slot is read again after made is
+** made, as an allocation may run a finalizer that fills it. */
 static int tl_keepmade(lua_State *L) {
   if (!lua_isnil(L, -1)) {
     lua_remove(L, -2);
@@ -185,8 +184,8 @@ static int tl_pushstate(lua_State *L) {
   return lua_gettop(L);
 }
 
-/* The home of the tl_state at st, made with the first Local, when the state
-** also gets the finalizer that closes it. */
+/* The home of the tl_state at st, made with the first Local.  The state
+** then also gets the finalizer that closes it. */
 static tl_home *tl_state_home(lua_State *L, int st) {
   tl_state *s = tl_state_at(L, st);
   if (s->home == NULL) {
@@ -225,9 +224,8 @@ static void tl_state_uv(lua_State *L, int st, int n) {
 }
 
 /* Pushes the metatable `name`, made on first use in this state from funcs
-** (plain C functions), hidden, sized with room for one more entry (see
-** tl_shared_new), and registered under its name as luaL_newmetatable
-** does.  [-0, +1] */
+** (plain C functions).  It is hidden, with room for one more entry (tl_shared_new).
+** It is registered under its name, as luaL_newmetatable does.  [-0, +1] */
 static void tl_pushmeta(lua_State *L, const char *name, const luaL_Reg *funcs) {
   lua_getfield(L, LUA_REGISTRYINDEX, name);
   if (!lua_isnil(L, -1)) return;
