@@ -12,8 +12,8 @@ static int tl_once_err;
 static pthread_key_t tl_exitkey; /* its destructor is tl_thread_exit */
 static atomic_uint_fast64_t tl_nextid = 1;
 
-/* Every live thread record and home, so that fork can take every lock and
-** a forked child can retire the other threads. */
+/* Every live thread record and home.  With them, fork can take every lock,
+** and a forked child can retire the other threads. */
 static pthread_mutex_t tl_list_lock = PTHREAD_MUTEX_INITIALIZER;
 static tl_thread *tl_list;
 static tl_home *tl_homes;
@@ -26,8 +26,8 @@ static _Thread_local uint64_t tl_myid TL_TLS_MODEL; /* tl_me->id, or 0 */
 ** The calling thread's fields generation: a number no other thread, nor
 ** this one before, has had.  It changes whenever a shared local's fields
 ** on this thread may change (made, cleared, swapped by a run, released).
-** So a cache of (generation, fields) is right while the generation is the
-** same, and the hot paths skip the map.  0: no record, so no fields.
+** So a cache of (generation, fields) is right while the generation stays.
+** The hot paths then skip the map.  0: no record, so no fields.
 ** A record takes them in blocks, so that most changes need no atomic.
 */
 #define TL_GENBLOCK 1024
@@ -39,15 +39,16 @@ static _Thread_local uint64_t tl_mygen TL_TLS_MODEL;
 /* ---------------------------------------------------------------------- */
 
 /*
-** Linear probing keyed by the name's seeded hash, at most half full, so a
+** Linear probing keyed by the name's seeded hash, at most half full.  A
 ** thread pays for what it holds, not for every name the process made.
 ** A thread with no slots points at tl_noslots, which is never written.
 */
 static tl_shslot tl_noslots[1];
 
 /* Call after any change of which fields t holds, before anything runs
-** that may read them.  The caller's generation moves: t is the caller's
-** record, but for a forked child retiring others (an extra move is harmless). */
+** that may read them.  The caller's generation moves.  Here t is the
+** caller's record, except in a forked child retiring others.  There an
+** extra move is harmless. */
 static void tl_shmap_touch(tl_thread *t) {
   t->lastsl = NULL;
   if (tl_unlikely(t->gennext % TL_GENBLOCK == 0)) /* a block used up, or none yet */
@@ -91,8 +92,8 @@ static TL_HOT tl_tab *tl_shfields_last(tl_thread *t, const threadlocal_shared *s
   return t->lastfields;
 }
 
-/* The threadlocal.run whose snapshot holds sl's fields on t now (the
-** innermost that names it), or 0: the thread's own fields. */
+/* The threadlocal.run whose snapshot holds sl's fields on t now: the
+** innermost that names it.  Or 0: the thread's own fields. */
 static uint64_t tl_shmap_run(const tl_thread *t, const threadlocal_shared *sl) {
   const tl_shslot *s = tl_shmap_find(t, sl);
   return s != NULL ? s->run : 0;
@@ -191,9 +192,9 @@ static void tl_home_unref(tl_home *h) {
 }
 
 /*
-** Drops all of t's data, as at its exit: tells every home that t->id is
-** dead, and frees t's shared fields (running destructors) after detaching
-** them, so that a destructor that calls back in finds a consistent thread.
+** Drops all of t's data, as at its exit.  It tells every home that t->id
+** is dead.  It detaches t's shared fields, then frees them (destructors
+** run).  So a destructor that calls back in finds a consistent thread.
 */
 static void tl_thread_retire(tl_thread *t) {
   tl_shslot *map = t->shmap;
@@ -244,11 +245,11 @@ static void tl_thread_exit(void *p) {
 }
 
 /*
-** fork: the forking thread takes every lock first (list, registry, homes),
-** so that the child sees no half-made change; in the child, where only the
-** forking thread exists, every other thread's record is retired as if that
-** thread had exited: its shared values are freed (destructors run) and its
-** Local values become garbage of their states.
+** fork: the forking thread takes every lock first (list, registry, homes).
+** So the child sees no half-made change.  In the child only the forking
+** thread exists.  Every other thread's record is retired as if that thread
+** had exited.  Its shared values are freed (destructors run).  Its Local
+** values become garbage of their states.
 */
 static void tl_fork_prepare(void) {
   tl_home *h;
@@ -286,8 +287,8 @@ static void tl_global_init(void) {
     tl_once_err = 1;
     return;
   }
-  /* Lua's lua_close dlcloses C modules; tl_exitkey's destructor and the shared
-  ** locals must outlive every state, so this object is never unloaded. */
+  /* Lua's lua_close dlcloses C modules.  But tl_exitkey's destructor and the
+  ** shared locals must outlive every state.  So this object is never unloaded. */
   if (dladdr(&tl_nextid, &info) && info.dli_fname != NULL)
     (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
 }
