@@ -37,9 +37,9 @@ static TL_HOT tl_tab *tl_jit_fields(uint32_t h, uint32_t k, const tl_idkey **key
 
 /*
 ** The calling thread's last field read through the FFI, so that a loop
-** over one field looks nothing up.  Entry e (NULL: absent) is right while
-** tl_mygen is still `gen` (tab is still the thread's fields of h) and tab
-** has the same version.  Initial-exec TLS, as tl_me.
+** over one field looks nothing up.  Entry e (NULL: absent) stays right
+** while tl_mygen is still `gen` and tab keeps its version.  The first means
+** tab is still the thread's fields of h.  Initial-exec TLS, as tl_me.
 */
 typedef struct tl_jit_last {
   uint64_t hk; /* h << 32 | k */

@@ -399,7 +399,7 @@ static int tl_jit_closures(lua_State *L, int st, int ud); /* tl_jit.c */
 /* The tl_state at stack index (or upvalue) st. */
 #define tl_state_at(L, st) ((tl_state *)lua_touserdata(L, st))
 
-/* Parts call only parts included before them, except these: each is
+/* Parts call only parts included before them, except these.  Each is
 ** defined in a later part that builds on the caller's. */
 static void tl_pushproxymt(lua_State *L); /* tl_shared.c, for tl_convert.c */
 static int tl_sentinel_gc(lua_State *L);  /* tl_local.c, for tl_state.c */

@@ -108,7 +108,7 @@ static size_t tl_saved_restore(tl_thread *t, tl_tab *fields, tl_saved *saved, si
 
 /* Moves every field of conv into fields, saving what each replaced in a
 ** new *saved of *n entries.  Out of memory, it undoes its work and returns
-** -1; *n is then what could not be put back (0 unless memory ran out). */
+** -1.  Then *n is what could not be put back: 0 unless undoing ran out too. */
 static int tl_saved_apply(tl_tab *fields, tl_tab *conv, tl_saved **saved, size_t *n) {
   tl_thread *t = fields->owner;
   tl_saved *sv;
