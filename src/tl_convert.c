@@ -102,11 +102,10 @@ static void tl_newproxy(lua_State *L, uint64_t owner_id, uint32_t slot, uint32_t
 
 /*
 ** Pushes a proxy of tab, owned by the calling thread.  The state's proxy
-** cache is at index cache, or found when 0.  Through it, a table read again
-** in a loop gets the same proxy back.  The cache is keyed by slab slot (its
-** array part).  A proxy found there is checked, as another thread's or an
-** older table may have had the slot.  The index cache is absolute or a
-** pseudo-index.
+** cache, keyed by slab slot in its array part, gives a table read again the
+** same proxy.  A cached proxy is checked: another thread's or an older
+** table may have had the slot.  The index cache is absolute, a
+** pseudo-index, or 0 to find the cache.
 */
 static void tl_pushproxy(lua_State *L, tl_tab *tab, int cache) {
   const tl_proxy *p;

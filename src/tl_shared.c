@@ -181,10 +181,9 @@ static int tl_proxy_tostring(lua_State *L) {
 /*
 ** __lanesclone(dest, source, size), as Lanes 3.17 calls it when a shared
 ** local crosses to another lane.  Then dest is a new userdata of size bytes
-** in the lane's state.  That state already has this metatable, found by its
-** name in the module table.  It has copies of the source's user values too.
-** Filled in, dest is that state's own userdata of the same named local, with
-** empty caches.  Lua code can call this with any light userdata too.  Only
+** in the lane's state.  That state has this metatable (found by name) and
+** copies of the source's user values.  It becomes that state's userdata of
+** the same local, with empty caches.  Lua may pass any light userdata: only
 ** a shared local's memory as source leads to a write.
 */
 static int tl_shared_lanesclone(lua_State *L) {
