@@ -95,7 +95,7 @@ local function acceptable(err)
   return support.bare(err):match("^threadlocal: ") or err:match("bad argument #%d") or err == "not enough memory"
 end
 
-describe("hostile input (seed " .. SEED .. ", " .. OPS .. " operations)", function()
+describe("hostile input (seed " .. SEED .. ", " .. OPS .. " operations) #fuzz", function()
   it("either works or raises a clear error, and a failed call changes nothing", function()
     tl = threadlocal.new()
     sh = threadlocal.shared(support.unique("fuzz"))
@@ -177,7 +177,7 @@ end
 
 local TOODEEP = "threadlocal: cannot store tables nested this deep"
 
-describe("hostile structures and keys", function()
+describe("hostile structures and keys #fuzz", function()
   it("proxies deepen a structure only to the nesting limit", function()
     local s = threadlocal.shared(support.unique("fuzz deep"))
     s.a = {}

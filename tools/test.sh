@@ -142,9 +142,9 @@ reliability() {
   for t in hostile names; do tap_run lua5.4 "$out/$t.tap" "build/lua5.4/${t}_test"; done
 }
 
-# valgrind LUA ARGS...: specs under memcheck.  Specs tagged #gcstorm run a
-# finalizer in every allocation, too slow here: ASan runs them.  #nogrind
-# ones measure memory or start processes of their own.
+# valgrind LUA ARGS...: specs under memcheck.  ASan runs those tagged
+# #gcstorm (a finalizer in every allocation) and #fuzz: here they take
+# minutes.  #nogrind ones measure memory or start processes of their own.
 valgrind_specs() {
   lua=$1
   shift
@@ -246,10 +246,9 @@ fi
 (
   section lua5.4 lua_suite lua5.4
   section reliability reliability
-  section valgrind valgrind_specs lua5.4 --exclude-tags=nogrind,gcstorm spec
+  section valgrind valgrind_specs lua5.4 --exclude-tags=nogrind,gcstorm,fuzz spec
   section demos demos
   section symbols tap_run - "$out/symbols.tap" sh tools/symbols_test.sh
-  section symbols own_tap symbols "$out/symbols.tap" sh tools/symbols_test.sh
   section luarocks luarocks_make
   section dist tap_run - "$out/dist.tap" sh tools/dist_test.sh
   section consumer tap_run - "$out/consumer.tap" sh tools/consumer_test.sh "$out/consumer"
