@@ -247,4 +247,18 @@ else
   fail "the version is the same in threadlocal.h, THREADLOCAL_VERSION, threadlocal.version, the rockspec, pkg-config and CMake" "$log"
 fi
 
+# --- luarocks make in a checkout (a copy of HEAD's tree, as a contributor's)
+log="$tmp/make-rock.log"
+mkdir -p "$tmp/checkout" && git archive HEAD | tar -x -C "$tmp/checkout"
+if (cd "$tmp/checkout" && luarocks --lua-version 5.4 make rockspec/threadlocal-scm-1.rockspec \
+    --tree "$tmp/scmtree") >"$log" 2>&1 &&
+  TL_CPATH="$tmp/scmtree/lib/lua/5.4/?.so" lua5.4 -e '
+    package.path, package.cpath = "", os.getenv("TL_CPATH")
+    local threadlocal = require "threadlocal"
+    assert(threadlocal.new(function(self, n) self.n = n end, 42).n == 42)' >>"$log" 2>&1; then
+  ok "luarocks make in a checkout installs a module that lua5.4 requires from the tree"
+else
+  fail "luarocks make in a checkout installs a module that lua5.4 requires from the tree" "$log"
+fi
+
 exit $failed

@@ -40,6 +40,11 @@ check() {
   if "$@" >"$log" 2>&1; then result OK "$name"; else result FAIL "$name" "$log"; fi
 }
 
+# tool_check TOOL NAME LOG CMD...: check, or a skip when TOOL is missing.
+tool_check() {
+  if have "$1" --version; then shift; check "$@"; else result SKIP "$2" "$1 is not installed"; fi
+}
+
 # tap_run NAME LOG CMD...: records CMD's TAP lines as "NAME: ...".  With
 # NAME "-" they are kept as they are (scripts that name their own lines,
 # and exit 77 after "# skip NAME: why" when they cannot run).  A non-zero
@@ -155,13 +160,6 @@ valgrind_specs() {
   (export TL_SMALL=1 RUNNER="$VALGRIND" && specs "valgrind $lua" "$lua" "build/$lua" "$@")
 }
 
-clang_build() {
-  if have clang --version; then
-    check "clang: module, helpers and examples build warning-free" "$out/clang.log" \
-      make --no-print-directory LUA=lua5.4 BUILD=build/clang CC=clang CFLAGS="-O2 -Werror" helper examples
-  else result SKIP clang "clang is not installed"; fi
-}
-
 # The demo: each thread prints its own number, and the turns interleave.
 demos() {
   build examples "$out/examples.log" LUA=lua5.4 BUILD=build/lua5.4 examples || return
@@ -185,33 +183,6 @@ lanes_real() {
     fi
   done
   [ -n "$found" ] || result SKIP "real Lanes" "require \"lanes\" fails on every Lua here"
-}
-
-# LuaRocks' builtin backend installs a module that plain lua5.4 requires.
-luarocks_make() {
-  name="luarocks make installs a module that lua5.4 requires from the tree"
-  if ! have luarocks --version; then result SKIP luarocks "luarocks is not installed"; return; fi
-  mkdir -p "$out/rocksrc" && cp -r src rockspec lua docs types "$out/rocksrc"/
-  check "$name" "$out/luarocks.log" sh -c '
-    cd "$1" && luarocks --lua-version 5.4 make rockspec/threadlocal-scm-1.rockspec --tree "$2" &&
-    LUA_PATH= LUA_CPATH="$2/lib/lua/5.4/?.so" lua5.4 -e "
-      local threadlocal = require \"threadlocal\"
-      assert(threadlocal.new(function(self, n) self.n = n end, 42).n == 42)
-      assert(package.searchpath(\"threadlocal\", package.cpath):find(\"$2\", 1, true) == 1)"' \
-    sh "$out/rocksrc" "$(pwd)/$out/rocktree"
-}
-
-# src/tl_embedded.h must be what tools/embed.sh makes of lua/ and
-# src/tl_jit.lua (make embed).
-embedded() {
-  check "src/tl_embedded.h holds lua/threadlocal/*.lua and src/tl_jit.lua byte for byte (else: make embed)" \
-    "$out/embed.log" sh -c 'sh tools/embed.sh >"$1" && diff src/tl_embedded.h "$1"' sh "$out/tl_embedded.h"
-}
-
-luacheck_all() {
-  if have luacheck --version; then
-    check "luacheck: no warning in any Lua file or rockspec" "$out/luacheck.log" luacheck --no-color -q .
-  else result SKIP luacheck "luacheck is not installed"; fi
 }
 
 # ---- The run --------------------------------------------------------------
@@ -242,36 +213,42 @@ if [ "${1:-}" = quick ]; then
 fi
 
 # Two lanes of about equal length.  Sections that share a build directory
-# stay in one lane, after the section that builds it.
+# stay in one lane, after the section that builds it.  TL_SMALL runs the
+# second-opinion passes shorter (spec/support.lua).
 (
   section lua5.4 lua_suite lua5.4
   section reliability reliability
   section valgrind valgrind_specs lua5.4 --exclude-tags=nogrind,gcstorm,fuzz spec
   section demos demos
   section symbols tap_run - "$out/symbols.tap" sh tools/symbols_test.sh
-  section luarocks luarocks_make
   section dist tap_run - "$out/dist.tap" sh tools/dist_test.sh
   section consumer tap_run - "$out/consumer.tap" sh tools/consumer_test.sh "$out/consumer"
-  section luacheck luacheck_all
-  section embedded embedded
+  section luacheck tool_check luacheck "luacheck: no warning in any Lua file or rockspec" \
+    "$out/luacheck.log" luacheck --no-color -q .
+  section embedded check "src/tl_embedded.h is what tools/embed.sh makes (else: make embed)" \
+    "$out/embed.log" sh -c 'sh tools/embed.sh | diff src/tl_embedded.h -'
   section deps tap_run - "$out/deps.tap" sh tools/deps_test.sh
   section doc tap_run - "$out/doc.tap" sh tools/doc_test.sh "$out/doc"
-  section clang clang_build
+  section clang tool_check clang "clang: module, helpers and examples build warning-free" \
+    "$out/clang.log" make --no-print-directory LUA=lua5.4 BUILD=build/clang CC=clang \
+    CFLAGS="-O2 -Werror" helper examples
   section musl tap_run - "$out/musl.tap" sh tools/musl_test.sh
+  export TL_SMALL=1
+  case " $LUAS " in *" luajit "*) section luajit lua_suite luajit ;; esac
+  for ex in wrk sysbench nginx; do section "$ex" tap_run - "$out/$ex.tap" sh "examples/$ex/run.sh"; done
 ) &
 (
-  export TL_SMALL=1 # the second-opinion lane: see spec/support.lua
+  export TL_SMALL=1
   section asan asan
   section tsan tsan
   for lua in $LUAS; do
-    [ "$lua" = lua5.4 ] && continue
+    case $lua in lua5.4 | luajit) continue ;; esac
     section "$lua" lua_suite "$lua"
     [ "$lua" = lua5.3 ] && section haproxy tap_run - "$out/haproxy.tap" sh examples/haproxy/run.sh
     [ "$lua" = lua5.1 ] && section valgrind-lua5.1 valgrind_specs lua5.1 \
       --filter='string read while finalizers' spec/shared_spec.lua
   done
-  for ex in wrk sysbench nginx; do section "$ex" tap_run - "$out/$ex.tap" sh "examples/$ex/run.sh"; done
-  section lanes lanes_real
 ) &
 wait
+section lanes lanes_real
 summary
