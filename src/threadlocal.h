@@ -60,7 +60,7 @@
 **
 **   Example, in C:
 **       threadlocal_shared *ctx;
-**       if (threadlocal_shared_open("ctx", 3, &ctx) == THREADLOCAL_OK)
+**       if (threadlocal_shared_open_cstr("ctx", &ctx) == THREADLOCAL_OK)
 **         threadlocal_set_integer(ctx, "worker", 3);
 **   Then Lua on the same thread reads it:
 **       print(threadlocal.shared("ctx").worker)   --> 3
