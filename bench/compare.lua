@@ -38,9 +38,20 @@ local function abs(p) return p:sub(1, 1) == "/" and sq(p) or '"$PWD"/' .. sq(p) 
 assert(sh(("rm -rf %s && mkdir -p %s && ln -s %s %s/new && ln -s %s %s/old && ln -s %s %s/harness")
   :format(sq(dir), sq(dir), abs(new_build), sq(dir), abs(old_build), sq(dir), abs(new_build), sq(dir))),
   "bench: cannot make " .. dir)
-local function command(build, mode)
+local function command(build, mode, pin)
   local setpath = ("package.cpath = '%s/%s/?.so;%s/harness/?.so;' .. package.cpath"):format(dir, build, dir)
-  return ("%s -e %s bench/bench.lua %s"):format(sq(lua), sq(setpath), mode)
+  return ("%s%s -e %s bench/bench.lua %s"):format(pin or "", sq(lua), sq(setpath), mode)
+end
+
+-- The timing servers share one CPU (BENCH_CPU, 1 by default; "" for none).
+-- On two CPUs, each build woke on its own one, with its caches and load:
+-- identical code differed by 5-8%.  Only one server runs at a time anyway.
+local cpu = os.getenv("BENCH_CPU") or "1"
+local pin = ""
+if cpu ~= "" and sh("taskset -c " .. sq(cpu) .. " true 2>/dev/null") then
+  pin = "taskset -c " .. sq(cpu) .. " "
+elseif cpu ~= "" then
+  io.stderr:write("bench: cannot pin to CPU " .. cpu .. " (taskset): the builds may run on different CPUs\n")
 end
 
 local function sorted(t)
@@ -90,7 +101,7 @@ local function start()
   local server = {}
   for _, b in ipairs { "new", "old" } do
     server[b] = { b = b, fifo = dir .. "/" .. b .. ".in" }
-    server[b].p = assert(io.popen(command(b, "--serve") .. " <" .. sq(server[b].fifo)))
+    server[b].p = assert(io.popen(command(b, "--serve", pin) .. " <" .. sq(server[b].fifo)))
   end
   for _, b in ipairs { "new", "old" } do server[b].w = assert(io.open(server[b].fifo, "w")) end
   return server
