@@ -226,7 +226,13 @@ static void tl_snap_swapback(tl_thread *t, tl_shslot *aside, size_t n) {
     } else if (aside[i - 1].fields != NULL)
       tl_tab_free(aside[i - 1].fields);
   }
-  tl_snap_tidy(t, aside, n);
+  /* A slot put back holding something stays; whatever empties a slot later
+  ** drops it.  So only the entries that held nothing need a look. */
+  for (i = 0; i < n; i++)
+    if (aside[i].fields == NULL && aside[i].run == 0) {
+      tl_shslot *slot = tl_shmap_find(t, aside[i].sl);
+      if (slot != NULL) tl_shmap_drop(t, slot);
+    }
 }
 
 /*
