@@ -232,7 +232,6 @@ fi
   section clang tool_check clang "clang: module, helpers and examples build warning-free" \
     "$out/clang.log" make --no-print-directory LUA=lua5.4 BUILD=build/clang CC=clang \
     CFLAGS="-O2 -Werror" helper examples
-  section musl tap_run - "$out/musl.tap" sh tools/musl_test.sh
   export TL_SMALL=1
   case " $LUAS " in *" luajit "*) section luajit lua_suite luajit ;; esac
   for ex in wrk sysbench nginx; do section "$ex" tap_run - "$out/$ex.tap" sh "examples/$ex/run.sh"; done
@@ -248,6 +247,7 @@ fi
     [ "$lua" = lua5.1 ] && section valgrind-lua5.1 valgrind_specs lua5.1 \
       --filter='string read while finalizers' spec/shared_spec.lua
   done
+  section musl tap_run - "$out/musl.tap" sh tools/musl_test.sh
 ) &
 wait
 section lanes lanes_real
