@@ -106,15 +106,22 @@ section() {
 
 # ---- Sections -------------------------------------------------------------
 
-# lua_suite LUA [BUSTED-ARGS]: build warning-free, the C API test, the specs.
+# all_specs NAME LUA CPATH [TAGS]: the specs but those tagged TAGS.  The
+# #gcstorm ones run a collection per allocation, so they run apart, in a
+# process whose heap holds no other spec's garbage: 3 times faster.
+all_specs() {
+  specs "$1" "$2" "$3" --exclude-tags="gcstorm${4:+,$4}" spec
+  specs "$1 gcstorm" "$2" "$3" --tags=gcstorm ${4:+--exclude-tags=$4} spec
+}
+
+# lua_suite LUA [TAGS]: build warning-free, the C API test, the specs.
 lua_suite() {
   lua=$1
-  shift
   if ! has_lua "$lua"; then result SKIP "$lua" "interpreter or headers missing"; return; fi
   build "$lua: module, spec helper and C API test warning-free with gcc" "$out/$lua-build.log" \
     LUA="$lua" BUILD="build/$lua" CFLAGS="-O2 -g -Werror" helper || return
   tap_run "$lua" "$out/$lua-capi.tap" "build/$lua/capi_test"
-  if have "$lua" "$busted" --version; then specs "$lua" "$lua" "build/$lua" "$@" spec
+  if have "$lua" "$busted" --version; then all_specs "$lua" "$lua" "build/$lua" "${2:-}"
   else result SKIP "$lua: specs" "busted is not installed for $lua"; fi
 }
 
@@ -125,7 +132,7 @@ asan() {
   build "asan+ubsan" "$out/asan-build.log" LUA=lua5.4 BUILD=build/asan \
     CFLAGS="-O1 -g -Werror $SAN" LDFLAGS="$SAN" helper reliability || return
   for t in capi fork oom hostile names; do tap_run "asan+ubsan" "$out/asan-$t.tap" "build/asan/${t}_test"; done
-  specs "asan+ubsan specs" build/asan/spec_host build/asan spec # TL_SMALL
+  all_specs "asan+ubsan specs" build/asan/spec_host build/asan
   for lua in lua5.1 luajit; do
     has_lua "$lua" && build "asan+ubsan $lua" "$out/asan-$lua.log" LUA="$lua" BUILD="build/asan-$lua" \
       CFLAGS="-O1 -g -Werror $SAN" LDFLAGS="$SAN" "build/asan-$lua/oom_test" &&
@@ -208,7 +215,7 @@ fi
 
 if [ "${1:-}" = quick ]; then
   export TL_SMALL=1
-  section lua5.4 lua_suite lua5.4 --exclude-tags=nogrind
+  section lua5.4 lua_suite lua5.4 nogrind
   summary
 fi
 
