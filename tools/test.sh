@@ -242,6 +242,7 @@ fi
   export TL_SMALL=1
   case " $LUAS " in *" luajit "*) section luajit lua_suite luajit ;; esac
   for ex in wrk sysbench nginx; do section "$ex" tap_run - "$out/$ex.tap" sh "examples/$ex/run.sh"; done
+  section musl tap_run - "$out/musl.tap" sh tools/musl_test.sh
 ) &
 (
   export TL_SMALL=1
@@ -254,7 +255,6 @@ fi
     [ "$lua" = lua5.1 ] && section valgrind-lua5.1 valgrind_specs lua5.1 \
       --filter='string read while finalizers' spec/shared_spec.lua
   done
-  section musl tap_run - "$out/musl.tap" sh tools/musl_test.sh
 ) &
 wait
 section lanes lanes_real
