@@ -68,3 +68,16 @@ build_luajit() {
   make -C "$1" --no-print-directory LUA=luajit BUILD=build/luajit LUA_INCDIR="$incdir" \
     build/luajit/threadlocal.so >"$2" 2>&1
 }
+
+# luajit_module LOG HOST: sets cmoddir to a threadlocal.so built for the
+# LuaJIT that HOST embeds (TL_CMODDIR when given), with a TAP line.
+luajit_module() {
+  if [ -n "${TL_CMODDIR:-}" ]; then
+    cmoddir=$TL_CMODDIR
+  else
+    cmoddir=$root/build/luajit
+    build_luajit "$root" "$1"
+    check $? "threadlocal builds for LuaJIT, the Lua that $2 embeds" "$1"
+  fi
+  [ -f "$cmoddir/threadlocal.so" ] || { check 1 "$cmoddir/threadlocal.so exists"; exit 1; }
+}

@@ -45,14 +45,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/tl-nginx.XXXXXX") || exit 1
 
-if [ -n "${TL_CMODDIR:-}" ]; then
-  cmoddir=$TL_CMODDIR
-else
-  cmoddir=$root/build/luajit
-  build_luajit "$root" "$tmp/build.log"
-  check $? "threadlocal builds for LuaJIT, the Lua that nginx's Lua module embeds" "$tmp/build.log"
-fi
-[ -f "$cmoddir/threadlocal.so" ] || { check 1 "$cmoddir/threadlocal.so exists"; exit 1; }
+luajit_module "$tmp/build.log" "nginx's Lua module"
 
 # The prefix: what nginx's workers read must be world-readable.
 mkdir -p "$tmp/prefix/logs" "$tmp/prefix/lua" "$tmp/prefix/tmp"

@@ -29,14 +29,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/tl-sysbench.XXXXXX") || exit 1
 
-if [ -n "${TL_CMODDIR:-}" ]; then
-  cmoddir=$TL_CMODDIR
-else
-  cmoddir=$root/build/luajit
-  build_luajit "$root" "$tmp/build.log"
-  check $? "threadlocal builds for LuaJIT, the Lua that $SYSBENCH embeds" "$tmp/build.log"
-fi
-[ -f "$cmoddir/threadlocal.so" ] || { check 1 "$cmoddir/threadlocal.so exists"; exit 1; }
+luajit_module "$tmp/build.log" "$SYSBENCH"
 
 # --time=0: the run ends after EVENTS events, whatever they take; timeout
 # bounds a stuck one.

@@ -36,14 +36,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/tl-wrk.XXXXXX") || exit 1
 
-if [ -n "${TL_CMODDIR:-}" ]; then
-  cmoddir=$TL_CMODDIR
-else
-  cmoddir=$root/build/luajit
-  build_luajit "$root" "$tmp/build.log"
-  check $? "threadlocal builds for LuaJIT, the Lua that $WRK embeds" "$tmp/build.log"
-fi
-[ -f "$cmoddir/threadlocal.so" ] || { check 1 "$cmoddir/threadlocal.so exists"; exit 1; }
+luajit_module "$tmp/build.log" "$WRK"
 
 url=''
 for attempt in 1 2 3 4 5 6 7 8; do
