@@ -88,15 +88,5 @@ for i = 3, #rows do
     end
     ns[#ns + 1], base[#base + 1], ratio[#ratio + 1] = tr / N * 1e9, tb / N * 1e9, tr / tb
   end
-  if arg[1] == "--count" then
-  for _, row in ipairs(rows) do
-    if row.name == arg[2] then
-      loops[row.kind](row.make(1))(tonumber(arg[3]))
-      os.exit(0)
-    end
-  end
-  error("no row " .. tostring(arg[2]))
-end
-
-print(("%-24s %9.1f %9.1f %7.2fx"):format(r.name, median(ns), median(base), median(ratio)))
+  print(("%-24s %9.1f %9.1f %7.2fx"):format(r.name, median(ns), median(base), median(ratio)))
 end
