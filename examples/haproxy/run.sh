@@ -19,30 +19,14 @@ BATCHES=${BATCHES:-4}
 BATCH=${BATCH:-1000}
 PAIRS=${PAIRS:-32}
 total=$((BATCHES * BATCH))
+example=haproxy
+. "$root/examples/lib.sh"
 
 for cmd in "$HAPROXY" curl; do
-  if ! command -v "$cmd" >/dev/null 2>&1; then
-    echo "# skip haproxy: $cmd is not installed"
-    exit 77
-  fi
+  command -v "$cmd" >/dev/null 2>&1 || skip "$cmd is not installed"
 done
 luaver=$("$HAPROXY" -vv 2>/dev/null | sed -n 's/^Built with Lua version : Lua \([0-9]\.[0-9]\).*/\1/p')
-if [ -z "$luaver" ]; then
-  echo "# skip haproxy: $HAPROXY is built without Lua"
-  exit 77
-fi
-
-failed=0
-# check STATUS DESCRIPTION [FILE]: one TAP line; on failure, FILE's tail as comments.
-check() {
-  if [ "$1" = 0 ]; then
-    echo "ok - haproxy: $2"
-  else
-    echo "not ok - haproxy: $2"
-    failed=1
-    if [ -n "${3:-}" ] && [ -f "$3" ]; then tail -n 20 "$3" | sed 's/^/#   /'; fi
-  fi
-}
+[ -n "$luaver" ] || skip "$HAPROXY is built without Lua"
 
 tmp='' pid='' clients=''
 # shellcheck disable=SC2317  # run by the trap
@@ -51,16 +35,8 @@ cleanup() {
   [ -n "$pid" ] && stop_haproxy
   [ -n "$tmp" ] && rm -rf "$tmp"
 }
-# stop_haproxy: SIGTERM, up to 10 s to exit, then SIGKILL; waits for it.
 stop_haproxy() {
-  kill "$pid" 2>/dev/null
-  tries=0
-  while kill -0 "$pid" 2>/dev/null && [ $tries -lt 100 ]; do
-    sleep 0.1
-    tries=$((tries + 1))
-  done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null
+  stop_pid "$pid"
   pid=''
 }
 trap cleanup EXIT
@@ -83,33 +59,18 @@ fi
 
 # A port that /proc/net shows unused; HAProxy failing to bind it anyway (a
 # race with another program) sends us to the next one.
-random_port() {
-  echo $(($(od -An -N2 -tu2 /dev/urandom) % 30000 + 20000))
-}
-port_in_use() {
-  hex=$(printf '%04X' "$1")
-  cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -q ":$hex "
-}
 url=''
 for attempt in 1 2 3 4 5 6 7 8; do
-  port=$(random_port)
-  port_in_use "$port" && continue
+  port=$(free_port)
   sed -e "s|@PORT@|$port|g" -e "s|@LUA_DIR@|$here|g" -e "s|@LUA_PATH@|$here/?.lua|g" \
     -e "s|@LUA_CPATH@|$cmoddir/?.so|g" "$here/haproxy.cfg.in" >"$tmp/haproxy.cfg"
   echo "# attempt $attempt: port $port" >>"$tmp/haproxy.log"
   "$HAPROXY" -db -f "$tmp/haproxy.cfg" >>"$tmp/haproxy.log" 2>&1 &
   pid=$!
-  # Readiness: up to 100 polls, 0.1 s apart, while HAProxy lives.
-  tries=0
-  while [ $tries -lt 100 ] && kill -0 "$pid" 2>/dev/null; do
-    if [ "$(curl -s --max-time 2 "http://127.0.0.1:$port/ready")" = ready ]; then
-      url="http://127.0.0.1:$port"
-      break
-    fi
-    sleep 0.1
-    tries=$((tries + 1))
-  done
-  [ -n "$url" ] && break
+  if wait_http "http://127.0.0.1:$port/ready" ready "$pid"; then
+    url="http://127.0.0.1:$port"
+    break
+  fi
   stop_haproxy
 done
 if [ -z "$url" ]; then
