@@ -278,7 +278,9 @@ static int tl_scope_open(lua_State *L) {
   int kind = tl_checkkind(L, TL_KLOCAL | TL_KSHARED, "threadlocal.local or threadlocal.shared");
   tl_scope *sc;
   luaL_checktype(L, 2, LUA_TTABLE);
-  sc = (tl_scope *)tl_newud(L, sizeof *sc, TL_SCOPE_NUV);
+  /* A shared local's scope keeps no user values: so small, it stays in
+  ** the allocator's fast bins (docs/benchmarks.md). */
+  sc = (tl_scope *)tl_newud(L, sizeof *sc, kind == TL_KSHARED ? 0 : TL_SCOPE_NUV);
   memset(sc, 0, sizeof *sc);
   sc->tag = tl_scope_tag;
   sc->closed = 1; /* until it holds something: opening may raise */
