@@ -318,8 +318,7 @@ static int tl_with(lua_State *L) {
 /*
 ** A guard userdata frees what it holds on an error anywhere.  In one,
 ** threadlocal.run keeps two snapshots: the one being built, and the
-** thread's own fields while fn runs.  In one, capture and fields keep
-** their clone.  A shared table is cloned first, with no Lua allocation in
+** thread's own fields while fn runs.  In one, fields keeps its clone.  A shared table is cloned first, with no Lua allocation in
 ** between.  The plain copy is made from the clone.  So a finalizer run by
 ** the copy's allocations cannot change or free what is being copied.
 */
@@ -405,32 +404,45 @@ static void tl_pushcopy_guarded(lua_State *L, tl_guard *g, const tl_tab *tab) {
   g->clone = NULL;
 }
 
-/* threadlocal.capture([sh, ...]): {[name] = plain copy of the fields}. */
-static int tl_capture(lua_State *L) {
-  int n = lua_gettop(L), i, rc;
-  threadlocal_shared **locals = NULL;
-  tl_guard *g;
+/* Pushes {[name] = plain copy of the fields} of the snapshot at slot 1. */
+static int tl_capture_push(lua_State *L) {
+  const tl_snap *s = (const tl_snap *)lua_touserdata(L, 1);
   size_t k;
-  for (i = 1; i <= n; i++) (void)tl_checkud(L, i, tl_handle_tag, sizeof(tl_handle));
-  g = tl_newguard(L);
-  if (n > 0 && (locals = (threadlocal_shared **)tl_calloc((size_t)n, sizeof *locals)) == NULL)
-    tl_memerror(L);
-  for (i = 0; i < n; i++) locals[i] = ((tl_handle *)lua_touserdata(L, i + 1))->sl;
-  rc = threadlocal_snapshot_capture(locals, (size_t)n, &g->snap); /* no Lua allocation */
-  tl_free(locals);
-  if (rc != THREADLOCAL_OK) tl_memerror(L);
-  lua_createtable(L, 0, n);
-  for (k = 0; k < g->snap->n; k++) {
-    const threadlocal_shared *sl = g->snap->e[k].sl;
+  lua_createtable(L, 0, (int)s->n);
+  for (k = 0; k < s->n; k++) {
+    const threadlocal_shared *sl = s->e[k].sl;
     lua_pushlstring(L, sl->name, sl->len);
-    if (g->snap->e[k].fields != NULL)
-      tl_pushcopy(L, g->snap->e[k].fields);
+    if (s->e[k].fields != NULL)
+      tl_pushcopy(L, s->e[k].fields);
     else
       lua_newtable(L);
     lua_rawset(L, -3);
   }
-  tl_snap_free(g->snap);
-  g->snap = NULL;
+  return 1;
+}
+
+/*
+** threadlocal.capture([sh, ...]).  The copy is made from a snapshot, under
+** lua_pcall: cheaper than a guard, and nothing but memory can fail there.
+** What may allocate in Lua comes before the snapshot exists.
+*/
+static int tl_capture(lua_State *L) {
+  int n = lua_gettop(L), i, rc;
+  threadlocal_shared **locals = NULL;
+  tl_snap *snap;
+  for (i = 1; i <= n; i++) (void)tl_checkud(L, i, tl_handle_tag, sizeof(tl_handle));
+  luaL_checkstack(L, 3, NULL);
+  lua_pushcfunction(L, tl_capture_push);
+  if (n > 0 && (locals = (threadlocal_shared **)tl_calloc((size_t)n, sizeof *locals)) == NULL)
+    tl_memerror(L);
+  for (i = 0; i < n; i++) locals[i] = ((tl_handle *)lua_touserdata(L, i + 1))->sl;
+  rc = threadlocal_snapshot_capture(locals, (size_t)n, &snap); /* no Lua allocation */
+  tl_free(locals);
+  if (rc != THREADLOCAL_OK) tl_memerror(L);
+  lua_pushlightuserdata(L, snap);
+  rc = lua_pcall(L, 1, 1, 0);
+  tl_snap_free(snap);
+  if (rc != 0) tl_raise(L);
   return 1;
 }
 
