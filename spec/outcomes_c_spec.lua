@@ -190,6 +190,24 @@ describe("with and run on an error in fn", function()
     assert.equal(0, sh.x)
   end)
 
+  -- A coroutine that dies with an error closes nothing (5.4 manual, 3.3.8):
+  -- in one, fn's error must still put the thread's fields back at once.
+  it("put everything back when fn's error ends its coroutine", function()
+    local sh, loc = threadlocal.shared(support.unique("co")), threadlocal.new()
+    sh.x, loc.x = 0, 0
+    for _, call in ipairs {
+      function() threadlocal.with(sh, { x = 1 }, deep) end,
+      function() threadlocal.with(loc, { x = 1 }, deep) end,
+      function() threadlocal.run({ [next(threadlocal.capture(sh))] = { x = 1 } }, deep) end,
+    } do
+      local ok, err = coroutine.resume(coroutine.create(call))
+      assert.is_false(ok)
+      assert.matches("deep failure", err)
+      assert.equal(0, sh.x)
+      assert.equal(0, loc.x)
+    end
+  end)
+
   if _VERSION == "Lua 5.4" and not jit then
     it("keep deep and fn in the traceback on Lua 5.4", function()
       local sh = threadlocal.shared(support.unique("tb"))

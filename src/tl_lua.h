@@ -97,10 +97,17 @@ static int tl_cpcall(lua_State *L, lua_CFunction f, void *ud) {
 ** As lua_call has no continuation, a yield inside fn still raises.  Before
 ** 5.4 fn runs under lua_pcall and the caller undoes.  Returns
 ** TL_GUARD_CLOSES, or lua_pcall's status.
+**
+** A coroutine that dies with an error does not close its to-be-closed
+** slots.  The thread's fields would stay replaced, so in a coroutine fn
+** runs under lua_pcall on 5.4 too.
 */
 #define TL_GUARD_CLOSES (-1)
 #if LUA_VERSION_NUM >= 504
 static int tl_guardcall(lua_State *L, int guard, int nargs) {
+  int main = lua_pushthread(L);
+  lua_pop(L, 1);
+  if (!main) return lua_pcall(L, nargs, LUA_MULTRET, 0);
   lua_toclose(L, guard);
   lua_call(L, nargs, LUA_MULTRET);
   return TL_GUARD_CLOSES;
