@@ -81,22 +81,27 @@ describe("a plain script cannot crash the process", function()
       mts[#mts + 1] = st and debug.getmetatable(st)
       local n = 0
       for _, mt in ipairs(mts) do
-        if mt.__gc then
-          for _, x in ipairs { io.stdout, 1, "s", {}, loc, sh, scope, st or false } do
-            pcall(mt.__gc, x)
+        for _, mm in ipairs { "__gc", "__close" } do
+          local f = rawget(mt, mm)
+          if f then
+            for _, x in ipairs { io.stdout, 1, "s", {}, loc, sh, scope, st or false } do
+              pcall(f, x)
+            end
+            pcall(f)
+            n = n + 1
           end
-          pcall(mt.__gc)
-          n = n + 1
         end
       end
-      assert(n >= (st and 3 or 2), n) -- scope, guard and state anchor
+      -- the scope's __gc and __close, the state anchor's __gc; on 5.4 the
+      -- __close of run's guard (elsewhere run keeps no guard object)
+      assert(n >= (st and 3 or 2) + (_VERSION == "Lua 5.4" and 1 or 0), n)
       loc.x = 1
       collectgarbage()
       assert(loc.x == 1)
     ]]
   end)
 
-  it("with the guard of a running run finalized from inside fn", function()
+  it("with the guard of a running run closed from inside fn", function()
     script_ok [[
       local sh = tl.shared("crash-spec-run")
       sh.own = "mine"
@@ -106,9 +111,12 @@ describe("a plain script cannot crash the process", function()
           local name, g = debug.getlocal(2, i)
           if name == nil then break end
           local mt = type(g) == "userdata" and debug.getmetatable(g)
-          if mt and mt.__gc then found = true; mt.__gc(g) end
+          for _, mm in ipairs { "__gc", "__close" } do
+            if mt and rawget(mt, mm) then found = true; mt[mm](g) end
+          end
         end
-        assert(sh.job == 1)
+        -- closed by hand: the thread's own fields are back early
+        if found then assert(sh.job == nil and sh.own == "mine") else assert(sh.job == 1) end
         return "done"
       end)
       assert(r == "done")

@@ -316,36 +316,27 @@ static int tl_with(lua_State *L) {
 }
 
 /*
-** A guard userdata frees what it holds on an error anywhere.  In one,
-** threadlocal.run keeps two snapshots: the one being built, and the
-** thread's own fields while fn runs.  In one, fields keeps its clone.  A shared table is cloned first, with no Lua allocation in
-** between.  The plain copy is made from the clone.  So a finalizer run by
-** the copy's allocations cannot change or free what is being copied.
+** What threadlocal.run holds: the snapshot it moves in, and the thread's
+** own fields set aside while fn runs.  Where fn runs under lua_pcall, it
+** lives on tl_run's C stack.  On 5.4, outside coroutines, it is a guard
+** userdata that fn's frame closes.  Nothing here needs a finalizer:
+** helpers that may raise run under lua_pcall, and their caller frees.
+** Finalizers are costly, on LuaJIT most of all.
+**
+** Copies (capture, fields) are made from a clone or a snapshot, with no
+** Lua allocation in between.  So a finalizer run by the copy's
+** allocations cannot change or free what is being copied.
 */
 typedef struct tl_guard {
   const char *tag; /* tl_guard_tag */
-  int busy;        /* run's fn runs: a finalizer called by hand leaves it */
-  tl_snap *snap, *own;
-  tl_tab *clone;
-  tl_shslot *aside; /* run: the thread's own fields while fn runs (still its own) */
-  size_t n;         /* run: entries of aside */
-  uint64_t id;      /* run: the id of the thread that runs fn */
+  int busy;        /* fn runs: tl_run_end has work to do */
+  tl_snap *snap;
+  tl_shslot *aside; /* the thread's own fields while fn runs (still its own) */
+  size_t n;         /* entries of aside */
+  uint64_t id;      /* the id of the thread that runs fn */
 } tl_guard;
 
 static const char tl_guard_tag[] = TL_GUARD_MT;
-
-static int tl_guard_gc(lua_State *L) {
-  tl_guard *g = (tl_guard *)tl_testud(L, 1, tl_guard_tag, sizeof *g);
-  if (g == NULL || g->busy) return 0;
-  tl_snap_free(g->snap);
-  tl_snap_free(g->own);
-  if (g->clone != NULL) tl_tab_free(g->clone);
-  tl_free(g->aside); /* its tables are never left here: see tl_run */
-  g->snap = g->own = NULL;
-  g->clone = NULL;
-  g->aside = NULL;
-  return 0;
-}
 
 /*
 ** The end of threadlocal.run.  It puts the thread's own fields back,
@@ -375,19 +366,20 @@ static int tl_guard_close(lua_State *L) {
   return 0;
 }
 
-/* Pushes an empty guard.  [-0, +1] */
-static tl_guard *tl_newguard(lua_State *L) {
-  tl_guard *g = (tl_guard *)tl_newud(L, sizeof *g, 0);
+static void tl_guard_init(tl_guard *g) {
   g->tag = tl_guard_tag;
   g->busy = 0;
-  g->snap = g->own = NULL;
-  g->clone = NULL;
+  g->snap = NULL;
   g->aside = NULL;
   g->n = 0;
   g->id = 0;
+}
+
+/* Pushes an empty guard, for lua_toclose.  [-0, +1] */
+static tl_guard *tl_newguard(lua_State *L) {
+  tl_guard *g = (tl_guard *)tl_newud(L, sizeof *g, 0);
+  tl_guard_init(g);
   if (luaL_newmetatable(L, TL_GUARD_MT)) {
-    lua_pushcfunction(L, tl_guard_gc);
-    lua_setfield(L, -2, "__gc");
     lua_pushcfunction(L, tl_guard_close);
     lua_setfield(L, -2, "__close");
   }
@@ -395,17 +387,36 @@ static tl_guard *tl_newguard(lua_State *L) {
   return g;
 }
 
-/* Pushes a plain copy of tab, through a clone held by g.  The guard is
-** made before tab is looked up, as making it may run a finalizer. */
-static void tl_pushcopy_guarded(lua_State *L, tl_guard *g, const tl_tab *tab) {
-  if (tl_tab_clone(tab, NULL, 0, &g->clone) != TL_COPY_OK) tl_memerror(L);
-  tl_pushcopy(L, g->clone);
-  tl_tab_free(g->clone);
-  g->clone = NULL;
+/* A helper run under lua_pcall raises without a position: its caller is
+** C.  Our messages get the position of the Lua code that called ours. */
+static void tl_blame(lua_State *L) {
+  if (lua_type(L, -1) == LUA_TSTRING && strncmp(lua_tostring(L, -1), "threadlocal:", 12) == 0) {
+    luaL_where(L, 1);
+    lua_insert(L, -2);
+    lua_concat(L, 2);
+  }
 }
 
-/* Pushes {[name] = plain copy of the fields} of the snapshot at slot 1. */
-static int tl_capture_push(lua_State *L) {
+/* Under lua_pcall: pushes a plain copy of the tl_tab at slot 1. */
+static int tl_pushcopy_pcall(lua_State *L) {
+  tl_pushcopy(L, (const tl_tab *)lua_touserdata(L, 1));
+  return 1;
+}
+
+/* Pushes a plain copy of clone and frees it, also on an error.  The
+** caller pushed tl_pushcopy_pcall before making the clone: pushing a
+** function may allocate.  [-1, +1] */
+static void tl_pushcopy_clone(lua_State *L, tl_tab *clone) {
+  int rc;
+  lua_pushlightuserdata(L, clone);
+  rc = lua_pcall(L, 1, 1, 0);
+  tl_tab_free(clone);
+  if (rc != 0) tl_raise(L);
+}
+
+/* Under lua_pcall: {[name] = plain copy of the fields} of the snapshot at
+** slot 1. */
+static int tl_capture_pcall(lua_State *L) {
   const tl_snap *s = (const tl_snap *)lua_touserdata(L, 1);
   size_t k;
   lua_createtable(L, 0, (int)s->n);
@@ -421,18 +432,14 @@ static int tl_capture_push(lua_State *L) {
   return 1;
 }
 
-/*
-** threadlocal.capture([sh, ...]).  The copy is made from a snapshot, under
-** lua_pcall: cheaper than a guard, and nothing but memory can fail there.
-** What may allocate in Lua comes before the snapshot exists.
-*/
+/* threadlocal.capture([sh, ...]): the copy is made from a snapshot. */
 static int tl_capture(lua_State *L) {
   int n = lua_gettop(L), i, rc;
   threadlocal_shared **locals = NULL;
   tl_snap *snap;
   for (i = 1; i <= n; i++) (void)tl_checkud(L, i, tl_handle_tag, sizeof(tl_handle));
   luaL_checkstack(L, 3, NULL);
-  lua_pushcfunction(L, tl_capture_push);
+  lua_pushcfunction(L, tl_capture_pcall); /* may allocate: before the snapshot */
   if (n > 0 && (locals = (threadlocal_shared **)tl_calloc((size_t)n, sizeof *locals)) == NULL)
     tl_memerror(L);
   for (i = 0; i < n; i++) locals[i] = ((tl_handle *)lua_touserdata(L, i + 1))->sl;
@@ -446,30 +453,19 @@ static int tl_capture(lua_State *L) {
   return 1;
 }
 
-/*
-** threadlocal.run(snap, fn, ...): fn(...) under snap's shared fields.
-** The thread's own fields are only set aside while fn runs, still in its
-** slab.  So putting them back cannot fail.  All that may fail happens
-** before anything changes.
-*/
-static int tl_run(lua_State *L) {
-  tl_thread *t = tl_self(L);
-  uint64_t run;
-  tl_guard *g;
+/* Under lua_pcall: builds the snapshot of the guard at slot 2 from the
+** table at slot 1.  What it made is the guard's, also on an error. */
+static int tl_run_build(lua_State *L) {
+  tl_guard *g = (tl_guard *)lua_touserdata(L, 2);
   size_t n = 0, i = 0;
-  int status;
-  luaL_checktype(L, 1, LUA_TTABLE);
-  luaL_checktype(L, 2, LUA_TFUNCTION);
-  g = tl_newguard(L);
-  lua_insert(L, 1);                 /* guard snap fn args... */
   lua_pushnil(L);
-  while (lua_next(L, 2)) {
+  while (lua_next(L, 1)) {
     lua_pop(L, 1);
     n++;
   }
   if ((g->snap = tl_snap_new(n)) == NULL) tl_memerror(L);
   lua_pushnil(L);
-  while (lua_next(L, 2)) {          /* ... name fields */
+  while (lua_next(L, 1)) {          /* ... name fields */
     size_t len;
     const char *name;
     tl_val v;
@@ -481,15 +477,48 @@ static int tl_run(lua_State *L) {
     g->snap->e[i++].fields = v.u.tab;
     lua_pop(L, 1);
   }
-  if ((g->aside = (tl_shslot *)tl_calloc(n + 1, sizeof *g->aside)) == NULL ||
-      tl_snap_reserve(t, g->snap) != 0)
-    tl_memerror(L);
-  run = ++t->clock;
-  tl_snap_swapin(t, g->snap, run, g->aside); /* nothing below fails until fn */
+  return 0;
+}
+
+/*
+** threadlocal.run(snap, fn, ...): fn(...) under snap's shared fields.
+** The thread's own fields are only set aside while fn runs, still in its
+** slab.  So putting them back cannot fail.  All that may fail happens
+** before anything changes.
+*/
+static int tl_run(lua_State *L) {
+  tl_thread *t = tl_self(L);
+  tl_guard own, *g = &own;
+  int status;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (tl_canclose(L))
+    g = tl_newguard(L);
+  else {
+    tl_guard_init(g);
+    lua_pushnil(L);
+  }
+  lua_insert(L, 1);                 /* guard snap fn args... */
+  lua_pushcfunction(L, tl_run_build);
+  lua_pushvalue(L, 2);
+  lua_pushlightuserdata(L, g);
+  status = lua_pcall(L, 2, 0, 0);
+  if (status != 0 ||
+      (g->aside = (tl_shslot *)tl_calloc(g->snap->n + 1, sizeof *g->aside)) == NULL ||
+      tl_snap_reserve(t, g->snap) != 0) {
+    tl_snap_free(g->snap);
+    tl_free(g->aside);
+    g->snap = NULL;
+    g->aside = NULL;
+    if (status == 0) tl_memerror(L);
+    tl_blame(L);
+    tl_raise(L);
+  }
+  tl_snap_swapin(t, g->snap, ++t->clock, g->aside); /* nothing below fails until fn */
   lua_remove(L, 2);                 /* guard fn args... */
-  g->n = n;
+  g->n = g->snap->n;
   g->id = t->id;
-  g->busy = 1; /* until fn ends: the guard's __gc leaves it, its __close ends it */
+  g->busy = 1; /* until fn ends */
   status = tl_guardcall(L, 1, lua_gettop(L) - 2);
   if (status != TL_GUARD_CLOSES) {
     tl_run_end(g);

@@ -104,15 +104,20 @@ static int tl_cpcall(lua_State *L, lua_CFunction f, void *ud) {
 */
 #define TL_GUARD_CLOSES (-1)
 #if LUA_VERSION_NUM >= 504
-static int tl_guardcall(lua_State *L, int guard, int nargs) {
+static int tl_canclose(lua_State *L) { /* the main coroutine */
   int main = lua_pushthread(L);
   lua_pop(L, 1);
-  if (!main) return lua_pcall(L, nargs, LUA_MULTRET, 0);
+  return main;
+}
+
+static int tl_guardcall(lua_State *L, int guard, int nargs) {
+  if (!tl_canclose(L)) return lua_pcall(L, nargs, LUA_MULTRET, 0);
   lua_toclose(L, guard);
   lua_call(L, nargs, LUA_MULTRET);
   return TL_GUARD_CLOSES;
 }
 #else
+#define tl_canclose(L) ((void)(L), 0)
 #define tl_guardcall(L, guard, nargs) lua_pcall(L, nargs, LUA_MULTRET, 0)
 #endif
 

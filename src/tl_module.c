@@ -35,19 +35,21 @@ static int tl_table(lua_State *L) {
 /* threadlocal.fields: a copy of the calling thread's fields. */
 static int tl_fields_copy(lua_State *L) {
   const tl_tab *tab;
-  tl_guard *g;
+  tl_tab *clone;
   int kind = tl_checkkind(L, TL_KLOCAL | TL_KSHARED | TL_KPROXY, TL_ANYKIND);
   if (kind == TL_KLOCAL) {
     tl_local_push_findstate(L, 1);
     tl_copytable(L, -1);
     return 1;
   }
-  g = tl_newguard(L);
+  lua_pushcfunction(L, tl_pushcopy_pcall); /* may run a finalizer: before the lookup */
   tab = kind == TL_KSHARED ? tl_handle_selffields(L, 0) : tl_proxy_tab(L, 1);
-  if (tab == NULL)
+  if (tab == NULL) {
     lua_newtable(L);
-  else
-    tl_pushcopy_guarded(L, g, tab);
+    return 1;
+  }
+  if (tl_tab_clone(tab, NULL, 0, &clone) != TL_COPY_OK) tl_memerror(L);
+  tl_pushcopy_clone(L, clone);
   return 1;
 }
 

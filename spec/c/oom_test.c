@@ -112,7 +112,7 @@ static const char *steps[] = {
   "assert(sh.a == 1, 'run left the fields changed')\n"
   "if not ok then error(r, 0) end\n"
   "assert(r == 5 and T.with(l, { a = 9 }, function() return l.a end) == 9 and l.a == 1)\n"
-  "assert(T.capture(sh)['oom.ctx'].a == 1)\n"
+  "assert(T.capture(sh)['oom.ctx'].a == 1 and T.fields(sh).a == 1)\n"
   "local C = require 'threadlocal.context'\n"
   "local v = C.var('v', 0); local tok = v:set(1); assert(v:get() == 1); v:reset(tok)\n"
   "assert(v:get() == 0)\n",
