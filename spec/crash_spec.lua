@@ -101,6 +101,31 @@ describe("a plain script cannot crash the process", function()
     ]]
   end)
 
+  it("with the C helpers of run, capture and fields called by hand from a call hook", function()
+    script_ok [[
+      local sh = tl.shared("crash-spec-helpers")
+      sh.a = { 1 }
+      -- A call hook sees every function lua_pcall calls, C ones too, and
+      -- debug.getinfo gives it the function.
+      local helpers = {}
+      debug.sethook(function()
+        local ar = debug.getinfo(2, "Sf")
+        if ar.what == "C" then helpers[#helpers + 1] = ar.func end
+      end, "c")
+      tl.capture(sh)
+      tl.fields(sh)
+      tl.fields(sh.a)
+      tl.run({ ["crash-spec-helpers"] = { b = 2 } }, function() end)
+      debug.sethook()
+      for _, f in ipairs(helpers) do
+        for _, args in ipairs { {}, { {} }, { {}, {} }, { sh }, { {}, sh } } do
+          pcall(f, (table.unpack or unpack)(args))
+        end
+      end
+      assert(sh.a[1] == 1)
+    ]]
+  end)
+
   it("with the guard of a running run closed from inside fn", function()
     script_ok [[
       local sh = tl.shared("crash-spec-run")

@@ -397,9 +397,39 @@ static void tl_blame(lua_State *L) {
   }
 }
 
-/* Under lua_pcall: pushes a plain copy of the tl_tab at slot 1. */
+/*
+** The helpers below run under lua_pcall on C data of their caller.  Lua
+** can reach a helper (a call hook sees it), so it takes its data from
+** this slot, not from an argument.  The caller fills the slot just
+** before the call; the helper takes it once.
+*/
+static _Thread_local struct tl_pcallslot {
+  lua_CFunction f; /* the helper the data is for */
+  void *p;
+} tl_pcallslot TL_TLS_MODEL;
+
+/* lua_pcall of the helper f, below its nargs arguments, on p. */
+static int tl_pcallp(lua_State *L, int nargs, int nres, lua_CFunction f, void *p) {
+  struct tl_pcallslot saved = tl_pcallslot; /* a finalizer may nest one */
+  int rc;
+  tl_pcallslot.f = f;
+  tl_pcallslot.p = p;
+  rc = lua_pcall(L, nargs, nres, 0);
+  tl_pcallslot = saved;
+  return rc;
+}
+
+static void *tl_pcalltake(lua_State *L, lua_CFunction f) {
+  void *p = tl_pcallslot.p;
+  if (p == NULL || tl_pcallslot.f != f)
+    tl_error(L, "threadlocal: an internal function was called from outside the module");
+  tl_pcallslot.p = NULL;
+  return p;
+}
+
+/* Under lua_pcall: pushes a plain copy of its tl_tab. */
 static int tl_pushcopy_pcall(lua_State *L) {
-  tl_pushcopy(L, (const tl_tab *)lua_touserdata(L, 1));
+  tl_pushcopy(L, (const tl_tab *)tl_pcalltake(L, tl_pushcopy_pcall));
   return 1;
 }
 
@@ -407,17 +437,14 @@ static int tl_pushcopy_pcall(lua_State *L) {
 ** caller pushed tl_pushcopy_pcall before making the clone: pushing a
 ** function may allocate.  [-1, +1] */
 static void tl_pushcopy_clone(lua_State *L, tl_tab *clone) {
-  int rc;
-  lua_pushlightuserdata(L, clone);
-  rc = lua_pcall(L, 1, 1, 0);
+  int rc = tl_pcallp(L, 0, 1, tl_pushcopy_pcall, clone);
   tl_tab_free(clone);
   if (rc != 0) tl_raise(L);
 }
 
-/* Under lua_pcall: {[name] = plain copy of the fields} of the snapshot at
-** slot 1. */
+/* Under lua_pcall: {[name] = plain copy of the fields} of its snapshot. */
 static int tl_capture_pcall(lua_State *L) {
-  const tl_snap *s = (const tl_snap *)lua_touserdata(L, 1);
+  const tl_snap *s = (const tl_snap *)tl_pcalltake(L, tl_capture_pcall);
   size_t k;
   lua_createtable(L, 0, (int)s->n);
   for (k = 0; k < s->n; k++) {
@@ -446,18 +473,19 @@ static int tl_capture(lua_State *L) {
   rc = threadlocal_snapshot_capture(locals, (size_t)n, &snap); /* no Lua allocation */
   tl_free(locals);
   if (rc != THREADLOCAL_OK) tl_memerror(L);
-  lua_pushlightuserdata(L, snap);
-  rc = lua_pcall(L, 1, 1, 0);
+  rc = tl_pcallp(L, 0, 1, tl_capture_pcall, snap);
   tl_snap_free(snap);
   if (rc != 0) tl_raise(L);
   return 1;
 }
 
-/* Under lua_pcall: builds the snapshot of the guard at slot 2 from the
-** table at slot 1.  What it made is the guard's, also on an error. */
+/* Under lua_pcall: builds its guard's snapshot from the table at slot 1.
+** What it made is the guard's, also on an error. */
 static int tl_run_build(lua_State *L) {
-  tl_guard *g = (tl_guard *)lua_touserdata(L, 2);
+  tl_guard *g;
   size_t n = 0, i = 0;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  g = (tl_guard *)tl_pcalltake(L, tl_run_build);
   lua_pushnil(L);
   while (lua_next(L, 1)) {
     lua_pop(L, 1);
@@ -501,8 +529,7 @@ static int tl_run(lua_State *L) {
   lua_insert(L, 1);                 /* guard snap fn args... */
   lua_pushcfunction(L, tl_run_build);
   lua_pushvalue(L, 2);
-  lua_pushlightuserdata(L, g);
-  status = lua_pcall(L, 2, 0, 0);
+  status = tl_pcallp(L, 1, 0, tl_run_build, g);
   if (status != 0 ||
       (g->aside = (tl_shslot *)tl_calloc(g->snap->n + 1, sizeof *g->aside)) == NULL ||
       tl_snap_reserve(t, g->snap) != 0) {
