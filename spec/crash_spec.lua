@@ -126,6 +126,30 @@ describe("a plain script cannot crash the process", function()
     ]]
   end)
 
+  it("with an outer run's guard closed from inside a nested run", function()
+    script_ok [[
+      local sh = tl.shared("crash-spec-nested")
+      sh.v = "own"
+      local seen
+      tl.run({ ["crash-spec-nested"] = { v = "run1" } }, function()
+        local outer
+        for i = 1, 10 do
+          local name, g = debug.getlocal(2, i)
+          if name == nil then break end
+          if type(g) == "userdata" and debug.getmetatable(g) then outer = g end
+        end
+        tl.run({ ["crash-spec-nested"] = { v = "run2" } }, function()
+          -- the outer run is not the innermost: closing it by hand does nothing
+          if outer then debug.getmetatable(outer).__close(outer) end
+          assert(sh.v == "run2")
+        end)
+        seen = sh.v
+      end)
+      assert(seen == "run1", seen)
+      assert(sh.v == "own", sh.v)
+    ]]
+  end)
+
   it("with the guard of a running run closed from inside fn", function()
     script_ok [[
       local sh = tl.shared("crash-spec-run")

@@ -334,6 +334,7 @@ typedef struct tl_guard {
   tl_shslot *aside; /* the thread's own fields while fn runs (still its own) */
   size_t n;         /* entries of aside */
   uint64_t id;      /* the id of the thread that runs fn */
+  uint64_t run;     /* the run's mark on the slots it swapped */
 } tl_guard;
 
 static const char tl_guard_tag[] = TL_GUARD_MT;
@@ -348,6 +349,11 @@ static void tl_run_end(tl_guard *g) {
   tl_thread *t = tl_me;
   size_t i;
   if (!g->busy) return;
+  if (t != NULL && t->id == g->id)
+    for (i = 0; i < g->n; i++) { /* a newer run still in: a __close called by hand */
+      const tl_shslot *slot = tl_shmap_find(t, g->aside[i].sl);
+      if (slot == NULL || slot->run != g->run) return;
+    }
   g->busy = 0;
   if (t != NULL && t->id == g->id)
     tl_snap_swapback(t, g->aside, g->n);
@@ -373,6 +379,7 @@ static void tl_guard_init(tl_guard *g) {
   g->aside = NULL;
   g->n = 0;
   g->id = 0;
+  g->run = 0;
 }
 
 /* Pushes an empty guard, for lua_toclose.  [-0, +1] */
@@ -541,7 +548,8 @@ static int tl_run(lua_State *L) {
     tl_blame(L);
     tl_raise(L);
   }
-  tl_snap_swapin(t, g->snap, ++t->clock, g->aside); /* nothing below fails until fn */
+  g->run = ++t->clock;
+  tl_snap_swapin(t, g->snap, g->run, g->aside); /* nothing below fails until fn */
   lua_remove(L, 2);                 /* guard fn args... */
   g->n = g->snap->n;
   g->id = t->id;
