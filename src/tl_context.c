@@ -472,7 +472,6 @@ static int tl_capture(lua_State *L) {
   threadlocal_shared **locals = NULL;
   tl_snap *snap;
   for (i = 1; i <= n; i++) (void)tl_checkud(L, i, tl_handle_tag, sizeof(tl_handle));
-  luaL_checkstack(L, 3, NULL);
   lua_pushcfunction(L, tl_capture_pcall); /* may allocate: before the snapshot */
   if (n > 0 && (locals = (threadlocal_shared **)tl_calloc((size_t)n, sizeof *locals)) == NULL)
     tl_memerror(L);
