@@ -406,8 +406,8 @@ static void tl_blame(lua_State *L) {
 
 /*
 ** The helpers below run under lua_pcall on C data of their caller.  Lua
-** can reach a helper (a call hook sees it), so it takes its data from
-** this slot, not from an argument.  The caller fills the slot just
+** can reach a helper: a call hook sees it.  So a helper takes its data
+** from this slot, not from an argument.  The caller fills the slot just
 ** before the call; the helper takes it once.
 */
 static _Thread_local struct tl_pcallslot {
