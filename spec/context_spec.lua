@@ -449,28 +449,10 @@ end)
 describe("contexts of finished or dropped coroutines", function()
   local ROUND, BOUND = 2000, 16   -- coroutines; bytes kept per coroutine, at most
 
-  local function kept_per_coroutine(make)
-    -- No collection inside a round: the module's tables grow the same in both.
-    local function round()
-      collectgarbage("stop")
-      local ok, err = pcall(function()
-        for _ = 1, ROUND do make() end
-      end)
-      collectgarbage("restart")
-      assert(ok, err)
-    end
-    support.off_stack(round)
-    support.full_gc(2)
-    local before = collectgarbage("count")
-    support.off_stack(round)
-    support.full_gc(2)
-    return (collectgarbage("count") - before) * 1024 / ROUND
-  end
-
   local function check(cases)
     local over = {}
     for name, make in pairs(cases) do
-      local kept = kept_per_coroutine(make)
+      local kept = support.kept_per_call(make, ROUND)
       if kept >= BOUND then over[#over + 1] = ("%s: %.0f"):format(name, kept) end
     end
     table.sort(over)

@@ -47,6 +47,26 @@ function support.full_gc(cycles)
   for _ = 1, cycles or 1 do collectgarbage("collect") end
 end
 
+-- Bytes still held per make() call: a first round of n calls sizes the
+-- module's tables, a second is measured after full collections.  No
+-- collection runs inside a round, so both grow the tables alike.
+function support.kept_per_call(make, n)
+  local function round()
+    collectgarbage("stop")
+    local ok, err = pcall(function()
+      for _ = 1, n do make() end
+    end)
+    collectgarbage("restart")
+    assert(ok, err)
+  end
+  support.off_stack(round)
+  support.full_gc(2)
+  local before = collectgarbage("count")
+  support.off_stack(round)
+  support.full_gc(2)
+  return (collectgarbage("count") - before) * 1024 / n
+end
+
 -- Runs access() rounds times while finalizers that call meddle() run
 -- inside its allocations: each one arms the next, and a pause of 0 with a
 -- big step makes a whole cycle, finalizers included, run in (almost) every
